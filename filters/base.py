@@ -1,0 +1,382 @@
+"""The filter contract: what a filter is, how far it reaches, and chains of them.
+
+A filter is a picklable value with a ``name``, keyword ``params``, a ``halo``
+(how many pixels beyond a pixel it reads, computed from its params) and
+``apply(tile) -> tile``. ``apply`` takes an array of shape (H, W) or (H, W, C)
+and returns an array of the same shape and dtype. Border handling happens inside
+``apply`` exactly as on a whole frame; the engine feeds it real neighbour pixels
+everywhere else.
+
+Two ways to write one:
+
+* a frozen dataclass subclass of :class:`Filter` (the built-ins), whose fields
+  are the params;
+* a plain numpy function wrapped by :func:`filter`::
+
+      @filter(halo=lambda radius=1: radius)
+      def boxmean(tile, *, radius=1):
+          ...
+
+This module never imports the engine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import pickle
+import sys
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+__all__ = [
+    "Filter",
+    "FilterError",
+    "FilterFunction",
+    "FunctionFilter",
+    "Chain",
+    "filter",
+    "as_filter",
+]
+
+
+class FilterError(ValueError):
+    """A filter or its parameters are invalid; the message says which and why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Filter:
+    """Base class of every filter.
+
+    Subclasses are frozen dataclasses: each field is a keyword parameter with a
+    default, validated in ``__post_init__`` (raise :class:`FilterError` naming
+    the parameter, the value and the allowed range). They set the class
+    attributes ``name`` (the CLI name) and, for filters whose output pixel
+    depends only on the same input pixel, ``pointwise = True``.
+
+    ``apply`` returns the input dtype and range: integer frames are computed in
+    float32 where needed, rounded and clipped on the way out; float32 frames
+    are nominally in [0, 1].
+    """
+
+    name = "filter"
+    pointwise = False
+
+    @property
+    def halo(self) -> int:
+        """Pixels beyond a pixel that its output depends on (0 for pointwise)."""
+        return 0
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def apply(self, tile: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        """``name:key=value,...``, the same text the registry parses."""
+        args = ",".join(f"{k}={v}" for k, v in self.params.items())
+        return f"{self.name}:{args}" if args else self.name
+
+    @classmethod
+    def param_types(cls) -> dict[str, tuple[type, Any]]:
+        """Parameter name -> (type, default), for parsing and listing."""
+        hints = {}
+        for f in dataclasses.fields(cls):
+            default = f.default
+            kind = type(default) if default is not dataclasses.MISSING else str
+            hints[f.name] = (kind, default)
+        return hints
+
+
+# --------------------------------------------------------------------------
+# Function filters: @filter(halo=...) on a plain numpy function.
+
+
+def _load_module(module: str, path: str | None):
+    if module in ("__main__", "__mp_main__"):
+        return sys.modules["__main__"]
+    if module in sys.modules:
+        return sys.modules[module]
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        if path is None:
+            raise
+    return load_file_module(path, module)
+
+
+def load_file_module(path: str, module: str | None = None):
+    """Import a Python file as a module (cached by name in ``sys.modules``)."""
+    if module is None:
+        digest = hashlib.sha1(str(path).encode()).hexdigest()[:10]
+        stem = "".join(c if c.isalnum() else "_" for c in str(path).rsplit("/", 1)[-1][:-3])
+        module = f"tileproc_plugin_{stem}_{digest}"
+    if module in sys.modules:
+        return sys.modules[module]
+    spec = importlib.util.spec_from_file_location(module, path)
+    if spec is None or spec.loader is None:
+        raise FilterError(f"cannot import filters from {path}")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[module] = mod
+    try:
+        spec.loader.exec_module(mod)
+    except BaseException:
+        del sys.modules[module]
+        raise
+    return mod
+
+
+def _import_factory(module: str, qualname: str, path: str | None) -> "FilterFunction":
+    obj = _load_module(module, path)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+class FilterFunction:
+    """A plain function made into a filter factory by :func:`filter`.
+
+    Calling it with keyword params gives a configured :class:`FunctionFilter`;
+    used unconfigured in a chain, it means its defaults.
+    """
+
+    pointwise: bool
+
+    def __init__(self, func: Callable, halo: int | Callable, name: str | None, pointwise: bool):
+        self.func = func
+        self._halo = halo
+        self.name = name or func.__name__
+        self.pointwise = pointwise
+        self.__module__ = func.__module__
+        self.__qualname__ = func.__qualname__
+        self.__name__ = func.__name__
+        self.__doc__ = func.__doc__
+        self.__wrapped__ = func
+        sig = inspect.signature(func)
+        self._defaults = {
+            p.name: p.default
+            for p in sys_params(sig)
+            if p.default is not inspect.Parameter.empty
+        }
+        self._accepts_any = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
+
+    def param_types(self) -> dict[str, tuple[type, Any]]:
+        return {k: (type(v) if v is not None else str, v) for k, v in self._defaults.items()}
+
+    def __call__(self, **params: Any) -> "FunctionFilter":
+        unknown = set(params) - set(self._defaults)
+        if unknown and not self._accepts_any:
+            raise FilterError(
+                f"{self.name}: unknown parameter(s) {', '.join(sorted(unknown))}; "
+                f"known: {', '.join(self._defaults) or 'none'}"
+            )
+        return FunctionFilter(self, {**self._defaults, **params})
+
+    def halo_for(self, params: dict[str, Any]) -> int:
+        if callable(self._halo):
+            sig = inspect.signature(self._halo)
+            if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+                value = self._halo(**params)
+            else:
+                value = self._halo(**{k: v for k, v in params.items() if k in sig.parameters})
+        else:
+            value = self._halo
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+            raise FilterError(f"{self.name}: halo must be an integer >= 0, got {value!r}")
+        return int(value)
+
+    def where(self) -> tuple[str, str, str | None]:
+        """(module, qualname, file) by which a worker process re-imports this factory."""
+        module = self.__module__
+        mod = sys.modules.get(module)
+        path = getattr(mod, "__file__", None)
+        return module, self.__qualname__, path
+
+    def check_importable(self) -> None:
+        """Raise :class:`FilterError` unless a worker process can import this filter."""
+        module, qualname, path = self.where()
+        if "<locals>" in qualname or "<lambda>" in qualname:
+            raise FilterError(
+                f"{self.name}: defined inside a function ({qualname}); worker processes "
+                "can only import filters defined at module level. Move it to the top "
+                "level of a module or script."
+            )
+        try:
+            found = _import_factory(module, qualname, path)
+        except Exception as exc:
+            raise FilterError(
+                f"{self.name}: worker processes cannot import {module}.{qualname} ({exc})"
+            ) from None
+        if found is not self:
+            raise FilterError(
+                f"{self.name}: {module}.{qualname} is not this filter; "
+                "define each filter once, at module level"
+            )
+
+    def __reduce__(self):
+        return (_import_factory, self.where())
+
+    def __repr__(self) -> str:
+        return f"<filter function {self.name}>"
+
+
+def sys_params(sig: inspect.Signature):
+    """Keyword parameters of a filter function (everything after the tile)."""
+    params = list(sig.parameters.values())
+    return [p for p in params[1:] if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+
+class FunctionFilter:
+    """A :class:`FilterFunction` with its params bound: a filter value."""
+
+    def __init__(self, factory: FilterFunction, params: dict[str, Any]):
+        self.factory = factory
+        self._params = dict(params)
+        self.halo = factory.halo_for(self._params)
+
+    name = property(lambda self: self.factory.name)
+    pointwise = property(lambda self: self.factory.pointwise)
+    params = property(lambda self: dict(self._params))
+
+    def apply(self, tile: np.ndarray) -> np.ndarray:
+        return self.factory.func(tile, **self._params)
+
+    def describe(self) -> str:
+        args = ",".join(f"{k}={v}" for k, v in self._params.items())
+        return f"{self.name}:{args}" if args else self.name
+
+    def __reduce__(self):
+        return (FunctionFilter, (self.factory, self._params))
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, FunctionFilter)
+            and other.factory is self.factory
+            and other._params == self._params
+        )
+
+    def __hash__(self) -> int:
+        return hash((id(self.factory), tuple(sorted(map(repr, self._params.items())))))
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self._params.items())
+        return f"{self.name}({args})"
+
+
+def filter(
+    func: Callable | None = None,
+    *,
+    halo: int | Callable = 0,
+    name: str | None = None,
+    pointwise: bool = False,
+):
+    """Make a plain numpy function a filter.
+
+    Parameters
+    ----------
+    halo : int or callable
+        How many pixels beyond each output pixel the function reads, or a
+        function of the filter's params returning it (``lambda radius=1: radius``).
+    name : str, optional
+        The name shown in messages and listings (default: the function's name).
+    pointwise : bool
+        True when each output pixel depends only on the same input pixel.
+
+    Examples
+    --------
+    >>> @filter(halo=lambda radius=1: radius)
+    ... def boxmean(tile, *, radius=1):
+    ...     return tile
+    >>> boxmean(radius=4).halo
+    4
+    """
+
+    def wrap(f: Callable) -> FilterFunction:
+        return FilterFunction(f, halo=halo, name=name, pointwise=pointwise)
+
+    return wrap(func) if func is not None else wrap
+
+
+AnyFilter = Filter | FunctionFilter
+
+
+def as_filter(obj: Any) -> AnyFilter:
+    """A filter value from a filter, an unconfigured :class:`FilterFunction`."""
+    if isinstance(obj, (Filter, FunctionFilter)):
+        return obj
+    if isinstance(obj, FilterFunction):
+        return obj()
+    if isinstance(obj, type) and issubclass(obj, Filter):
+        return obj()
+    if callable(obj):
+        raise FilterError(
+            f"{getattr(obj, '__name__', obj)!s} is a plain function; decorate it with "
+            "@filters.filter(halo=N) so tileproc knows how far it reaches"
+        )
+    raise FilterError(f"not a filter: {obj!r}")
+
+
+class Chain:
+    """Filters applied one after another. Its halo is the sum of its members'.
+
+    A chain is a picklable value; ``blob`` is its pickled form and ``key`` a
+    digest of it, which workers use to cache the unpickled chain.
+    """
+
+    def __init__(self, filters: Iterable[AnyFilter]):
+        self.filters: tuple[AnyFilter, ...] = tuple(as_filter(f) for f in filters)
+        if not self.filters:
+            raise FilterError("empty filter chain: give at least one filter")
+        self.halo = sum(f.halo for f in self.filters)
+        self.pointwise = all(f.pointwise for f in self.filters)
+
+    @property
+    def name(self) -> str:
+        return ",".join(f.name for f in self.filters)
+
+    def apply(self, frame: np.ndarray) -> np.ndarray:
+        """The chain on a frame or tile; checks what each filter returns."""
+        out = frame
+        for f in self.filters:
+            result = f.apply(out)
+            check_result(f, out, result)
+            out = result
+        return out
+
+    def check_picklable(self) -> bytes:
+        """The chain pickled, or :class:`FilterError` saying how to fix it."""
+        for f in self.filters:
+            if isinstance(f, FunctionFilter):
+                f.factory.check_importable()
+        try:
+            blob = pickle.dumps(self.filters, protocol=pickle.HIGHEST_PROTOCOL)
+            pickle.loads(blob)
+        except Exception as exc:
+            raise FilterError(
+                f"filter chain {self.name!r} cannot be sent to worker processes: {exc}. "
+                "Filters and their params must be picklable (no lambdas or closures; "
+                "define functions at module level)."
+            ) from None
+        return blob
+
+    def __repr__(self) -> str:
+        return f"Chain({', '.join(map(repr, self.filters))})"
+
+
+def check_result(f: AnyFilter, tile: np.ndarray, result: Any) -> None:
+    """Raise :class:`FilterError` unless ``result`` has ``tile``'s shape and dtype."""
+    if not isinstance(result, np.ndarray):
+        raise FilterError(f"{f.name}: returned {type(result).__name__}, not a numpy array")
+    if result.shape != tile.shape or result.dtype != tile.dtype:
+        raise FilterError(
+            f"{f.name}: returned {result.dtype}{list(result.shape)}, "
+            f"expected {tile.dtype}{list(tile.shape)} (same shape and dtype as its input)"
+        )
+    if result.dtype.kind == "f" and not np.isfinite(result).all():
+        raise FilterError(f"{f.name}: returned NaN or infinite values")

@@ -1,0 +1,1 @@
+"""tileproc's engine: read -> cut -> share -> apply -> stitch -> write."""

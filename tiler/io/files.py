@@ -1,0 +1,108 @@
+"""Safe outputs: never an input, never a partial file at the final path.
+
+Every output is written to a temporary name in the target folder and moved into
+place only when complete. Temporary names carry the writer's pid, so a later run
+can sweep what a killed run left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import secrets
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from tiler.errors import OutputError, OutputExists
+
+__all__ = ["atomic_output", "check_output", "sweep_stale_temps", "temp_path_for", "same_file"]
+
+_TEMP = re.compile(r"^\..*\.tileproc-(\d+)-[0-9a-f]{8}(\.[^./]*)?$")
+
+
+def temp_path_for(dst: Path) -> Path:
+    """A hidden, unique sibling of ``dst`` that keeps its extension (encoders read it)."""
+    dst = Path(dst)
+    return dst.with_name(f".{dst.stem[:100]}.tileproc-{os.getpid()}-{secrets.token_hex(4)}{dst.suffix}")
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """True when ``a`` and ``b`` name the same file (path, symlink or hard link)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def check_output(dst: Path, *, inputs: Iterable[Path] = (), overwrite: bool = False) -> None:
+    """Raise unless ``dst`` may be written: not an input, not a folder, not existing unless ``overwrite``."""
+    dst = Path(dst)
+    for src in inputs:
+        if same_file(src, dst):
+            raise OutputError(f"{dst}: output is the input file {src}; choose another output name")
+    if dst.is_dir():
+        raise OutputError(f"{dst}: output is a folder")
+    if os.path.lexists(dst) and not overwrite:
+        raise OutputExists(f"{dst}: output exists (use --overwrite to replace it)")
+    if not dst.parent.is_dir():
+        raise OutputError(f"{dst}: output folder {dst.parent} does not exist")
+
+
+@contextlib.contextmanager
+def atomic_output(dst: Path, *, inputs: Iterable[Path] = (), overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary path; on success move it to ``dst``, on any failure delete it.
+
+    Without ``overwrite`` the move fails (and the temporary is removed) if
+    ``dst`` appeared meanwhile. A symlink at ``dst`` is replaced, never written through.
+
+    Examples
+    --------
+    >>> with atomic_output(Path("out.png")) as tmp:   # doctest: +SKIP
+    ...     image.save(tmp)
+    """
+    dst = Path(dst)
+    inputs = list(inputs)
+    check_output(dst, inputs=inputs, overwrite=overwrite)
+    tmp = temp_path_for(dst)
+    try:
+        yield tmp
+        if not tmp.exists():
+            raise OutputError(f"{dst}: nothing was written")
+        if overwrite:
+            os.replace(tmp, dst)
+        else:
+            try:
+                os.link(tmp, dst)
+            except FileExistsError:
+                raise OutputExists(f"{dst}: output exists (use --overwrite to replace it)") from None
+            os.unlink(tmp)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_stale_temps(folder: Path) -> list[Path]:
+    """Delete temporaries in ``folder`` left by tileproc runs that no longer exist."""
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        m = _TEMP.match(entry.name)
+        if m and int(m.group(1)) != os.getpid() and not _alive(int(m.group(1))):
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+    return removed

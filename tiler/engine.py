@@ -1,0 +1,254 @@
+"""The Engine: one worker pool and one ring of shared frame slots, reused for many jobs.
+
+``Engine`` owns the processes and the shared memory (and frees them on
+``close``, on an exception, on Ctrl-C); :mod:`tiler.pipeline` knows the order
+of the stages for arrays, image files, folders and videos.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+
+from filters.base import Chain
+from tiler.errors import TileprocError
+from tiler.pool import WorkerPool, default_workers
+from tiler.scheduler import Frame, Inline, Progress, Scheduler
+from tiler.sharedmem import FrameRing, sweep_stale_segments
+
+__all__ = ["Engine", "resolve_chain", "DTYPES", "INLINE_BELOW"]
+
+DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.float32))
+# Frames with fewer pixels than this are filtered in the parent process: below it,
+# dispatching tiles costs more than the work (see benchmarks/README.md).
+INLINE_BELOW = 128 * 128
+
+
+def resolve_chain(chain: Any) -> Chain:
+    """A :class:`filters.Chain` from a spec string, a filter, or a list of them."""
+    if isinstance(chain, Chain):
+        return chain
+    from filters.registry import resolve
+
+    return resolve(chain)
+
+
+def check_frame(frame: Any, label: str = "frame") -> np.ndarray:
+    """``frame`` as an array the engine accepts, or a ValueError saying what is wrong and how to fix it."""
+    if not isinstance(frame, np.ndarray):
+        raise TypeError(f"{label}: expected a numpy array, got {type(frame).__name__}")
+    if frame.ndim not in (2, 3) or (frame.ndim == 3 and not 1 <= frame.shape[2] <= 4):
+        raise ValueError(f"{label}: expected shape (H, W) or (H, W, C) with C in 1..4, got {frame.shape}")
+    if frame.shape[0] == 0 or frame.shape[1] == 0:
+        raise ValueError(f"{label}: empty frame {frame.shape}")
+    if frame.dtype not in DTYPES:
+        raise ValueError(
+            f"{label}: dtype {frame.dtype} is not supported; use uint8, uint16 or float32 "
+            "(e.g. frame.astype(np.float32))"
+        )
+    return frame
+
+
+class Engine:
+    """A pool of workers and shared frame buffers, kept for many frames and files.
+
+    Parameters
+    ----------
+    workers : int, optional
+        Worker processes; default one per CPU this process may use. 0 filters
+        in this process (no pool; for debugging).
+    tile_size : int or (int, int), optional
+        Core tile size in pixels (rows, columns); default full-width strips,
+        about four per worker.
+    frames_in_flight : int, optional
+        Frames being read, filtered and written at once (default 4). Memory is
+        about ``2 * frames_in_flight`` frames.
+    threads : int
+        Threads each worker may use inside numpy, OpenCV and BLAS (default 1).
+    retries : int
+        Times a task lost with a dead worker is retried before the frame fails.
+    tile_timeout : float, optional
+        Seconds a worker may spend on one batch of tiles before it is stopped
+        and the frame fails (default: no limit).
+    progress : callable, optional
+        Called in this process with :class:`tiler.scheduler.Progress` events.
+
+    Examples
+    --------
+    >>> with Engine(workers=2) as engine:               # doctest: +SKIP
+    ...     out = engine.process(frame, "blur:sigma=3")
+    """
+
+    def __init__(
+        self,
+        workers: int | None = None,
+        *,
+        tile_size: int | tuple[int, int] | None = None,
+        frames_in_flight: int | None = None,
+        threads: int = 1,
+        start_method: str | None = None,
+        retries: int = 1,
+        tile_timeout: float | None = None,
+        progress: Callable[[Progress], None] | None = None,
+        inline_below: int = INLINE_BELOW,
+    ):
+        self.workers = default_workers() if workers is None else int(workers)
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0, got {workers}")
+        if isinstance(tile_size, (int, np.integer)):
+            tile_size = (int(tile_size), int(tile_size))
+        if tile_size is not None and (len(tile_size) != 2 or min(tile_size) < 1):
+            raise ValueError(f"tile size must be >= 1 pixel, got {tile_size}")
+        self.tile_shape = tile_size
+        self.frames_in_flight = 4 if frames_in_flight is None else int(frames_in_flight)
+        if self.frames_in_flight < 1:
+            raise ValueError(f"frames in flight must be >= 1, got {frames_in_flight}")
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        if tile_timeout is not None and tile_timeout <= 0:
+            raise ValueError(f"tile timeout must be > 0 seconds, got {tile_timeout}")
+        self.threads, self.start_method = threads, start_method
+        self.retries, self.tile_timeout = retries, tile_timeout
+        self.progress, self.inline_below = progress, inline_below
+        self._pool: WorkerPool | None = None
+        self._ring = FrameRing(self.frames_in_flight)
+        self._closed = False
+
+    # -- lifecycle -------------------------------------------------------------
+
+    @property
+    def pool(self) -> WorkerPool | None:
+        """The worker pool, started on first use (None with ``workers=0``)."""
+        if self._closed:
+            raise TileprocError("engine is closed")
+        if self.workers and (self._pool is None or self._pool._closed):
+            sweep_stale_segments()
+            self._pool = WorkerPool(self.workers, threads=self.threads, start_method=self.start_method)
+        return self._pool
+
+    def close(self) -> None:
+        """Stop the workers and free the shared memory. Idempotent."""
+        self._closed = True
+        with _deferred_interrupts():
+            if self._pool is not None:
+                self._pool.close()
+                self._pool = None
+            self._ring.close()
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:  # last resort; close() is the contract
+        with contextlib.suppress(Exception):
+            if not self._closed:
+                self.close()
+
+    # -- running frames --------------------------------------------------------
+
+    def scheduler(self, chain: Chain, *, inline: bool = False) -> Scheduler:
+        """A :class:`Scheduler` over this engine's pool and ring for one job."""
+        pool = None if inline else self.pool
+        return Scheduler(
+            pool, self._ring, chain,
+            tile_shape=self.tile_shape, inline_below=self.inline_below,
+            retries=self.retries, tile_timeout=self.tile_timeout, progress=self.progress,
+        )
+
+    def run(self, frames: Iterable[Frame], chain: Any) -> Iterator[Frame]:
+        """Drive :class:`Frame` objects through load -> filter -> store; yield them in order.
+
+        A frame's slot (``frame.slot_views``) is valid until the next one is requested.
+        """
+        chain = resolve_chain(chain)
+        with contextlib.closing(self.scheduler(chain).run(frames)) as done:
+            yield from done
+
+    def map_frames(self, frames: Iterable[np.ndarray], chain: Any) -> Iterator[np.ndarray]:
+        """Filter any iterable of frames, yielding results in order with several in flight.
+
+        Look-ahead is bounded by ``frames_in_flight``: at most that many frames
+        are taken from ``frames`` before the first result is yielded.
+
+        Examples
+        --------
+        >>> for out in engine.map_frames(frames, "invert"):   # doctest: +SKIP
+        ...     save(out)
+        """
+        chain = resolve_chain(chain)
+
+        def jobs():
+            for i, frame in enumerate(frames):
+                frame = check_frame(frame, f"frame {i}")
+                yield Frame(f"frame {i}", frame.shape, frame.dtype, load=Inline(_copy_from(frame)),
+                            store=Inline(_copy_out))
+
+        for frame in self.run(jobs(), chain):
+            if frame.error is not None:
+                raise frame.error
+            yield frame.value
+
+    def process(self, frame: np.ndarray, chain: Any) -> np.ndarray:
+        """Filter one frame; returns a new array of the same shape and dtype.
+
+        Examples
+        --------
+        >>> out = engine.process(np.zeros((64, 64, 3), np.uint8), "invert")   # doctest: +SKIP
+        """
+        check_frame(frame)
+        (out,) = self.map_frames([frame], chain)
+        return out
+
+    # the file-level jobs live in tiler.pipeline; bound here for one import point
+    def process_file(self, src, dst=None, chain: Any = None, **options):
+        from tiler.pipeline import process_file
+
+        return process_file(self, src, dst, chain, **options)
+
+    def process_folder(self, src, dst=None, chain: Any = None, **options):
+        from tiler.pipeline import process_folder
+
+        return process_folder(self, src, dst, chain, **options)
+
+    def process_video(self, src, dst=None, chain: Any = None, **options):
+        from tiler.pipeline import process_video
+
+        return process_video(self, src, dst, chain, **options)
+
+
+def _copy_from(frame: np.ndarray):
+    def load(src: np.ndarray, dst: np.ndarray) -> None:
+        src[...] = frame
+
+    return load
+
+
+def _copy_out(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    return dst.copy()
+
+
+@contextlib.contextmanager
+def _deferred_interrupts():
+    """Let cleanup finish before a Ctrl-C arriving during it is raised."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received = []
+    try:
+        previous = signal.signal(signal.SIGINT, lambda *a: received.append(a))
+    except ValueError:
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if received and callable(previous):
+            previous(*received[0])

@@ -1,0 +1,121 @@
+"""Cutting a frame into tiles: core rectangles that cover it once, halo windows around them.
+
+Pure numpy-free arithmetic on rows and columns; no I/O, no processes.
+
+A tile's *core* is the part of the output it owns. Its *window* is the core
+grown by the chain's halo on every side and clipped at the frame edge: the
+pixels a worker reads. Because windows are clipped, border handling happens
+only at the true frame edge, inside the filters, exactly as on the whole frame.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterator
+
+__all__ = ["Rect", "Tile", "TileGrid", "default_tile_shape"]
+
+
+@dataclass(frozen=True)
+class Rect:
+    """Rows ``r0:r1`` and columns ``c0:c1`` (half-open)."""
+
+    r0: int
+    r1: int
+    c0: int
+    c1: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.r1 - self.r0, self.c1 - self.c0)
+
+    @property
+    def slices(self) -> tuple[slice, slice]:
+        return (slice(self.r0, self.r1), slice(self.c0, self.c1))
+
+    def relative_to(self, outer: "Rect") -> "Rect":
+        """This rectangle in the coordinates of ``outer`` (which contains it)."""
+        return Rect(self.r0 - outer.r0, self.r1 - outer.r0, self.c0 - outer.c0, self.c1 - outer.c0)
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One unit of work: ``core`` is written, ``window`` is read (both in frame coordinates)."""
+
+    index: int
+    core: Rect
+    window: Rect
+
+    @property
+    def core_in_window(self) -> Rect:
+        return self.core.relative_to(self.window)
+
+
+def default_tile_shape(height: int, width: int, workers: int, halo: int) -> tuple[int, int]:
+    """Full-width strips, about four per worker, each at least ``max(32, 2*halo)`` rows.
+
+    Strips keep every window contiguous in memory and the halo overhead low
+    (2*halo rows per strip); four per worker balance the load when some strips
+    run slower than others.
+    """
+    rows = math.ceil(height / max(1, 4 * workers))
+    rows = max(rows, 32, 2 * halo)
+    return (min(rows, max(height, 1)), max(width, 1))
+
+
+class TileGrid:
+    """Core tiles of ``tile_shape`` covering an ``height x width`` frame exactly once.
+
+    Parameters
+    ----------
+    height, width : int
+        Frame size in pixels.
+    tile_shape : (int, int)
+        Core size in rows and columns; edge tiles are smaller. Larger than the
+        frame means one tile.
+    halo : int
+        How far the chain reaches; windows are cores grown by it, clipped to the frame.
+
+    Examples
+    --------
+    >>> grid = TileGrid(5, 7, (2, 4), halo=1)
+    >>> len(grid), grid[0].window
+    (6, Rect(r0=0, r1=3, c0=0, c1=5))
+    """
+
+    def __init__(self, height: int, width: int, tile_shape: tuple[int, int], halo: int = 0):
+        th, tw = tile_shape
+        if th < 1 or tw < 1:
+            raise ValueError(f"tile size must be >= 1 pixel, got {th}x{tw}")
+        if halo < 0:
+            raise ValueError(f"halo must be >= 0, got {halo}")
+        self.height, self.width = height, width
+        self.tile_shape = (min(th, max(height, 1)), min(tw, max(width, 1)))
+        self.halo = halo
+        self.rows = math.ceil(height / self.tile_shape[0]) if height else 0
+        self.cols = math.ceil(width / self.tile_shape[1]) if width else 0
+
+    def __len__(self) -> int:
+        return self.rows * self.cols
+
+    def __getitem__(self, index: int) -> Tile:
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        th, tw = self.tile_shape
+        i, j = divmod(index, self.cols)
+        r0, c0 = i * th, j * tw
+        core = Rect(r0, min(r0 + th, self.height), c0, min(c0 + tw, self.width))
+        h = self.halo
+        window = Rect(
+            max(core.r0 - h, 0), min(core.r1 + h, self.height),
+            max(core.c0 - h, 0), min(core.c1 + h, self.width),
+        )
+        return Tile(index, core, window)
+
+    def __iter__(self) -> Iterator[Tile]:
+        return (self[i] for i in range(len(self)))
+
+    def window_pixels(self) -> int:
+        """Pixels read over all windows (>= the frame's; the excess is halo overhead)."""
+        return sum(t.window.shape[0] * t.window.shape[1] for t in self)

@@ -1,0 +1,238 @@
+"""The parent side of the workers: start, feed, watch and stop them.
+
+Each worker has its own duplex pipe, so the parent always knows which tasks a
+worker holds: when a worker dies (SIGKILL, segfault, OOM) its sentinel wakes
+:meth:`WorkerPool.wait`, the pool starts a replacement and hands the lost tasks
+back to the scheduler, which retries or fails them -- never a hang.
+
+Workers are started with the ``forkserver`` method (safe with threads and with
+ffmpeg subprocesses: nothing is forked from this process) from a server that
+has numpy, OpenCV and the filters preloaded with one thread each, so starting a
+pool costs milliseconds per worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing as mp
+import multiprocessing.connection as mpc
+import os
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+from tiler.worker import worker_main
+
+__all__ = ["WorkerPool", "default_workers", "Lost"]
+
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS",
+               "VECLIB_MAXIMUM_THREADS", "BLIS_NUM_THREADS")
+_PRELOAD = ["numpy", "cv2", "filters", "filters.base", "tiler.worker"]
+_server_lock = threading.Lock()
+
+
+def default_workers() -> int:
+    """One worker per CPU this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@contextlib.contextmanager
+def _thread_env(threads: int):
+    """Child processes started inside see ``threads`` for every BLAS/OpenMP pool."""
+    saved = {k: os.environ.get(k) for k in THREAD_VARS}
+    os.environ.update({k: str(threads) for k in THREAD_VARS})
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _context(start_method: str | None, threads: int):
+    method = start_method or ("forkserver" if threads == 1 else "spawn")
+    ctx = mp.get_context(method)
+    if method == "forkserver":
+        with _server_lock:
+            from multiprocessing import forkserver
+
+            ctx.set_forkserver_preload(_PRELOAD)
+            with _thread_env(1):
+                forkserver.ensure_running()
+    return ctx
+
+
+@dataclass
+class _Handle:
+    process: Any
+    conn: Any
+    tasks: "OrderedDict[int, Any]" = field(default_factory=OrderedDict)
+    chains: set = field(default_factory=set)
+    busy_since: float = 0.0  # when the task at the head of its queue started
+
+
+@dataclass(frozen=True)
+class Lost:
+    """Tasks a dead (or timed-out) worker held, and how it ended."""
+
+    tasks: tuple
+    exitcode: int | None
+    timed_out: bool = False
+
+
+class WorkerPool:
+    """``n`` persistent worker processes, each fed through its own pipe, at most ``depth`` tasks deep."""
+
+    def __init__(self, n: int, *, threads: int = 1, start_method: str | None = None, depth: int = 2):
+        if n < 1:
+            raise ValueError(f"workers must be >= 1, got {n}")
+        self.n, self.threads, self.depth = n, threads, depth
+        self._ctx = _context(start_method, threads)
+        self._workers: list[_Handle] = []
+        self._closed = False
+        try:
+            for _ in range(n):
+                self._workers.append(self._start())
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self) -> _Handle:
+        parent, child = self._ctx.Pipe(duplex=True)
+        with _thread_env(self.threads):
+            p = self._ctx.Process(
+                target=worker_main, args=(child, os.getpid(), self.threads), daemon=True,
+                name="tileproc-worker",
+            )
+            p.start()
+        child.close()
+        return _Handle(p, parent)
+
+    # -- feeding -------------------------------------------------------------
+
+    def free_capacity(self) -> int:
+        return sum(self.depth - len(w.tasks) for w in self._workers)
+
+    def send(self, task_id: int, message_for) -> bool:
+        """Give a task to the least loaded worker; ``message_for(has_chain)`` builds the message.
+
+        Returns False when every worker is ``depth`` tasks deep.
+        """
+        w = min(self._workers, key=lambda w: len(w.tasks))
+        if len(w.tasks) >= self.depth:
+            return False
+        msg, chain_key = message_for(w.chains)
+        if not w.tasks:
+            w.busy_since = time.monotonic()
+        w.tasks[task_id] = msg
+        if chain_key is not None:
+            w.chains.add(chain_key)
+        try:
+            w.conn.send(msg)
+        except (BrokenPipeError, OSError):
+            pass  # its sentinel reports the death on the next wait()
+        return True
+
+    def broadcast(self, message) -> None:
+        for w in self._workers:
+            with contextlib.suppress(BrokenPipeError, OSError):
+                w.conn.send(message)
+
+    # -- watching ------------------------------------------------------------
+
+    def wait(self, timeout: float | None, extra: list = (), tile_timeout: float | None = None):
+        """Block until a reply, a death or ``extra`` is ready.
+
+        Returns (replies, lost, extra_ready) where replies are the workers'
+        Done/Failed messages and lost a list of :class:`Lost`.
+        """
+        by_conn = {w.conn: w for w in self._workers}
+        by_sentinel = {w.process.sentinel: w for w in self._workers}
+        if tile_timeout is not None:
+            now = time.monotonic()
+            deadlines = [w.busy_since + tile_timeout - now for w in self._workers if w.tasks]
+            if deadlines:
+                timeout = max(0.0, min([*deadlines, timeout if timeout is not None else float("inf")]))
+        ready = mpc.wait([*by_conn, *by_sentinel, *extra], timeout)
+        replies, lost, extra_ready = [], [], []
+        for obj in ready:
+            if obj in by_conn:
+                w = by_conn[obj]
+                while w.conn.poll():
+                    try:
+                        reply = w.conn.recv()
+                    except (EOFError, OSError):
+                        break
+                    w.tasks.pop(reply.task_id, None)
+                    w.busy_since = time.monotonic()
+                    replies.append(reply)
+            elif obj not in by_sentinel:
+                extra_ready.append(obj)
+        for obj in ready:
+            if obj in by_sentinel and by_sentinel[obj] in self._workers:
+                lost.append(self._replace(by_sentinel[obj], timed_out=False))
+        if tile_timeout is not None:
+            now = time.monotonic()
+            for w in list(self._workers):
+                if w.tasks and now - w.busy_since > tile_timeout:
+                    lost.append(self._replace(w, timed_out=True))
+        return replies, lost, extra_ready
+
+    def _replace(self, w: _Handle, *, timed_out: bool) -> Lost:
+        exitcode = _stop(w, grace=0.0)
+        self._workers.remove(w)
+        lost = Lost(tuple(w.tasks.values()), exitcode, timed_out)
+        if not self._closed:
+            self._workers.append(self._start())
+        return lost
+
+    # -- stopping ------------------------------------------------------------
+
+    def close(self, *, grace: float = 2.0) -> None:
+        """Stop every worker: ask, then terminate, then kill. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for w in self._workers:
+            with contextlib.suppress(BrokenPipeError, OSError):
+                w.conn.send(None)
+        deadline = time.monotonic() + grace
+        for w in self._workers:
+            _stop(w, grace=max(0.0, deadline - time.monotonic()))
+        self._workers.clear()
+
+    @property
+    def pids(self) -> list[int]:
+        return [w.process.pid for w in self._workers]
+
+    def __enter__(self) -> "WorkerPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _stop(w: _Handle, grace: float) -> int | None:
+    """Stop one worker (join, terminate, kill) and return its exit code."""
+    p = w.process
+    if grace > 0:
+        p.join(grace)
+    if p.is_alive():
+        p.terminate()
+        p.join(1.0)
+    if p.is_alive():
+        p.kill()
+        p.join(1.0)
+    exitcode = p.exitcode
+    with contextlib.suppress(Exception):
+        w.conn.close()
+    with contextlib.suppress(Exception):
+        p.close()
+    return exitcode

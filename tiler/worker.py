@@ -1,0 +1,203 @@
+"""The child side: attach frames by name, run the chain on halo windows, write cores back.
+
+A worker is a loop over small messages from its own pipe to the parent:
+
+* :class:`TileBatch` -- run the chain on each tile's window of the slot's input
+  (a read-only view, no copy) and write the tile's core into the slot's output;
+* :class:`Call` -- run a module-level function on a slot (decode or encode a file);
+* :class:`Forget` -- unmap a segment the parent retired;
+* ``None`` -- exit.
+
+It answers each task with :class:`Done` or :class:`Failed` (a message and the
+formatted traceback; never the exception object, which may not pickle). It maps
+each segment once and keeps the mapping, caches unpickled chains by key, ignores
+SIGINT (the parent handles Ctrl-C and stops it), and exits by itself when the
+parent dies.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from multiprocessing import shared_memory
+from typing import Any, Callable
+
+import numpy as np
+
+from filters.base import check_result
+from tiler.geometry import Tile
+from tiler.sharedmem import SlotRef, attach_views
+
+__all__ = ["TileBatch", "Call", "Forget", "Done", "Failed", "ChainError", "run_chain", "describe_exception", "worker_main"]
+
+
+@dataclass(frozen=True)
+class TileBatch:
+    task_id: int
+    slot: SlotRef
+    chain_key: str
+    chain_blob: bytes | None  # sent once per worker and chain; None when the worker has it
+    tiles: tuple[Tile, ...]
+
+
+@dataclass(frozen=True)
+class Call:
+    task_id: int
+    slot: SlotRef
+    fn: Callable[..., Any]  # module level: fn(src, dst, *args)
+    args: tuple
+
+
+@dataclass(frozen=True)
+class Forget:
+    name: str
+
+
+@dataclass(frozen=True)
+class Done:
+    task_id: int
+    value: Any = None
+
+
+@dataclass(frozen=True)
+class Failed:
+    task_id: int
+    message: str
+    traceback: str
+    tile: int | None = None
+    filter_name: str | None = None
+    kind: str = "error"  # "error" (raised) or "invalid" (bad return value)
+
+
+class ChainError(Exception):
+    """A filter of a chain raised (kind "error") or returned something invalid ("invalid").
+
+    The original exception is ``__cause__``.
+    """
+
+    def __init__(self, name: str, kind: str):
+        super().__init__(name, kind)
+        self.name, self.kind = name, kind
+
+
+def run_chain(chain, window: np.ndarray) -> np.ndarray:
+    """Apply the filters of ``chain`` to ``window`` in order, checking each result."""
+    out = window
+    for f in chain:
+        try:
+            result = f.apply(out)
+        except Exception as exc:
+            raise ChainError(f.name, "error") from exc
+        try:
+            check_result(f, out, result)
+        except Exception as exc:
+            raise ChainError(f.name, "invalid") from exc
+        out = result
+    return out
+
+
+def describe_exception(exc: BaseException) -> str:
+    try:
+        text = str(exc)
+    except Exception:
+        text = "<unprintable>"
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _watch_parent(parent_pid: int, interval: float = 0.5) -> None:
+    while True:
+        time.sleep(interval)
+        try:
+            os.kill(parent_pid, 0)
+        except ProcessLookupError:
+            os._exit(3)
+        except PermissionError:
+            pass
+
+
+class _Worker:
+    def __init__(self) -> None:
+        self.segments: dict[str, shared_memory.SharedMemory] = {}
+        self.chains: dict[str, tuple] = {}
+
+    def views(self, ref: SlotRef) -> tuple[np.ndarray, np.ndarray]:
+        shm = self.segments.get(ref.name)
+        if shm is None:
+            shm = self.segments[ref.name] = shared_memory.SharedMemory(name=ref.name)
+        return attach_views(shm.buf, ref)
+
+    def forget(self, name: str) -> None:
+        shm = self.segments.pop(name, None)
+        if shm is not None:
+            try:
+                shm.close()
+            except BufferError:
+                pass
+
+    def tiles(self, msg: TileBatch) -> Done | Failed:
+        chain = self.chains.get(msg.chain_key)
+        if chain is None:
+            if msg.chain_blob is None:
+                return Failed(msg.task_id, "chain not received", "")
+            chain = self.chains[msg.chain_key] = pickle.loads(msg.chain_blob)
+        src, dst = self.views(msg.slot)
+        for tile in msg.tiles:
+            try:
+                out = run_chain(chain, src[tile.window.slices])
+            except ChainError as exc:
+                cause = exc.__cause__
+                return Failed(
+                    msg.task_id,
+                    describe_exception(cause),
+                    "".join(traceback.format_exception(cause)),
+                    tile=tile.index,
+                    filter_name=exc.name,
+                    kind=exc.kind,
+                )
+            dst[tile.core.slices] = out[tile.core_in_window.slices]
+        return Done(msg.task_id)
+
+    def call(self, msg: Call) -> Done | Failed:
+        src, dst = self.views(msg.slot)
+        try:
+            return Done(msg.task_id, msg.fn(src, dst, *msg.args))
+        except BaseException as exc:
+            return Failed(msg.task_id, describe_exception(exc), "".join(traceback.format_exception(exc)))
+
+
+def worker_main(conn, parent_pid: int, threads: int = 1) -> None:
+    """Entry point of a worker process: serve tasks from ``conn`` until told to stop."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        import cv2
+
+        cv2.setNumThreads(threads)
+    except ImportError:  # pragma: no cover - cv2 is a dependency
+        pass
+    threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
+    worker = _Worker()
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            break
+        if msg is None:
+            break
+        if isinstance(msg, Forget):
+            worker.forget(msg.name)
+            continue
+        try:
+            reply = worker.tiles(msg) if isinstance(msg, TileBatch) else worker.call(msg)
+        except BaseException as exc:  # attaching, unpickling: report, don't die
+            reply = Failed(msg.task_id, describe_exception(exc), "".join(traceback.format_exception(exc)))
+        try:
+            conn.send(reply)
+        except (BrokenPipeError, OSError):
+            break
+    for name in list(worker.segments):
+        worker.forget(name)

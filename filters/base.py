@@ -93,6 +93,24 @@ class Filter:
             hints[f.name] = (kind, default)
         return hints
 
+    def __reduce__(self):
+        # By module, qualname and defining file, like FilterFunction: a class
+        # loaded from "path/to/file.py:Name" lives in a module that a worker
+        # process cannot import by name, only from its file.
+        cls = type(self)
+        path = getattr(sys.modules.get(cls.__module__), "__file__", None)
+        return (_rebuild_filter, (cls.__module__, cls.__qualname__, path, self.params))
+
+
+def _rebuild_filter(module: str, qualname: str, path: str | None, params: dict[str, Any]) -> "Filter":
+    cls = _import_factory(module, qualname, path)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    obj = cls(**{k: v for k, v in params.items() if fields[k].init})
+    for k, v in params.items():
+        if not fields[k].init:
+            object.__setattr__(obj, k, v)
+    return obj
+
 
 # --------------------------------------------------------------------------
 # Function filters: @filter(halo=...) on a plain numpy function.

@@ -122,8 +122,8 @@ class Contrast(_Curve):
     Examples
     --------
     >>> import numpy as np
-    >>> Contrast(brightness=0.1).apply(np.array([[0.5]], np.float32)).round(3).tolist()
-    [[0.6]]
+    >>> round(float(Contrast(brightness=0.1).apply(np.array([[0.5]], np.float32))[0, 0]), 3)
+    0.6
     """
 
     name = "contrast"

@@ -87,8 +87,7 @@ class Edges(Filter):
 
 @dataclasses.dataclass(frozen=True)
 class Emboss(Filter):
-    """Relief lit from the top left: each pixel plus ``strength`` times its
-    directional derivative.
+    """Relief lit from the top left: adds ``strength`` times the diagonal derivative.
 
     The 3 x 3 kernel at ``strength=1`` is ``[[-2, -1, 0], [-1, 1, 1], [0, 1, 2]]``;
     flat areas keep their value.

@@ -1,0 +1,261 @@
+"""Checks for filter authors: is my filter safe to run over tiles in worker processes?
+
+:func:`check_filter` does, on small random frames, what the engine does on real
+ones: cut the frame into tiles, run the filter on each tile grown by the
+declared halo (clipped at the frame edge), keep the tile, and compare with the
+filter run on the whole frame, bit for bit. Use it in your own tests::
+
+    from filters.testing import check_filter
+
+    def test_boxmean():
+        check_filter(boxmean(radius=3))
+"""
+
+from __future__ import annotations
+
+import pickle
+from typing import Any, Sequence
+
+import numpy as np
+
+from filters.base import Chain, FilterError
+from filters.registry import Spec, resolve
+
+__all__ = ["check_filter"]
+
+_DTYPES = (np.uint8, np.uint16, np.float32)
+_CHANNELS = (None, 1, 3, 4)
+_SHAPES = ((1, 1), (1, 7), (3, 2), (13, 17), (31, 23), (24, 40))
+_TILES = ((3, 4), (5, 7), (8, 3), (2, 9), (11, 13))
+_MAX_EXTRA_HALO = 32
+
+
+def check_filter(
+    f: Spec,
+    *,
+    seed: int = 0,
+    dtypes: Sequence[Any] = _DTYPES,
+    channels: Sequence[int | None] = _CHANNELS,
+    shapes: Sequence[tuple[int, int]] = _SHAPES,
+) -> None:
+    """Assert that a filter is safe to run over tiles in worker processes.
+
+    Checks that it (or each filter of a chain) pickles and comes back giving
+    the same results; that ``apply`` returns its input's shape and dtype,
+    leaves its input alone (it gets read-only views) and is deterministic; and
+    that its halo is honest: on random frames of every given dtype and channel
+    count, cut into tiles of several sizes, each tile computed from its window
+    (the tile grown by the halo, clipped at the frame edge) equals the same
+    pixels of the whole-frame result, bit for bit.
+
+    Parameters
+    ----------
+    f : filter, filter function, Chain, spec string, or a list of them
+        Anything :func:`filters.resolve` accepts.
+    seed : int
+        Seed of the random frames.
+    dtypes : sequence of dtypes
+        Frame dtypes to try; narrow it when the filter supports fewer.
+    channels : sequence of int or None
+        Channel counts to try; None means a 2-D (H, W) frame.
+    shapes : sequence of (rows, cols)
+        Frame sizes to try; a frame of about three halos across is added so
+        that a large halo is exercised too.
+
+    Raises
+    ------
+    AssertionError
+        Naming the check that failed, the frame, and the fix. A too-small halo
+        is reported with the first differing pixel and the halo that would
+        have worked.
+
+    Examples
+    --------
+    >>> from filters.blur import GaussianBlur
+    >>> check_filter(GaussianBlur(sigma=1.5))
+    >>> check_filter("boxblur:radius=2,invert", dtypes=["uint8"], channels=[3])
+    """
+    try:
+        chain = resolve(f)
+    except FilterError as exc:
+        raise AssertionError(f"check_filter: {exc}") from None
+    label = ",".join(_describe(x) for x in chain.filters)
+    halo = chain.halo
+    if isinstance(halo, bool) or not isinstance(halo, (int, np.integer)) or halo < 0:
+        raise AssertionError(f"check_filter: {label}: halo must be an integer >= 0, got {halo!r}")
+    if chain.pointwise and halo:
+        raise AssertionError(
+            f"check_filter: {label} says it is pointwise but declares halo {halo}; "
+            "a pointwise filter reads only its own pixel: set halo 0 or pointwise=False"
+        )
+    copy = _check_pickle(chain, label)
+
+    rng = np.random.default_rng(seed)
+    cases = _cases(dtypes, channels, shapes, halo)
+    for i, (dtype, shape) in enumerate(cases):
+        frame = _random_frame(rng, shape, dtype)
+        whole = _apply(chain, frame, label)
+        if i == 0:
+            _check_same(label, "applying it twice", whole, _apply(chain, frame, label), frame)
+            _check_same(label, "its unpickled copy", whole, _apply(copy, frame, label), frame)
+        for tile in _tile_sizes(shape, i):
+            tiled = _tiled(chain, frame, halo, tile, label)
+            if not _bits_equal(whole, tiled):
+                raise AssertionError(_seam_message(chain, label, frame, whole, tiled, tile))
+
+
+def _describe(f: Any) -> str:
+    return f.describe() if hasattr(f, "describe") else str(f.name)
+
+
+def _check_pickle(chain: Chain, label: str) -> Chain:
+    try:
+        blob = chain.check_picklable()
+    except FilterError as exc:
+        raise AssertionError(f"check_filter: {exc}") from None
+    return Chain(pickle.loads(blob))
+
+
+def _cases(
+    dtypes: Sequence[Any], channels: Sequence[int | None], shapes: Sequence[tuple[int, int]], halo: int
+) -> list[tuple[np.dtype, tuple[int, ...]]]:
+    if not dtypes or not channels or not shapes:
+        raise AssertionError("check_filter: dtypes, channels and shapes must not be empty")
+    # Every dtype and channel count gets one of the larger shapes and one of
+    # the tiny ones (where kernels are bigger than the frame).
+    large = [s for s in shapes if s[0] * s[1] > 64] or list(shapes)
+    tiny = [s for s in shapes if s[0] * s[1] <= 64]
+    cases = []
+    i = 0
+    for dtype in map(np.dtype, dtypes):
+        for ch in channels:
+            picks = [large[i % len(large)]] + ([tiny[i % len(tiny)]] if tiny else [])
+            for rows, cols in picks:
+                cases.append((dtype, (rows, cols) if ch is None else (rows, cols, ch)))
+            i += 1
+    # One frame wide enough that tiles see the whole halo on every side.
+    big = (3 * halo + 7, 3 * halo + 11)
+    if big[0] > max(r for r, _ in shapes) or big[1] > max(c for _, c in shapes):
+        ch = channels[-1]
+        cases.append((np.dtype(dtypes[0]), big if ch is None else big + (ch,)))
+    return cases
+
+
+def _tile_sizes(shape: tuple[int, ...], i: int) -> list[tuple[int, int]]:
+    rows, cols = shape[:2]
+    sizes = [(1, 1)] if rows * cols <= 64 else []
+    sizes.append(_TILES[i % len(_TILES)])
+    sizes.append(_TILES[(i + 2) % len(_TILES)])
+    sizes.append((max(1, rows // 3 + 1), max(1, cols // 2 + 1)))
+    return sizes
+
+
+def _random_frame(rng: np.random.Generator, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    if dtype.kind == "u":
+        frame = rng.integers(0, np.iinfo(dtype).max, shape, dtype=dtype, endpoint=True)
+    else:
+        # Values in [0, 1] whose exponents vary widely, so that rounding that
+        # depends on where a pixel sits shows up.
+        frame = rng.random(shape, dtype=np.float32)
+        small = rng.random(shape) < 0.3
+        frame[small] *= np.exp2(-rng.integers(1, 40, int(small.sum()))).astype(np.float32)
+        frame = frame.astype(dtype)
+    frame.flags.writeable = False
+    return frame
+
+
+def _apply(chain: Chain, frame: np.ndarray, label: str) -> np.ndarray:
+    try:
+        return chain.apply(frame)
+    except ValueError as exc:
+        if "read-only" in str(exc):
+            raise AssertionError(
+                f"check_filter: {label} wrote into its input ({exc}); the engine passes "
+                "read-only views of the frame: work on a copy (np.array(tile)) instead"
+            ) from exc
+        raise _failed(label, frame, exc) from exc
+    except Exception as exc:
+        raise _failed(label, frame, exc) from exc
+
+
+def _failed(label: str, frame: np.ndarray, exc: Exception) -> AssertionError:
+    return AssertionError(
+        f"check_filter: {label} failed on a {frame.dtype} frame of shape {frame.shape}: "
+        f"{type(exc).__name__}: {exc}. If it supports only some dtypes or channel "
+        "counts, pass dtypes=... or channels=... to check_filter."
+    )
+
+
+def _tiled(
+    chain: Chain, frame: np.ndarray, halo: int, tile: tuple[int, int], label: str
+) -> np.ndarray:
+    """The engine's way: each tile computed from its window, the core kept."""
+    rows, cols = frame.shape[:2]
+    th, tw = tile
+    out: np.ndarray | None = None
+    for r in range(0, rows, th):
+        for c in range(0, cols, tw):
+            r1, c1 = min(rows, r + th), min(cols, c + tw)
+            wr0, wc0 = max(0, r - halo), max(0, c - halo)
+            window = frame[wr0 : min(rows, r1 + halo), wc0 : min(cols, c1 + halo)]
+            result = _apply(chain, window, label)
+            if out is None:
+                out = np.empty(frame.shape, result.dtype)
+            out[r:r1, c:c1] = result[r - wr0 : r1 - wr0, c - wc0 : c1 - wc0]
+    assert out is not None
+    return out
+
+
+def _bits(a: np.ndarray) -> np.ndarray:
+    return a.view(f"u{a.dtype.itemsize}") if a.dtype.itemsize in (1, 2, 4, 8) else a
+
+
+def _bits_equal(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.shape == b.shape and a.dtype == b.dtype and np.array_equal(_bits(a), _bits(b))
+
+
+def _check_same(label: str, what: str, a: np.ndarray, b: np.ndarray, frame: np.ndarray) -> None:
+    if not _bits_equal(a, b):
+        raise AssertionError(
+            f"check_filter: {label} gives different results from {what} on a {frame.dtype} "
+            f"frame of shape {frame.shape}; a filter must be deterministic and keep all "
+            "its settings in its params"
+        )
+
+
+def _seam_message(
+    chain: Chain, label: str, frame: np.ndarray, whole: np.ndarray, tiled: np.ndarray,
+    tile: tuple[int, int],
+) -> str:
+    differ = _bits(whole) != _bits(tiled)
+    if differ.ndim == 3:
+        differ = differ.any(axis=2)
+    row, col = (int(v) for v in np.argwhere(differ)[0])
+    halo = chain.halo
+    needed = next(
+        (
+            h
+            for h in range(halo + 1, halo + _MAX_EXTRA_HALO + 1)
+            if _bits_equal(whole, _tiled(chain, frame, h, tile, label))
+        ),
+        None,
+    )
+    if needed is not None:
+        cause = (
+            f"The filter reads pixels further away than its halo of {halo}: it needs "
+            f"halo >= {needed} here. Declare a larger halo."
+        )
+    else:
+        cause = (
+            f"No halo up to {halo + _MAX_EXTRA_HALO} makes the tiles match, so the result "
+            "depends on the whole frame (a global mean, min or max?), on the frame size or "
+            "on the position, which tiles cannot reproduce; compute from a bounded "
+            "neighbourhood and declare its halo."
+        )
+    return (
+        f"check_filter: {label} is not seamless: on a {frame.dtype} frame of shape "
+        f"{frame.shape} cut into {tile[0]}x{tile[1]} tiles with halo {halo}, pixel "
+        f"(row {row}, col {col}) is {tiled[row, col].tolist()} tiled but "
+        f"{whole[row, col].tolist()} on the whole frame ({int(differ.sum())} of "
+        f"{differ.size} pixels differ). {cause}"
+    )

@@ -82,8 +82,15 @@ class FrameSlot:
         shm, self.shm = self.shm, None
         if shm is None:
             return
-        with contextlib.suppress(BufferError):
+        try:
             shm.close()
+        except BufferError:
+            # Arrays still view the mapping: it is unmapped when the last one goes.
+            # Drop our handles so that SharedMemory.__del__ does not try again.
+            shm._buf = shm._mmap = None
+            with contextlib.suppress(OSError):
+                os.close(shm._fd)
+            shm._fd = -1
         with contextlib.suppress(FileNotFoundError):
             shm.unlink()
 

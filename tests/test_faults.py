@@ -1,0 +1,98 @@
+"""Workers that die, filters that raise or misbehave: the job fails fast, names the place, leaks nothing."""
+
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+
+from filters import Chain
+from tiler.engine import Engine
+from tiler.errors import FilterFailed, TileTimeout, WorkerDied
+import faultfilters as ff
+
+FRAME = np.random.default_rng(0).integers(0, 255, (200, 160, 3), dtype=np.uint8)
+
+
+def run(chain, **options):
+    options.setdefault("workers", 2)
+    options.setdefault("inline_below", 0)
+    with Engine(**options) as e:
+        return e.process(FRAME, chain)
+
+
+def test_filter_exception_comes_back_with_name_tile_and_traceback():
+    t = time.monotonic()
+    with pytest.raises(FilterFailed) as info:
+        run([ff.boxmean, ff.raises(message="bad pixel")])
+    assert time.monotonic() - t < 10
+    msg = str(info.value)
+    assert "filter 'raises'" in msg and "tile " in msg and "RuntimeError: bad pixel" in msg
+    assert "faultfilters.py" in info.value.remote_traceback
+
+
+def test_exception_that_cannot_be_pickled_is_reported():
+    with pytest.raises(FilterFailed, match="raises_unpicklable.*Unpicklable: odd"):
+        run(ff.raises_unpicklable)
+
+
+@pytest.mark.parametrize("bad, text", [
+    (ff.wrong_shape, "expected uint8"), (ff.wrong_dtype, "float64"),
+    (ff.not_an_array, "not a numpy array"),
+])
+def test_invalid_results_are_named(bad, text):
+    with pytest.raises(FilterFailed, match=f"{bad.name}' returned an invalid result.*{text}"):
+        run(bad)
+
+
+def test_nan_is_an_invalid_result():
+    with Engine(workers=2, inline_below=0) as e:
+        with pytest.raises(FilterFailed, match="NaN"):
+            e.process(FRAME.astype(np.float32) / 255, ff.nan_out)
+
+
+def test_segfaulting_filter_fails_the_job_after_one_retry():
+    t = time.monotonic()
+    with pytest.raises(WorkerDied, match=r"frame 0, tile.*worker process died \(killed by SIGSEGV\) 2 times"):
+        run(ff.segfault)
+    assert time.monotonic() - t < 15
+
+
+def test_worker_killed_once_is_retried_and_the_result_is_exact(tmp_path):
+    out = run([ff.die_once(marker=str(tmp_path / "died")), ff.boxmean], tile_size=40)
+    assert (tmp_path / "died").exists()
+    np.testing.assert_array_equal(out, ff.boxmean(radius=1).apply(FRAME))
+
+
+def test_worker_killed_from_outside_mid_job(tmp_path):
+    with Engine(workers=2, inline_below=0, tile_size=20, retries=0) as e:
+        e.process(FRAME, ff.negate)  # start the pool
+        victim = e.pool.pids[0]
+        frames = e.map_frames([FRAME] * 50, ff.slow(seconds=0.01))
+        next(frames)
+        os.kill(victim, signal.SIGKILL)
+        t = time.monotonic()
+        with pytest.raises(WorkerDied, match="killed by SIGKILL"):
+            list(frames)
+        assert time.monotonic() - t < 10
+
+
+def test_hanging_filter_stopped_by_tile_timeout():
+    t = time.monotonic()
+    with pytest.raises(TileTimeout, match="1 s"):
+        run(ff.hangs, tile_timeout=1.0)
+    assert time.monotonic() - t < 10
+
+
+def test_engine_recovers_after_a_failed_job():
+    with Engine(workers=2, inline_below=0) as e:
+        with pytest.raises(FilterFailed):
+            e.process(FRAME, ff.raises)
+        out = e.process(FRAME, ff.boxmean)
+    np.testing.assert_array_equal(out, ff.boxmean().apply(FRAME))
+
+
+def test_halo_too_small_breaks_seams_which_is_why_halos_are_declared():
+    out = run(ff.reaches_too_far, tile_size=16)
+    assert not np.array_equal(out, Chain([ff.reaches_too_far]).apply(FRAME))

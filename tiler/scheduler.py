@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from filters.base import Chain
+from tiler import errors
 from tiler.errors import FilterFailed, TileprocError, TileTimeout, WorkerDied, WorkerError
 from tiler.geometry import TileGrid, default_tile_shape
 from tiler.pool import WorkerPool
@@ -407,7 +408,10 @@ class Scheduler:
 
     def _error_for(self, frame: Frame, task: Any, reply: Failed) -> BaseException:
         if isinstance(task, Call):
-            # Decoding or encoding raised: the message names the file already.
+            # Decoding or encoding raised: tileproc's own errors name the file already.
+            cls = getattr(errors, reply.error_class, None)
+            if isinstance(cls, type) and issubclass(cls, TileprocError) and cls is not errors.FilterFailed:
+                return cls(reply.text)
             return TileprocError(f"{frame.label}: {reply.message}")
         where = f"{frame.label}, tile {reply.tile}" if reply.tile is not None else frame.label
         return _filter_failed(where, reply.filter_name, reply.kind, reply.message, reply.traceback)

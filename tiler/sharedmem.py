@@ -46,13 +46,14 @@ class SlotRef:
     out_offset: int
 
 
-def attach_views(buf: memoryview, ref: SlotRef) -> tuple[np.ndarray, np.ndarray]:
-    """(read-only input, writable output) numpy views of a slot over a mapped buffer."""
+def attach_views(buf: memoryview, ref: SlotRef, *, writable_input: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(input, output) numpy views of a slot over a mapped buffer; the input is read-only
+    unless ``writable_input`` (for the step that decodes into it)."""
     dtype = np.dtype(ref.dtype)
     count = int(np.prod(ref.shape))
     src = np.frombuffer(buf, dtype, count, ref.in_offset).reshape(ref.shape)
     dst = np.frombuffer(buf, dtype, count, ref.out_offset).reshape(ref.shape)
-    src.flags.writeable = False
+    src.flags.writeable = writable_input
     return src, dst
 
 
@@ -73,9 +74,7 @@ class FrameSlot:
         if int(np.prod(shape)) * dtype.itemsize > self.capacity:
             raise ValueError("frame does not fit this slot")
         self.ref = SlotRef(self.name, tuple(int(s) for s in shape), dtype.str, 0, self.capacity)
-        src, dst = attach_views(self.shm.buf, self.ref)
-        src = np.frombuffer(self.shm.buf, dtype, src.size, 0).reshape(shape)  # writable for the parent
-        return src, dst
+        return attach_views(self.shm.buf, self.ref, writable_input=True)
 
     def close(self) -> None:
         """Unmap and unlink (idempotent). Views handed out must be dropped first."""

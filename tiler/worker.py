@@ -72,6 +72,8 @@ class Failed:
     tile: int | None = None
     filter_name: str | None = None
     kind: str = "error"  # "error" (raised) or "invalid" (bad return value)
+    error_class: str = ""  # the exception's class name, to rebuild tileproc's own errors
+    text: str = ""  # str() of the exception
 
 
 class ChainError(Exception):
@@ -101,11 +103,16 @@ def run_chain(chain, window: np.ndarray) -> np.ndarray:
     return out
 
 
-def describe_exception(exc: BaseException) -> str:
+def _text(exc: BaseException) -> str:
     try:
-        text = str(exc)
+        return str(exc)
     except Exception:
-        text = "<unprintable>"
+        return "<unprintable>"
+
+
+def describe_exception(exc: BaseException) -> str:
+    """``Type: message``, safe for exceptions whose ``str`` fails."""
+    text = _text(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
@@ -125,11 +132,11 @@ class _Worker:
         self.segments: dict[str, shared_memory.SharedMemory] = {}
         self.chains: dict[str, tuple] = {}
 
-    def views(self, ref: SlotRef) -> tuple[np.ndarray, np.ndarray]:
+    def views(self, ref: SlotRef, *, writable_input: bool = False) -> tuple[np.ndarray, np.ndarray]:
         shm = self.segments.get(ref.name)
         if shm is None:
             shm = self.segments[ref.name] = shared_memory.SharedMemory(name=ref.name)
-        return attach_views(shm.buf, ref)
+        return attach_views(shm.buf, ref, writable_input=writable_input)
 
     def forget(self, name: str) -> None:
         shm = self.segments.pop(name, None)
@@ -163,11 +170,12 @@ class _Worker:
         return Done(msg.task_id)
 
     def call(self, msg: Call) -> Done | Failed:
-        src, dst = self.views(msg.slot)
+        src, dst = self.views(msg.slot, writable_input=True)
         try:
             return Done(msg.task_id, msg.fn(src, dst, *msg.args))
         except BaseException as exc:
-            return Failed(msg.task_id, describe_exception(exc), "".join(traceback.format_exception(exc)))
+            return Failed(msg.task_id, describe_exception(exc), "".join(traceback.format_exception(exc)),
+                          error_class=type(exc).__name__, text=_text(exc))
 
 
 def worker_main(conn, parent_pid: int, threads: int = 1) -> None:

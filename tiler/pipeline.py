@@ -1,0 +1,297 @@
+"""The order of the stages, for each kind of input. The only module that knows it.
+
+=========  ==========================  =====================  ==========================
+input      read                        filter                 write
+=========  ==========================  =====================  ==========================
+array      copy into a slot (parent)   tiles on the workers   copy out (parent)
+image      decode on a worker          tiles on the workers   encode on a worker, atomic
+animation  decode each frame (parent)  tiles, frame by frame  one animated file, atomic
+video      ffmpeg -> slot (thread)     tiles on the workers   slot -> ffmpeg (thread), atomic
+folder     each file as above, several images in flight; one bad file fails alone
+=========  ==========================  =====================  ==========================
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from itertools import count
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+
+from tiler.errors import InputError, OutputError, TileprocError
+from tiler.io import images, video
+from tiler.io.files import sweep_stale_temps
+from tiler.scheduler import Frame, IOThread, OnPool, OnThread
+
+__all__ = ["process_file", "process_folder", "process_video", "plan_folder", "FileResult", "Report",
+           "is_supported", "default_output"]
+
+
+@dataclass(frozen=True)
+class FileResult:
+    """One input of a batch: where it went, or why it failed."""
+
+    src: Path
+    dst: Path | None
+    error: BaseException | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass
+class Report:
+    """What a batch did, file by file."""
+
+    results: list[FileResult] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[FileResult]:
+        return [r for r in self.results if not r.ok]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+def is_supported(path: Path) -> bool:
+    suffix = path.suffix.lower()
+    return suffix in images.IMAGE_EXTENSIONS or suffix in video.VIDEO_EXTENSIONS
+
+
+def _is_video(path: Path) -> bool:
+    return path.suffix.lower() in video.VIDEO_EXTENSIONS and path.suffix.lower() != ".gif"
+
+
+def default_output(src: Path) -> Path:
+    """``photo.jpg`` -> ``photo.tileproc.jpg`` beside it (never the input itself)."""
+    return images.output_name(src)
+
+
+# -- one image -------------------------------------------------------------------
+
+
+def _decode(src: np.ndarray, dst: np.ndarray, info: images.ImageInfo) -> None:
+    images.read_image(info, out=src)
+
+
+def _encode(src: np.ndarray, dst: np.ndarray, path: Path, info: images.ImageInfo,
+            overwrite: bool, quality: int | None) -> None:
+    images.write_image(dst, path, info, overwrite=overwrite, inputs=[info.path], quality=quality)
+
+
+def _image_frame(src: Path, dst: Path, *, overwrite: bool, max_pixels: int, quality: int | None) -> Frame:
+    """A still image as a frame whose decode and encode run on the workers."""
+    try:
+        info = images.probe_image(src, max_pixels=max_pixels)
+        images.check_image_output(info, dst, overwrite=overwrite, inputs=[src])
+    except TileprocError as exc:
+        return Frame(str(src), (1, 1), np.uint8, error=exc, meta=(src, dst))
+    if info.n_frames > 1:
+        return Frame(str(src), info.shape, info.dtype, meta=(src, dst, info))  # an animation: see below
+    return Frame(
+        str(src), info.shape, info.dtype,
+        load=OnPool(_decode, (info,)),
+        store=OnPool(_encode, (dst, info, overwrite, quality)),
+        meta=(src, dst),
+    )
+
+
+def _animation(engine, src: Path, dst: Path, info: images.ImageInfo, chain: Any, *,
+               overwrite: bool, quality: int | None) -> None:
+    frames = (images.read_image(info, frame=i) for i in range(info.n_frames))
+    images.write_animation(engine.map_frames(frames, chain), dst, info,
+                           overwrite=overwrite, inputs=[src], quality=quality)
+
+
+def _run_images(engine, pairs: Iterable[tuple[Path, Path]], chain: Any, *, overwrite: bool,
+                max_pixels: int, quality: int | None,
+                on_result: Callable[[FileResult], None]) -> None:
+    """Images through the engine, several in flight; animations one at a time after the stills."""
+    animations = []
+
+    def frames() -> Iterator[Frame]:
+        for src, dst in pairs:
+            frame = _image_frame(src, dst, overwrite=overwrite, max_pixels=max_pixels, quality=quality)
+            if frame.error is None and frame.load is None:
+                animations.append(frame.meta)
+                continue
+            yield frame
+
+    for frame in engine.run(frames(), chain):
+        src, dst = frame.meta[:2]
+        on_result(FileResult(src, dst if frame.error is None else None, frame.error))
+    for src, dst, info in animations:
+        try:
+            _animation(engine, src, dst, info, chain, overwrite=overwrite, quality=quality)
+        except TileprocError as exc:
+            on_result(FileResult(src, None, exc))
+        else:
+            on_result(FileResult(src, dst, None))
+
+
+# -- video -----------------------------------------------------------------------
+
+
+def process_video(engine, src, dst=None, chain: Any = None, *, overwrite: bool = False,
+                  codec: str | None = None, crf: float | None = None, preset: str = "medium",
+                  pix_fmt: str | None = None, max_pixels: int | None = images.DEFAULT_MAX_PIXELS,
+                  on_start: Callable[[video.VideoInfo], None] | None = None) -> Path:
+    """Filter every frame of a video; decoding, filtering and encoding overlap.
+
+    The output keeps the frame rate (an exact fraction), the displayed size and
+    orientation and every audio stream; it is written under a temporary name
+    and renamed when ffmpeg has succeeded. See :mod:`tiler.io.video` for the
+    format policies (odd sizes, 10-bit, variable frame rate).
+    """
+    src = Path(src)
+    dst = Path(dst) if dst is not None else video.output_name(src)
+    sweep_stale_temps(dst.parent)
+    info = video.probe_video(src, max_pixels=max_pixels)
+    if on_start is not None:
+        on_start(info)
+    dtype = info.dtype
+    if dtype == np.uint16 and dst.suffix.lower() == ".gif":
+        dtype = np.dtype(np.uint8)
+    writer = video.VideoWriter(dst, info, dtype=dtype, codec=codec, crf=crf, preset=preset,
+                               pix_fmt=pix_fmt, overwrite=overwrite)
+    reader = video.VideoReader(info, dtype=dtype)
+    decode, encode = IOThread("decode"), IOThread("encode")
+    label = str(src)
+
+    def read(slot_src: np.ndarray, slot_dst: np.ndarray) -> bool:
+        return reader.readinto(slot_src)
+
+    def write(slot_src: np.ndarray, slot_dst: np.ndarray) -> None:
+        writer.write(slot_dst)
+
+    frames = (
+        Frame(f"{label} frame {i}", info.frame_shape, dtype,
+              load=OnThread(decode, read), store=OnThread(encode, write))
+        for i in count()
+    )
+    ok = False
+    try:
+        writer.open()
+        reader.open()
+        for frame in engine.run(frames, chain):
+            if frame.error is not None:
+                raise frame.error
+        ok = True
+    finally:
+        reader.close()  # stops ffmpeg: a read blocked in the decode thread returns
+        if not ok:
+            writer.abort()  # likewise for a blocked write; nothing is left at dst
+        decode.stop()
+        encode.stop()
+    writer.close()  # waits for ffmpeg, checks its status, renames into place
+    return dst
+
+
+# -- files and folders -----------------------------------------------------------
+
+
+def process_file(engine, src, dst=None, chain: Any = None, *, overwrite: bool = False,
+                 max_pixels: int = images.DEFAULT_MAX_PIXELS, quality: int | None = None,
+                 **video_options: Any) -> Path:
+    """Filter one image or video file into ``dst`` (default: beside it, ``name.tileproc.ext``)."""
+    src = Path(src)
+    if _is_video(src):
+        return process_video(engine, src, dst, chain, overwrite=overwrite, max_pixels=max_pixels,
+                             **video_options)
+    dst = Path(dst) if dst is not None else default_output(src)
+    sweep_stale_temps(dst.parent)
+    results: list[FileResult] = []
+    _run_images(engine, [(src, dst)], chain, overwrite=overwrite, max_pixels=max_pixels,
+                quality=quality, on_result=results.append)
+    (result,) = results
+    if result.error is not None:
+        raise result.error
+    return dst
+
+
+def plan_folder(src: Path, dst: Path | None) -> tuple[list[tuple[Path, Path]], list[FileResult]]:
+    """Pair every supported file under ``src`` with its output; refuse collisions up front.
+
+    Symbolic links are not followed (so loops end and nothing outside the tree
+    is read); an output folder inside the input folder is never scanned; with
+    no ``dst`` outputs go beside their inputs as ``name.tileproc.ext`` and
+    existing ``*.tileproc.*`` files are not inputs. Returns (pairs, problems).
+    """
+    src = Path(src)
+    pairs: list[tuple[Path, Path]] = []
+    problems: list[FileResult] = []
+    out_root = Path(os.path.abspath(dst)) if dst is not None else None
+    for root, dirs, files in os.walk(src, followlinks=False):
+        rootp = Path(root)
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not (
+            out_root is not None and Path(os.path.abspath(rootp / d)) == out_root))
+        for name in sorted(files):
+            path = rootp / name
+            if name.startswith(".") or path.is_symlink() or not is_supported(path):
+                continue
+            if dst is None and ".tileproc." in name:
+                continue
+            target = (out_root / path.relative_to(src)) if out_root is not None else default_output(path)
+            pairs.append((path, target))
+    seen: dict[str, Path] = {}
+    kept = []
+    for s, d in pairs:
+        key = os.path.normcase(os.path.abspath(d))
+        if key in seen:
+            problems.append(FileResult(s, None, OutputError(
+                f"{s}: its output {d} is also the output of {seen[key]}; rename one of them")))
+            continue
+        seen[key] = s
+        kept.append((s, d))
+    return kept, problems
+
+
+def process_folder(engine, src, dst=None, chain: Any = None, *, overwrite: bool = False,
+                   max_pixels: int = images.DEFAULT_MAX_PIXELS, quality: int | None = None,
+                   on_result: Callable[[FileResult], None] | None = None,
+                   on_plan: Callable[[int], None] | None = None, **video_options: Any) -> Report:
+    """Filter every image and video under ``src`` (recursively) into ``dst``, mirroring the tree.
+
+    A file that fails (unreadable, corrupt, refused) is reported and the rest
+    go on; the :class:`Report` lists every file's outcome.
+    """
+    src = Path(src)
+    if not src.is_dir():
+        raise InputError(f"{src}: not a folder")
+    dst = Path(dst) if dst is not None else None
+    pairs, problems = plan_folder(src, dst)
+    report = Report()
+
+    def record(result: FileResult) -> None:
+        report.results.append(result)
+        if on_result is not None:
+            on_result(result)
+
+    if on_plan is not None:
+        on_plan(len(pairs) + len(problems))
+    for problem in problems:
+        record(problem)
+    made: set[Path] = set()
+    for _, d in pairs:
+        if d.parent not in made:
+            d.parent.mkdir(parents=True, exist_ok=True)
+            sweep_stale_temps(d.parent)
+            made.add(d.parent)
+    stills = [(s, d) for s, d in pairs if not _is_video(s)]
+    _run_images(engine, stills, chain, overwrite=overwrite, max_pixels=max_pixels,
+                quality=quality, on_result=record)
+    for s, d in pairs:
+        if _is_video(s):
+            try:
+                process_video(engine, s, d, chain, overwrite=overwrite, max_pixels=max_pixels,
+                              **video_options)
+            except TileprocError as exc:
+                record(FileResult(s, None, exc))
+            else:
+                record(FileResult(s, d, None))
+    return report

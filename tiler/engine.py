@@ -204,21 +204,27 @@ class Engine:
         (out,) = self.map_frames([frame], chain)
         return out
 
-    # the file-level jobs live in tiler.pipeline; bound here for one import point
-    def process_file(self, src, dst=None, chain: Any = None, **options):
-        from tiler.pipeline import process_file
+    # The file-level jobs: their stages live in tiler.pipeline.
+    def process_file(self, src, dst, chain: Any, **options):
+        """Filter one image or video file; ``dst`` None means ``name.tileproc.ext`` beside it.
 
-        return process_file(self, src, dst, chain, **options)
+        Returns the output path. See :func:`tiler.process_file` for the options.
+        """
+        from tiler import pipeline
 
-    def process_folder(self, src, dst=None, chain: Any = None, **options):
-        from tiler.pipeline import process_folder
+        return pipeline.process_file(self, src, dst, chain, **options)
 
-        return process_folder(self, src, dst, chain, **options)
+    def process_folder(self, src, dst, chain: Any, **options):
+        """Filter every image and video under ``src`` into ``dst``; returns a per-file Report."""
+        from tiler import pipeline
 
-    def process_video(self, src, dst=None, chain: Any = None, **options):
-        from tiler.pipeline import process_video
+        return pipeline.process_folder(self, src, dst, chain, **options)
 
-        return process_video(self, src, dst, chain, **options)
+    def process_video(self, src, dst, chain: Any, **options):
+        """Filter a video file frame by frame; returns the output path."""
+        from tiler import pipeline
+
+        return pipeline.process_video(self, src, dst, chain, **options)
 
 
 def _copy_from(frame: np.ndarray):

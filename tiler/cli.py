@@ -1,0 +1,306 @@
+"""The ``tileproc`` command. The only module that prints.
+
+    tileproc IN [IN ...] --filter SPEC [--filter SPEC ...] [-o OUT] [options]
+    tileproc filters
+
+Exit codes: 0 success; 1 some inputs failed (each named on one line); 2 usage
+error (bad option, unknown filter, bad parameter); 130 interrupted (Ctrl-C);
+143 terminated (SIGTERM).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from filters import FilterError
+from tiler.engine import Engine, resolve_chain
+from tiler.errors import TileprocError
+from tiler.io.images import DEFAULT_MAX_PIXELS
+from tiler.pipeline import FileResult, _is_video, default_output, is_supported, process_folder
+from tiler.scheduler import Progress
+
+__all__ = ["main", "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_INTERRUPTED", "EXIT_TERMINATED"]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
+
+EPILOG = """\
+examples:
+  tileproc photo.jpg --filter blur:sigma=3            writes photo.tileproc.jpg
+  tileproc clip.mp4 --filter blur -o clip_blur.mp4
+  tileproc photos/ --filter sharpen --filter gamma:gamma=1.2 -o out/
+  tileproc in.png --filter ./my_filters.py:boxmean:radius=4
+  tileproc filters                                     lists every filter
+
+exit codes: 0 ok, 1 some inputs failed, 2 usage error, 130 interrupted, 143 terminated
+"""
+
+
+class _Terminated(BaseException):
+    """SIGTERM, raised in the main thread so cleanup runs as for Ctrl-C."""
+
+
+def _tile_size(text: str) -> tuple[int, int]:
+    try:
+        parts = [int(p) for p in text.lower().split("x")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N or ROWSxCOLS, got {text!r}") from None
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2 or min(parts) < 1:
+        raise argparse.ArgumentTypeError(f"tile size must be N or ROWSxCOLS with sizes >= 1, got {text!r}")
+    return parts[0], parts[1]
+
+
+def _positive(kind):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tileproc",
+        description="Filter images, folders and videos in parallel by overlapping tiles.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("inputs", nargs="+", metavar="IN", help="image, video or folder (recursive)")
+    p.add_argument("-f", "--filter", dest="filters", action="append", metavar="SPEC", default=[],
+                   help="filter spec, e.g. blur:sigma=3 or mod:func:radius=2; repeat to chain")
+    p.add_argument("-o", "--output", metavar="OUT",
+                   help="output file, or folder (for a folder or several inputs); "
+                        "default: NAME.tileproc.EXT beside each input")
+    p.add_argument("-w", "--workers", type=int, metavar="N",
+                   help="worker processes (default: one per available CPU)")
+    p.add_argument("--tile-size", type=_tile_size, metavar="N|RxC",
+                   help="core tile size in pixels (default: full-width strips)")
+    p.add_argument("--frames-in-flight", type=int, metavar="K", help="frames read, filtered and written at once (default 4)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no summary")
+    p.add_argument("--max-pixels", type=_positive(int), default=DEFAULT_MAX_PIXELS, metavar="N",
+                   help=f"refuse inputs with more pixels per frame (default {DEFAULT_MAX_PIXELS})")
+    p.add_argument("--tile-timeout", type=_positive(float), metavar="S",
+                   help="fail a tile that takes longer than S seconds (default: no limit)")
+    p.add_argument("--quality", type=int, metavar="Q", help="JPEG/WebP quality 1-100 (default: the input's)")
+    v = p.add_argument_group("video")
+    v.add_argument("--codec", help="ffmpeg encoder (default by container: libx264, libvpx-vp9, gif)")
+    v.add_argument("--crf", type=float, help="constant quality (default: 18 for H.264, 31 for VP9)")
+    v.add_argument("--preset", default="medium", help="encoder preset (default medium)")
+    v.add_argument("--pix-fmt", help="encoder pixel format (default yuv420p, yuv420p10le for 10-bit)")
+    return p
+
+
+def _list_filters(out) -> int:
+    from filters.registry import available
+
+    rows = available()
+    width = max(len(r.name) for r in rows)
+    for r in rows:
+        params = ", ".join(f"{k}={v}" for k, v in r.params.items()) or "-"
+        halo = "?" if r.halo is None else r.halo
+        extra = f"  [{r.source}]" if r.source != "built-in" else ""
+        print(f"{r.name:<{width}}  halo {halo:<3}  {params}{extra}", file=out)
+        print(f"{'':<{width}}  {r.summary}", file=out)
+        if r.error:
+            print(f"{'':<{width}}  unavailable: {r.error}", file=out)
+    return EXIT_OK
+
+
+class _Bars:
+    """tqdm bars on stderr, off when stderr is not a terminal or with --quiet."""
+
+    def __init__(self, quiet: bool):
+        self.enabled = not quiet and sys.stderr.isatty()
+        self.bar = None
+        self.counts: str | None = None  # the Progress kind that advances the bar
+
+    def open(self, total: int | None, unit: str, desc: str = "") -> None:
+        self.close()
+        if self.enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit=unit, desc=desc, file=sys.stderr, dynamic_ncols=True, leave=False)
+
+    def advance(self, n: int = 1) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def write(self, line: str) -> None:
+        if self.bar is not None:
+            self.bar.write(line, file=sys.stderr)
+        else:
+            print(line, file=sys.stderr)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _jobs(inputs: list[Path], output: str | None) -> list[tuple[Path, Path | None, bool]]:
+    """(input, output, is_folder) for each input; raises ValueError on a usage problem."""
+    many = len(inputs) > 1
+    out = Path(output) if output else None
+    to_folder = out is not None and (many or output.endswith(os.sep) or out.is_dir())
+    jobs = []
+    for src in inputs:
+        if src.is_dir():
+            if out is not None and out.exists() and not out.is_dir():
+                raise ValueError(f"{out}: output for folder {src} must be a folder")
+            target = (out / src.name if many else out) if out is not None else None
+            jobs.append((src, target, True))
+        else:
+            if out is None:
+                target = None
+            elif to_folder:
+                target = out / src.name
+            else:
+                target = out
+            jobs.append((src, target, False))
+    return jobs
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["filters"]:
+        return _list_filters(sys.stdout)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    if not args.filters:
+        parser.print_usage(sys.stderr)
+        print("tileproc: error: give at least one --filter (see 'tileproc filters')", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        chain = resolve_chain(",".join(args.filters))
+        chain.check_picklable()
+        jobs = _jobs([Path(i) for i in args.inputs], args.output)
+        if args.workers is not None and args.workers < 0:
+            raise ValueError(f"--workers must be >= 0, got {args.workers}")
+        if args.frames_in_flight is not None and args.frames_in_flight < 1:
+            raise ValueError(f"--frames-in-flight must be >= 1, got {args.frames_in_flight}")
+        if args.quality is not None and not 1 <= args.quality <= 100:
+            raise ValueError(f"--quality must be 1..100, got {args.quality}")
+    except (FilterError, ValueError) as exc:
+        print(f"tileproc: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+    bars = _Bars(args.quiet)
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def terminate(signum, frame):
+        raise _Terminated()
+
+    signal.signal(signal.SIGTERM, terminate)
+    failures = 0
+    written = 0
+    try:
+        with Engine(args.workers, tile_size=args.tile_size, frames_in_flight=args.frames_in_flight,
+                    tile_timeout=args.tile_timeout, progress=lambda e: _on_progress(bars, e)) as engine:
+            options = dict(overwrite=args.overwrite, max_pixels=args.max_pixels, quality=args.quality)
+            video_options = dict(codec=args.codec, crf=args.crf, preset=args.preset, pix_fmt=args.pix_fmt)
+            for src, dst, is_folder in jobs:
+                if is_folder:
+                    n_ok, n_bad = _run_folder(engine, src, dst, chain, bars, options, video_options)
+                else:
+                    n_ok, n_bad = _run_file(engine, src, dst, chain, bars, options, video_options)
+                written += n_ok
+                failures += n_bad
+    except KeyboardInterrupt:
+        bars.close()
+        print("tileproc: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except _Terminated:
+        bars.close()
+        print("tileproc: terminated", file=sys.stderr)
+        return EXIT_TERMINATED
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        bars.close()
+    if not args.quiet and (failures or written != 1):
+        print(f"tileproc: {written} written, {failures} failed", file=sys.stderr)
+    return EXIT_FAILED if failures else EXIT_OK
+
+
+def _on_progress(bars: _Bars, event: Progress) -> None:
+    """Engine progress -> the bar: tiles of one image, or frames of a video."""
+    if bars.bar is None or event.kind != bars.counts:
+        return
+    if bars.bar.total is None and event.kind == "tiles" and event.frame.tiles:
+        bars.bar.total = event.frame.tiles
+        bars.bar.refresh()
+    bars.advance(event.done)
+
+
+def _fail_line(bars: _Bars, exc: BaseException) -> None:
+    bars.write(f"tileproc: error: {exc}")
+
+
+def _run_file(engine, src: Path, dst: Path | None, chain, bars: _Bars, options, video_options) -> tuple[int, int]:
+    if not src.exists() and not src.is_symlink():
+        _fail_line(bars, f"{src}: no such file")
+        return 0, 1
+    if not is_supported(src):
+        _fail_line(bars, f"{src}: not a supported image or video (by its extension)")
+        return 0, 1
+    try:
+        if _is_video(src):
+            def started(info):
+                bars.counts = "frame"
+                bars.open(info.frame_count, "frame", src.name)
+
+            out = engine.process_video(src, dst, chain, on_start=started, **options_for_video(options),
+                                       **video_options)
+        else:
+            bars.counts = "tiles"
+            bars.open(None, "tile", src.name)
+            out = engine.process_file(src, dst, chain, **options)
+    except TileprocError as exc:
+        bars.close()
+        _fail_line(bars, exc)
+        return 0, 1
+    bars.close()
+    return 1, 0
+
+
+def options_for_video(options: dict) -> dict:
+    return {k: v for k, v in options.items() if k != "quality"}
+
+
+def _run_folder(engine, src: Path, dst: Path | None, chain, bars: _Bars, options, video_options) -> tuple[int, int]:
+    counts = [0, 0]
+    bars.counts = None  # the bar counts files, as they finish
+
+    def planned(n: int) -> None:
+        bars.open(n, "file", src.name)
+
+    def done(result: FileResult) -> None:
+        bars.advance()
+        if result.ok:
+            counts[0] += 1
+        else:
+            counts[1] += 1
+            _fail_line(bars, result.error)
+
+    try:
+        process_folder(engine, src, dst, chain, on_result=done, on_plan=planned,
+                       **options, **video_options)
+    except TileprocError as exc:
+        _fail_line(bars, exc)
+        counts[1] += 1
+    bars.close()
+    return counts[0], counts[1]

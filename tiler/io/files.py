@@ -72,14 +72,31 @@ def atomic_output(dst: Path, *, inputs: Iterable[Path] = (), overwrite: bool = F
         if overwrite:
             os.replace(tmp, dst)
         else:
-            try:
-                os.link(tmp, dst)
-            except FileExistsError:
-                raise OutputExists(f"{dst}: output exists (use --overwrite to replace it)") from None
-            os.unlink(tmp)
+            _move_no_replace(tmp, dst)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+def _move_no_replace(tmp: Path, dst: Path) -> None:
+    """Move ``tmp`` to ``dst`` unless ``dst`` exists.
+
+    A hard link is atomic and fails if ``dst`` exists. File systems without
+    hard links (FAT, exFAT, some network and FUSE mounts) refuse it with
+    another error; then check and rename: a file that appears at ``dst`` in
+    the instant between the two could be replaced, but a killed run never
+    leaves a partial or empty file at ``dst``.
+    """
+    try:
+        os.link(tmp, dst)
+    except FileExistsError:
+        raise OutputExists(f"{dst}: output exists (use --overwrite to replace it)") from None
+    except OSError:
+        if os.path.lexists(dst):
+            raise OutputExists(f"{dst}: output exists (use --overwrite to replace it)") from None
+        os.rename(tmp, dst)
+        return
+    os.unlink(tmp)
 
 
 def _alive(pid: int) -> bool:

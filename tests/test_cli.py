@@ -1,0 +1,194 @@
+"""The tileproc command on real files: outputs, exit codes, messages, interruption."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tiler.cli import main
+from leaks import descendants, shm_entries, wait_until
+
+TESTS = Path(__file__).resolve().parent
+SLOW = f"{TESTS / 'faultfilters.py'}:slow:seconds=0.3"
+
+
+@pytest.fixture
+def photo(tmp_path, samples):
+    path = tmp_path / "photo.jpg"
+    shutil.copy(samples / "landscape_exif-orient6.jpg", path)
+    return path
+
+
+def png(path, shape=(60, 80, 3), seed=0):
+    a = np.random.default_rng(seed).integers(0, 255, shape, dtype=np.uint8)
+    Image.fromarray(a).save(path)
+    return a
+
+
+def test_one_image_beside_input_upright(photo, capsys):
+    before = photo.read_bytes()
+    assert main([str(photo), "--filter", "blur:sigma=2", "-q"]) == 0
+    out = photo.with_name("photo.tileproc.jpg")
+    with Image.open(out) as im:
+        assert im.size == (1800, 1200)  # EXIF orientation 6 applied, written upright
+        assert im.getexif().get(0x0112, 1) == 1
+    assert photo.read_bytes() == before
+
+
+def test_output_file_and_chain_matches_python_api(tmp_path):
+    src = tmp_path / "a.png"
+    a = png(src)
+    dst = tmp_path / "b.png"
+    assert main([str(src), "-f", "blur:sigma=1.5", "-f", "invert", "-o", str(dst), "-q", "-w", "2"]) == 0
+    from filters.registry import resolve
+
+    np.testing.assert_array_equal(np.asarray(Image.open(dst)), resolve("blur:sigma=1.5,invert").apply(a))
+
+
+def test_existing_output_refused_then_overwritten(tmp_path, capsys):
+    src = tmp_path / "a.png"
+    png(src)
+    dst = tmp_path / "b.png"
+    dst.write_bytes(b"keep me")
+    assert main([str(src), "-f", "invert", "-o", str(dst)]) == 1
+    assert dst.read_bytes() == b"keep me"
+    assert "exists" in capsys.readouterr().err
+    assert main([str(src), "-f", "invert", "-o", str(dst), "--overwrite", "-q"]) == 0
+    assert Image.open(dst).size == (80, 60)
+
+
+def test_output_equal_to_input_is_refused(tmp_path, capsys):
+    src = tmp_path / "a.png"
+    png(src)
+    before = src.read_bytes()
+    assert main([str(src), "-f", "invert", "-o", str(src), "--overwrite"]) == 1
+    assert src.read_bytes() == before
+    assert "input" in capsys.readouterr().err
+
+
+def test_folder_goes_on_past_bad_files_and_exits_1(tmp_path, capsys):
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    png(src / "a.png")
+    png(src / "sub" / "b.png", (33, 17))
+    (src / "empty.png").write_bytes(b"")
+    (src / "noise.jpg").write_bytes(os.urandom(3000))
+    (src / "notes.txt").write_text("not an image, not picked up")
+    code = main([str(src), "-f", "median:size=3", "-o", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1
+    assert sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.png")) == [
+        "a.png", "sub/b.png"]
+    bad = [line for line in err if line.startswith("tileproc: error:")]
+    assert len(bad) == 2 and any("empty.png" in line for line in bad) and any("noise.jpg" in line for line in bad)
+    assert err[-1] == "tileproc: 2 written, 2 failed"
+
+
+def test_usage_errors_exit_2(tmp_path, capsys):
+    src = tmp_path / "a.png"
+    png(src)
+    assert main([str(src)]) == 2
+    assert main([str(src), "-f", "blurr"]) == 2
+    assert "blur" in capsys.readouterr().err  # suggests the close match
+    assert main([str(src), "-f", "blur:sigma=-3"]) == 2
+    assert "sigma" in capsys.readouterr().err
+    assert main([str(src), "-f", "blur", "--tile-size", "0"]) == 2
+    assert main([str(src), "-f", "blur", "--no-such-option"]) == 2
+
+
+def test_missing_input_exits_1(tmp_path, capsys):
+    assert main([str(tmp_path / "nope.png"), "-f", "invert"]) == 1
+    assert "nope.png: no such file" in capsys.readouterr().err
+
+
+def test_filters_listing(capsys):
+    assert main(["filters"]) == 0
+    out = capsys.readouterr().out
+    for name in ["blur", "boxblur", "sharpen", "edges", "emboss", "median", "grayscale", "invert",
+                 "contrast", "gamma", "threshold"]:
+        assert f"\n{name} " in "\n" + out
+
+
+def test_custom_filter_from_file_and_module(tmp_path):
+    src = tmp_path / "a.png"
+    a = png(src, (40, 50))
+    mine = tmp_path / "my_filters.py"
+    mine.write_text(
+        "import numpy as np\nfrom filters import filter\n\n"
+        "@filter(halo=0, pointwise=True)\ndef halve(tile, *, by=2):\n    return (tile // by).astype(tile.dtype)\n")
+    assert main([str(src), "-f", f"{mine}:halve:by=4", "-o", str(tmp_path / "b.png"), "-q"]) == 0
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "b.png")), a // 4)
+    assert main([str(src), "-f", "faultfilters:negate", "-o", str(tmp_path / "c.png"), "-q"]) == 0
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "c.png")), 255 - a)
+
+
+def test_python_dash_m_tiler(tmp_path):
+    src = tmp_path / "a.png"
+    png(src)
+    r = subprocess.run([sys.executable, "-m", "tiler", str(src), "-f", "invert", "-q"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "a.tileproc.png").exists()
+
+
+def start_cli(args, tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(TESTS))
+    return subprocess.Popen([sys.executable, "-m", "tiler", *args], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def slow_folder(tmp_path, n=6):
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(n):
+        png(src / f"f{i}.png", (300, 200, 3), seed=i)
+    return src
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_interrupt_exits_promptly_and_leaves_nothing(tmp_path, sig, code):
+    src = slow_folder(tmp_path)
+    out = tmp_path / "out"
+    proc = start_cli([str(src), "-f", SLOW, "-o", str(out), "-w", "2", "--tile-size", "50"], tmp_path)
+    try:
+        assert wait_until(lambda: len(descendants(proc.pid)) >= 3, 20), "workers never started"
+        time.sleep(0.5)
+        t = time.monotonic()
+        if sig == signal.SIGINT:
+            os.killpg(proc.pid, sig)  # Ctrl-C reaches the whole process group
+        else:
+            proc.send_signal(sig)
+        _, err = proc.communicate(timeout=15)
+        assert time.monotonic() - t < 10
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == code, err
+    assert "Traceback" not in err
+    assert not list(out.rglob("*.png")) if out.exists() else True
+    assert not [p for p in out.rglob(".*")] if out.exists() else True
+
+
+def test_killed_master_workers_exit_and_next_run_sweeps(tmp_path):
+    src = slow_folder(tmp_path, n=3)
+    out = tmp_path / "out"
+    proc = start_cli([str(src), "-f", SLOW, "-o", str(out), "-w", "2", "--tile-size", "50"], tmp_path)
+    assert wait_until(lambda: len(descendants(proc.pid)) >= 3, 20), "workers never started"
+    time.sleep(0.5)
+    children = descendants(proc.pid)
+    proc.kill()
+    proc.wait()
+    assert wait_until(lambda: not any(os.path.exists(f"/proc/{p}") and
+                                      open(f"/proc/{p}/stat").read().split()[2] != "Z" for p in children), 10)
+    # A later run removes what the killed one left (segments, temporaries) and completes.
+    assert main([str(src), "-f", "invert", "-o", str(out), "-q", "--overwrite"]) == 0
+    assert not [p for p in out.rglob(".*")]
+    assert not [s for s in shm_entries() if s.split("_")[1] == str(proc.pid)]

@@ -1,7 +1,8 @@
 """Smoothing filters: Gaussian blur and box blur.
 
 Integer frames go through OpenCV, whose integer paths (fixed-point Gaussian,
-integer box sums) give the same bits wherever a pixel sits. Float32 frames go
+integer box sums) give the same bits wherever a pixel sits; uint8 is blurred in
+16-bit fixed point for accuracy. Float32 frames go
 through exact-order numpy sums instead: OpenCV's float32 Gaussian rounds a pixel
 differently depending on where it falls in its row (vector body or scalar
 tail), which would show as seams between tiles.
@@ -35,7 +36,8 @@ class GaussianBlur(Filter):
     Notes
     -----
     Border: reflect without repeating the edge pixel. uint8 and uint16 are
-    filtered in fixed point and rounded; float32 is computed in float32 and not
+    filtered in 16-bit fixed point and rounded (uint8 to the nearest step,
+    uint16 within 2 steps of 65535 of the exact value); float32 is computed in float32 and not
     clipped (a weighted average stays within the input's range). Alpha (the
     last of 2 or 4 channels) passes through.
 
@@ -74,10 +76,11 @@ class GaussianBlur(Filter):
         h = self.halo
         if x.dtype.kind == "f":
             return px.gaussian_float(x.astype(np.float32, copy=False), self.sigma, h)
-        k = 2 * h + 1
-        return cv2.GaussianBlur(
-            x, (k, k), sigmaX=self.sigma, sigmaY=self.sigma, borderType=px.BORDER
-        )
+        blurred = px.gaussian_fixed(x, self.sigma, h)
+        if x.dtype == np.uint8:
+            # exact: a division by 256, rounded half to even
+            return cv2.convertScaleAbs(blurred, alpha=1 / 256)
+        return blurred
 
 
 @dataclasses.dataclass(frozen=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import math
 
-import cv2
 import numpy as np
 
 from filters import _pixels as px
@@ -74,16 +73,12 @@ class Sharpen(Filter):
 
     def _sharpen(self, x: np.ndarray) -> np.ndarray:
         h = self.halo
-        k = 2 * h + 1
-        if x.dtype == np.uint8:
-            wide = x.astype(np.uint16) * np.uint16(256)
-            blurred = cv2.GaussianBlur(wide, (k, k), self.sigma, sigmaY=self.sigma, borderType=px.BORDER)
-            blurred = blurred.astype(np.float32) * np.float32(1 / 256)
-        elif x.dtype == np.uint16:
-            blurred = cv2.GaussianBlur(x, (k, k), self.sigma, sigmaY=self.sigma, borderType=px.BORDER)
-            blurred = blurred.astype(np.float32)
-        else:
+        if x.dtype.kind == "f":
             blurred = px.gaussian_float(x, self.sigma, h)
+        else:
+            blurred = px.gaussian_fixed(x, self.sigma, h).astype(np.float32)
+            if x.dtype == np.uint8:
+                blurred *= np.float32(1 / 256)
         values = x.astype(np.float32)
         detail = np.subtract(values, blurred, out=blurred)
         if self.threshold > 0:

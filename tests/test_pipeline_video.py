@@ -1,0 +1,143 @@
+"""Video through the whole engine: faithful output, filtered frames, and clean failures."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import tiler
+from filters.registry import resolve
+from tiler.engine import Engine
+from tiler.errors import FilterFailed, OutputExists, WorkerDied
+from tiler.io.video import VideoReader, ffmpeg_exe, probe_video
+from leaks import descendants, wait_until
+
+TESTS = Path(__file__).resolve().parent
+BEAR = TESTS / "data" / "bear_vp9_odd_161x121.webm"
+
+
+def make_clip(path: Path, *, size="96x64", rate="24000/1001", seconds=1.0, audio=True, extra=()):
+    cmd = [ffmpeg_exe(), "-v", "error", "-f", "lavfi", "-i", f"testsrc2=size={size}:rate={rate}:duration={seconds}"]
+    if audio:
+        cmd += ["-f", "lavfi", "-i", f"sine=frequency=440:duration={seconds}", "-c:a", "aac", "-shortest"]
+    cmd += ["-c:v", "libx264", "-pix_fmt", "yuv420p", *extra, str(path)]
+    subprocess.run(cmd, check=True)
+    return path
+
+
+def frames_of(path: Path) -> list[np.ndarray]:
+    info = probe_video(path)
+    with VideoReader(info) as reader:
+        return [f.copy() for f in reader]
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+def test_filtered_video_keeps_timing_audio_and_matches_the_chain(tmp_path):
+    src = make_clip(tmp_path / "in.mp4")
+    dst = tmp_path / "out.mp4"
+    chain = "blur:sigma=1.5,invert"
+    assert tiler.process_video(src, dst, chain, workers=2) == dst
+    a, b = probe_video(src), probe_video(dst)
+    assert b.fps == Fraction(24000, 1001) and b.frame_count == a.frame_count
+    assert (b.width, b.height) == (a.width, a.height)
+    assert [s.codec for s in b.audio] == ["aac"]
+    assert abs(float(b.duration) - float(a.duration)) < 0.05
+    want = [resolve(chain).apply(f) for f in frames_of(src)]
+    got = frames_of(dst)
+    assert len(got) == len(want)
+    assert min(psnr(g, w) for g, w in zip(got, want)) > 35
+
+
+def test_odd_sized_webm_to_mp4_is_padded_not_stretched(tmp_path):
+    dst = tmp_path / "bear.mp4"
+    tiler.process_video(BEAR, dst, "edges", workers=2)
+    info = probe_video(dst)
+    assert (info.width, info.height) == (162, 122) and info.frame_count == 30
+    src_frames, out_frames = frames_of(BEAR), frames_of(dst)
+    want = resolve("edges").apply(src_frames[10])
+    assert psnr(out_frames[10][:121, :161], want) > 30  # the picture sits where it was
+
+
+def test_rotated_clip_comes_out_upright(tmp_path):
+    # top half bright, bottom dark, stored rotated by 90 degrees with display metadata
+    src = tmp_path / "rot.mp4"
+    subprocess.run([ffmpeg_exe(), "-v", "error", "-f", "lavfi", "-i",
+                    "color=white:size=64x48:rate=10:duration=0.5,drawbox=y=24:h=24:w=64:color=black:t=fill",
+                    "-c:v", "libx264", "-pix_fmt", "yuv420p", str(tmp_path / "plain.mp4")], check=True)
+    subprocess.run([ffmpeg_exe(), "-v", "error", "-display_rotation", "90", "-i", str(tmp_path / "plain.mp4"),
+                    "-c", "copy", str(src)], check=True)
+    assert probe_video(src).rotation in (90, 270)
+    dst = tmp_path / "out.mp4"
+    tiler.process_video(src, dst, "invert", workers=2)
+    out = probe_video(dst)
+    assert out.rotation == 0 and (out.width, out.height) == (probe_video(src).width, probe_video(src).height)
+    shown = frames_of(src)[0]  # as displayed
+    np.testing.assert_allclose(frames_of(dst)[0].mean(axis=2), 255 - shown.mean(axis=2), atol=12)
+
+
+def test_existing_output_refused_and_kept(tmp_path):
+    dst = tmp_path / "out.mp4"
+    dst.write_bytes(b"old")
+    with pytest.raises(OutputExists):
+        tiler.process_video(BEAR, dst, "invert", workers=2)
+    assert dst.read_bytes() == b"old"
+
+
+def test_filter_error_mid_video_leaves_no_output(tmp_path):
+    dst = tmp_path / "out.mp4"
+    with pytest.raises(FilterFailed, match=r"bear_vp9_odd_161x121.webm frame \d+.*raises"):
+        tiler.process_video(BEAR, dst, "faultfilters:raises", workers=2, inline_below=0)
+    assert sorted(os.listdir(tmp_path)) == []
+
+
+def test_killed_worker_mid_video_fails_cleanly(tmp_path):
+    dst = tmp_path / "out.mp4"
+    with Engine(workers=2, inline_below=0, retries=0) as engine:
+        engine.process(np.zeros((8, 8), np.uint8), "invert")
+        victim = engine.pool.pids[0]
+        started = []
+
+        def kill_soon(info):
+            started.append(info)
+
+        import threading
+
+        timer = threading.Timer(0.5, os.kill, (victim, signal.SIGKILL))
+        timer.start()
+        try:
+            with pytest.raises(WorkerDied, match="frame .*killed by SIGKILL"):
+                engine.process_video(BEAR, dst, "faultfilters:slow:seconds=0.02", on_start=kill_soon)
+        finally:
+            timer.cancel()
+    assert sorted(os.listdir(tmp_path)) == []
+
+
+def test_ctrl_c_mid_video(tmp_path):
+    dst = tmp_path / "out.mp4"
+    env = dict(os.environ, PYTHONPATH=str(TESTS))
+    proc = subprocess.Popen([sys.executable, "-m", "tiler", str(BEAR), "-f", "faultfilters:slow:seconds=0.05",
+                             "-o", str(dst), "-w", "2"], env=env, cwd=tmp_path, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        assert wait_until(lambda: any("ffmpeg" in open(f"/proc/{p}/cmdline").read()
+                                      for p in descendants(proc.pid) if os.path.exists(f"/proc/{p}")), 20)
+        time.sleep(0.5)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert sorted(os.listdir(tmp_path)) == []

@@ -29,7 +29,7 @@ class GaussianBlur(Filter):
     Parameters
     ----------
     sigma : float
-        Standard deviation in pixels, > 0 and <= 500.
+        Standard deviation in pixels, > 0 and <= 100.
     truncate : float
         The kernel reaches ``ceil(truncate * sigma)`` pixels (the halo), > 0 and <= 10.
 
@@ -57,7 +57,7 @@ class GaussianBlur(Filter):
     truncate: float = 4.0
 
     def __post_init__(self) -> None:
-        sigma = px.check_number(self.name, "sigma", self.sigma, low=0, high=500, low_open=True)
+        sigma = px.check_number(self.name, "sigma", self.sigma, low=0, high=100, low_open=True)
         truncate = px.check_number(
             self.name, "truncate", self.truncate, low=0, high=10, low_open=True
         )

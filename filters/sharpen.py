@@ -25,7 +25,7 @@ class Sharpen(Filter):
     Parameters
     ----------
     sigma : float
-        Standard deviation of the blur in pixels, > 0 and <= 500. The halo is
+        Standard deviation of the blur in pixels, > 0 and <= 100. The halo is
         ``ceil(4 * sigma)``, the reach of that blur.
     amount : float
         Strength, 0..100 (0 copies the frame).
@@ -59,7 +59,7 @@ class Sharpen(Filter):
     def __post_init__(self) -> None:
         n = self.name
         set_ = object.__setattr__
-        set_(self, "sigma", px.check_number(n, "sigma", self.sigma, low=0, high=500, low_open=True))
+        set_(self, "sigma", px.check_number(n, "sigma", self.sigma, low=0, high=100, low_open=True))
         set_(self, "amount", px.check_number(n, "amount", self.amount, low=0, high=100))
         set_(self, "threshold", px.check_number(n, "threshold", self.threshold, low=0, high=1))
 

@@ -370,9 +370,9 @@ def test_halos():
 @pytest.mark.parametrize(
     "make, message",
     [
-        (lambda: GaussianBlur(sigma=-3), r"^blur: sigma must be > 0 and <= 500, got -3$"),
+        (lambda: GaussianBlur(sigma=-3), r"^blur: sigma must be > 0 and <= 100, got -3$"),
         (lambda: GaussianBlur(sigma=0), r"^blur: sigma must be > 0"),
-        (lambda: GaussianBlur(sigma=float("nan")), r"^blur: sigma must be > 0 and <= 500, got nan$"),
+        (lambda: GaussianBlur(sigma=float("nan")), r"^blur: sigma must be > 0 and <= 100, got nan$"),
         (lambda: GaussianBlur(truncate=11), r"^blur: truncate must be > 0 and <= 10, got 11$"),
         (lambda: GaussianBlur(sigma="2"), r"^blur: sigma must be a number, got '2'$"),
         (lambda: BoxBlur(radius=-1), r"^boxblur: radius must be an integer in 0\.\.1000, got -1$"),

@@ -102,7 +102,7 @@ def test_every_builtin_round_trips_through_its_description(name):
         ("invert:level=2", r"^invert: unknown parameter 'level'.*known: none, it takes no parameters$"),
         ("blur:sigma=abc", r"^blur: sigma must be a number, got 'abc'$"),
         ("boxblur:radius=2.5", r"^boxblur: radius must be an integer, got '2\.5'$"),
-        ("blur:sigma=-3", r"^blur: sigma must be > 0 and <= 500, got -3"),
+        ("blur:sigma=-3", r"^blur: sigma must be > 0 and <= 100, got -3"),
         ("median:size=4", r"^median: size must be an odd integer in 1\.\.101, got 4$"),
     ],
 )

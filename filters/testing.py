@@ -83,11 +83,13 @@ def check_filter(
     halo = chain.halo
     if isinstance(halo, bool) or not isinstance(halo, (int, np.integer)) or halo < 0:
         raise AssertionError(f"check_filter: {label}: halo must be an integer >= 0, got {halo!r}")
-    if chain.pointwise and halo:
-        raise AssertionError(
-            f"check_filter: {label} says it is pointwise but declares halo {halo}; "
-            "a pointwise filter reads only its own pixel: set halo 0 or pointwise=False"
-        )
+    for member in chain.filters:
+        if member.pointwise and member.halo:
+            raise AssertionError(
+                f"check_filter: {_describe(member)} says it is pointwise but declares halo "
+                f"{member.halo}; a pointwise filter reads only its own pixel: set halo 0 "
+                "or pointwise=False"
+            )
     copy = _check_pickle(chain, label)
 
     rng = np.random.default_rng(seed)

@@ -82,8 +82,10 @@ def test_dtypes_and_channels_can_be_narrowed():
 
 
 def test_fails_pointwise_with_a_halo():
-    with pytest.raises(AssertionError, match=r"says it is pointwise but declares halo 1"):
+    with pytest.raises(AssertionError, match=r"false_pointwise says it is pointwise but declares halo 1"):
         check_filter(filterdefs.false_pointwise)
+    with pytest.raises(AssertionError, match=r"false_pointwise says it is pointwise"):
+        check_filter(["blur", filterdefs.false_pointwise])
 
 
 def test_fails_filters_workers_cannot_import():

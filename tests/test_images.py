@@ -437,28 +437,56 @@ def _exif_with(orientation: int) -> bytes:
     return ex.tobytes()
 
 
+def _oriented_file(kind: str, orientation: int, folder: Path) -> tuple[Path, np.ndarray]:
+    """A file of ``kind`` whose stored pixels carry an EXIF orientation; returns (file, stored)."""
+    if kind == "png":
+        stored = rand((H, W, 3), seed=orientation)
+        return save(Image.fromarray(stored), folder / "o.png", exif=_exif_with(orientation)), stored
+    if kind == "png16":
+        stored = rand((H, W, 3), np.uint16, seed=orientation)
+        chunks = images.C.png_metadata_chunks(exif=_exif_with(orientation))
+        (folder / "o.png").write_bytes(images.C.encode_png16(stored, chunks))
+        return folder / "o.png", stored
+    dtype = np.uint16 if kind == "tif16" else np.uint8  # TIFF: the tag sits in the image's own IFD
+    stored = rand((H, W, 3), dtype, seed=orientation)
+    (folder / "o.tif").write_bytes(images.C.encode_tiff(stored, {274: orientation, 271: "TestCam"}))
+    return folder / "o.tif", stored
+
+
+@pytest.mark.parametrize("kind", ["png", "png16", "tif", "tif16"])
 @pytest.mark.parametrize("orientation", range(1, 9))
-def test_exif_orientation_applied(orientation, tmp_path):
-    stored = rand((H, W, 3), seed=orientation)
-    src = save(Image.fromarray(stored), tmp_path / "o.png", exif=_exif_with(orientation))
+def test_exif_orientation_applied(orientation, kind, tmp_path):
+    src, stored = _oriented_file(kind, orientation, tmp_path)
     info = probe_image(src)
     assert info.orientation == orientation
     expected = UPRIGHT[orientation](stored)
     assert info.shape == expected.shape
     got = read_image(info)
     np.testing.assert_array_equal(got, expected)
-    with Image.open(src) as im:
-        np.testing.assert_array_equal(got, np.asarray(ImageOps.exif_transpose(im)))
+    if kind == "png":
+        with Image.open(src) as im:
+            np.testing.assert_array_equal(got, np.asarray(ImageOps.exif_transpose(im)))
     if orientation == 6:  # the stored bottom-left pixel shows at the top-left
         assert got[0, 0].tolist() == stored[-1, 0].tolist()
-    dst = tmp_path / "up.png"
+    dst = tmp_path / ("up" + src.suffix)
     write_image(got, dst, info)
     with Image.open(dst) as im:
-        assert im.getexif()[0x0112] == 1
+        assert im.getexif().get(0x0112, 1) == 1
         assert im.getexif()[0x010F] == "TestCam"
     out = probe_image(dst)
     assert out.orientation == 1
     np.testing.assert_array_equal(read_image(out), expected)
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_exif_orientation_on_jpeg(orientation, tmp_path):
+    stored = np.zeros((32, 48, 3), np.uint8)
+    stored[:16, :24] = (255, 0, 0)  # one red quadrant, top-left as stored
+    src = save(Image.fromarray(stored), tmp_path / "o.jpg", exif=_exif_with(orientation), quality=95)
+    got = read_image(probe_image(src))
+    expected = UPRIGHT[orientation](stored)
+    assert got.shape == expected.shape
+    assert np.abs(got.astype(int) - expected).mean() < 3
 
 
 def test_sample_exif6_jpeg_reads_upright_and_writes_orientation_1(tmp_path):
@@ -626,6 +654,14 @@ def test_animated_gif_to_webp(tmp_path):
     np.testing.assert_array_equal(read_image(out, frame=9), read_image(info, frame=9)[::4, ::4])
 
 
+def test_apng_reads_its_default_image(tmp_path):
+    frames = [Image.fromarray(np.full((H, W, 3), c, np.uint8)) for c in (10, 200)]
+    frames[0].save(tmp_path / "a.png", save_all=True, append_images=frames[1:], duration=100)
+    info = probe_image(tmp_path / "a.png")
+    assert info.n_frames == 1
+    np.testing.assert_array_equal(read_image(info), np.asarray(frames[0]))
+
+
 def test_write_animation_errors(tmp_path):
     info = probe_image(ANIMATED_GIF)
     f = np.zeros(info.shape, np.uint8)
@@ -667,6 +703,7 @@ BAD = {
     "trunc16.png": lambda p: p.write_bytes(images.C.encode_png16(_rgb16(3))[:300]),
     "trunc.gif": lambda p: p.write_bytes(ANIMATED_GIF.read_bytes()[:300_000]),
     "crc.png": lambda p: p.write_bytes(_good_png()[:60] + bytes([_good_png()[60] ^ 0xFF]) + _good_png()[61:]),
+    "float-rgb.tif": lambda p: p.write_bytes(images.C.encode_tiff(np.zeros((4, 5, 3), np.float32))),
 }
 
 

@@ -79,13 +79,16 @@ horizontal differencing) unless the source was uncompressed.
 
 Not kept: APNG animation (the default image is read), TIFF pages after the
 first, PNG chunks other than those above (gAMA, sRGB, cHRM: an ICC profile is
-the faithful carrier), JPEG EXIF larger than a JPEG segment (64 KiB).
+the faithful carrier), EXIF that a PNG stores after its image data (reading
+it would mean decoding at probe time), JPEG EXIF or XMP larger than a JPEG
+segment (64 KiB), MPO secondary pictures.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import io
 import os
 import re
@@ -279,6 +282,9 @@ def _open_pillow(path: Path) -> Image.Image:
     try:
         return Image.open(path, formats=_PILLOW_FORMATS)
     except UnidentifiedImageError:
+        fmt = _sniff(path)
+        if fmt:
+            raise InputError(f"{path}: unsupported or corrupt {fmt} file (Pillow cannot decode it)") from None
         raise InputError(f"{path}: not an image tileproc reads (PNG, JPEG, TIFF, WebP, BMP or GIF)") from None
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
@@ -286,6 +292,41 @@ def _open_pillow(path: Path) -> Image.Image:
         raise InputError(f"{path}: permission denied") from None
     except Exception as exc:
         raise _corrupt(path, exc) from None
+
+
+@functools.cache
+def _pillow_orients_tiff() -> bool:
+    """Whether this Pillow applies a TIFF's Orientation tag itself on load (Pillow 11.1 and later do)."""
+    data = C.encode_tiff(np.array([[0, 255]], np.uint8), {274: 2}, compress=False)
+    with _pillow(), Image.open(io.BytesIO(data)) as im:
+        im.load()
+        return im.getpixel((0, 0)) == 255
+
+
+def _oriented_by_pillow(info: "ImageInfo") -> bool:
+    return info.format == "TIFF" and info.orientation != 1 and _pillow_orients_tiff()
+
+
+def _sniff(path: Path) -> str | None:
+    """The format a file's first bytes claim, among those tileproc reads."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError:
+        return None
+    if head.startswith(C.PNG_SIGNATURE):
+        return "PNG"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        return "TIFF"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WebP"
+    if head[:2] == b"BM":
+        return "BMP"
+    if head[:4] == b"GIF8":
+        return "GIF"
+    return None
 
 
 def _rawmode(im: Image.Image) -> str:
@@ -347,6 +388,14 @@ _UNSIGNED_INT_RAW = re.compile(r"I;(8|16)(B|L|N)?")
 
 def _plan(path: Path, im: Image.Image, animated: bool, alpha_hint: bool) -> tuple[str, int, int, np.dtype]:
     """(logical mode, bits, channels, dtype) of what read_image will produce."""
+    mode, bits, channels, dtype = _plan_mode(path, im, animated, alpha_hint)
+    raw = _rawmode(im)
+    if dtype == np.uint8 and ";16" in raw:  # never drop 16-bit samples to 8 without saying so
+        raise InputError(f"{path}: unsupported mode {mode} with 16-bit samples ({raw})")
+    return mode, bits, channels, dtype
+
+
+def _plan_mode(path: Path, im: Image.Image, animated: bool, alpha_hint: bool) -> tuple[str, int, int, np.dtype]:
     mode, raw = im.mode, _rawmode(im)
     trns = "transparency" in im.info
     u8, u16, f32 = np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.float32)
@@ -435,7 +484,7 @@ def _xmp_of(im: Image.Image) -> bytes | None:
     return bytes(xmp) if xmp else None
 
 
-def _orientation(path: Path, exif: Image.Exif, xmp: bytes | None) -> int:
+def _orientation(exif: Image.Exif, xmp: bytes | None) -> int:
     try:
         value = exif.get(0x0112)
     except Exception:
@@ -466,7 +515,7 @@ def _ijg_table(base: np.ndarray, quality: int) -> np.ndarray:
     return np.clip((base * scale + 50) // 100, 1, 255)
 
 
-def estimate_jpeg_quality(qtables: Sequence[Sequence[int]]) -> int | None:
+def _estimate_jpeg_quality(qtables: Sequence[Sequence[int]]) -> int | None:
     """The IJG quality (1-100) whose standard tables are nearest to ``qtables``.
 
     Exact for files written by libjpeg (Pillow, most software); the nearest
@@ -474,7 +523,7 @@ def estimate_jpeg_quality(qtables: Sequence[Sequence[int]]) -> int | None:
 
     Examples
     --------
-    >>> estimate_jpeg_quality([_ijg_table(_LUMA, 75), _ijg_table(_CHROMA, 75)])
+    >>> _estimate_jpeg_quality([_ijg_table(_LUMA, 75), _ijg_table(_CHROMA, 75)])
     75
     """
     tables = [np.asarray(t, np.int64) for t in qtables if len(t) == 64]
@@ -547,6 +596,8 @@ def probe_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_P
 def _probe_open(path: Path, im: Image.Image, scan: Any, max_pixels: int) -> ImageInfo:
     fmt = "JPEG" if im.format == "MPO" else str(im.format)
     width, height = im.size
+    if fmt == "TIFF":  # newer Pillow reports TIFF sizes already oriented; the tags are as stored
+        width, height = int(im.tag_v2.get(256, width)), int(im.tag_v2.get(257, height))
     n_frames = scan.n_frames if scan is not None else 1
     if scan is not None:
         width, height = max(width, scan.width), max(height, scan.height)
@@ -560,7 +611,7 @@ def _probe_open(path: Path, im: Image.Image, scan: Any, max_pixels: int) -> Imag
 
     xmp = _xmp_of(im)
     exif = _exif_of(im, fmt)
-    orientation = _orientation(path, exif, xmp)
+    orientation = _orientation(exif, xmp)
     exif_bytes = _clean_exif(exif)
     if xmp:
         xmp = _XMP_ORIENTATION.sub(rb"\g<1>1", xmp)
@@ -586,7 +637,7 @@ def _probe_open(path: Path, im: Image.Image, scan: Any, max_pixels: int) -> Imag
     if fmt == "JPEG":
         q = getattr(im, "quantization", None) or {}
         qtables = tuple(tuple(int(v) for v in q[k]) for k in sorted(q)) or None
-        quality = estimate_jpeg_quality(qtables) if qtables else None
+        quality = _estimate_jpeg_quality(qtables) if qtables else None
         from PIL import JpegImagePlugin
 
         sampling = JpegImagePlugin.get_sampling(im)
@@ -695,7 +746,15 @@ def _opencv_pixels(info: ImageInfo) -> np.ndarray:
     import cv2
 
     path = info.path
-    data = _read_bytes(path)
+    try:
+        with open(path, "rb") as f:
+            data = bytearray(os.fstat(f.fileno()).st_size)
+            if f.readinto(data) != len(data):
+                raise InputError(f"{path}: changed while it was read")
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({_reason(exc)})") from None
+    if info.format == "TIFF":
+        C.tiff_clear_orientation(data)  # OpenCV would apply it, even with IMREAD_IGNORE_ORIENTATION
     if info.format == "PNG":
         try:
             for _ in C.png_chunks(data):
@@ -720,7 +779,7 @@ def _opencv_pixels(info: ImageInfo) -> np.ndarray:
 def _reopen(info: ImageInfo) -> Image.Image:
     """Open again under :func:`_pillow` and make sure it is still the probed file."""
     im = _open_pillow(info.path)
-    w, h = info._stored_size
+    w, h = (info.width, info.height) if _oriented_by_pillow(info) else info._stored_size
     if info.n_frames == 1 and im.size != (w, h):
         im.close()
         raise InputError(f"{info.path}: changed since it was probed ({im.size[0]}x{im.size[1]}, expected {w}x{h})")
@@ -820,11 +879,14 @@ def read_image(info: ImageInfo, out: np.ndarray | None = None, *, frame: int = 0
     if not 0 <= frame < info.n_frames:
         raise ValueError(f"{info.path}: frame must be in [0, {info.n_frames}), got {frame}")
 
+    orientation = info.orientation
     if info.n_frames > 1:
         stored = _animated_pixels(info, frame)
     elif info._uses_opencv:
         stored = _opencv_pixels(info)
     else:
+        if _oriented_by_pillow(info):
+            orientation = 1
         with _pillow():
             im = _reopen(info)
             try:
@@ -836,7 +898,7 @@ def read_image(info: ImageInfo, out: np.ndarray | None = None, *, frame: int = 0
                 raise _corrupt(info.path, exc) from None
             finally:
                 im.close()
-    upright = _orient(stored, info.orientation)
+    upright = _orient(stored, orientation)
     if upright.shape != info.shape:  # pragma: no cover - a planning bug, never the user's
         raise InputError(f"{info.path}: decoded shape {upright.shape} differs from the probed {info.shape}")
     if out is None:
@@ -1081,7 +1143,7 @@ def _webp_ready(a: np.ndarray) -> np.ndarray:
 
 def _webp_options(info: ImageInfo, quality: int | None) -> dict[str, Any]:
     if quality is None and info.lossless:
-        return {"lossless": True, "quality": 100, "exact": True}
+        return {"lossless": True, "exact": True}  # quality would mean effort here: keep libwebp's default
     return {"quality": quality or info.quality or _DEFAULT_QUALITY}
 
 

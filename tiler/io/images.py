@@ -646,7 +646,9 @@ def _probe_open(path: Path, im: Image.Image, scan: Any, max_pixels: int) -> Imag
     text: tuple[tuple[str, str], ...] = ()
     if fmt == "PNG":
         skip = {"XML:com.adobe.xmp", "Raw profile type exif", "Raw profile type APP1", "Raw profile type xmp"}
-        text = tuple((k, str(v)) for k, v in info.items() if isinstance(k, str) and isinstance(v, str) and k not in skip)
+        text = tuple(
+            (k, str(v)) for k, v in info.items() if isinstance(k, str) and isinstance(v, str) and k not in skip
+        )
 
     lossless = fmt not in ("JPEG", "WEBP") or (isinstance(scan, C.WebpScan) and scan.lossless)
     if fmt == "TIFF" and info.get("compression") in ("jpeg", "tiff_jpeg"):
@@ -953,7 +955,8 @@ def check_image_output(
 def _check_array(array: np.ndarray, dst: Path) -> None:
     ok_dtype = array.dtype in (np.uint8, np.uint16, np.float32)
     ok_shape = array.ndim == 2 or (array.ndim == 3 and 1 <= array.shape[2] <= 4)
-    if not (ok_dtype and ok_shape) or array.size == 0 or (array.dtype == np.float32 and array.ndim == 3 and array.shape[2] > 1):
+    float_colour = array.dtype == np.float32 and array.ndim == 3 and array.shape[2] > 1
+    if not (ok_dtype and ok_shape) or array.size == 0 or float_colour:
         raise OutputError(f"{dst}: cannot write an array of shape {array.shape} and dtype {array.dtype}")
 
 

@@ -13,11 +13,25 @@ SHM = "/dev/shm"
 
 
 def shm_entries() -> set[str]:
-    """tileproc's segments in /dev/shm."""
+    """tileproc's segments in /dev/shm that this test process may own.
+
+    Segment names carry the creating pid: those of other live processes outside
+    this process tree (another test run on the same machine) are not ours.
+    """
     try:
-        return {n for n in os.listdir(SHM) if n.startswith("tileproc_")}
+        names = {n for n in os.listdir(SHM) if n.startswith("tileproc_")}
     except OSError:
         return set()
+    ours = descendants() | {os.getpid()}
+    mine = set()
+    for n in names:
+        try:
+            pid = int(n.split("_")[1])
+        except (IndexError, ValueError):
+            continue
+        if pid in ours or not os.path.exists(f"/proc/{pid}"):
+            mine.add(n)
+    return mine
 
 
 def _children() -> dict[int, list[int]]:
@@ -73,6 +87,27 @@ def helper_processes() -> set[int]:
 def stray_processes() -> set[int]:
     """Descendants that are neither the forkserver nor the resource tracker."""
     return descendants() - helper_processes()
+
+
+MARK = "TILEPROC_TEST_MARK"
+
+
+def marked_processes(mark: str) -> set[int]:
+    """Processes (anywhere, even re-parented) whose environment carries ``MARK=mark``."""
+    needle = f"{MARK}={mark}".encode() + b"\0"
+    found = set()
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{name}/environ", "rb") as f:
+                if needle in f.read() + b"\0":
+                    with open(f"/proc/{name}/stat", "rb") as st:
+                        if st.read().rsplit(b")", 1)[1].split()[0] != b"Z":
+                            found.add(int(name))
+        except OSError:
+            continue
+    return found - helper_processes()
 
 
 def wait_until(predicate, timeout: float = 5.0, interval: float = 0.05) -> bool:

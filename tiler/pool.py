@@ -17,6 +17,7 @@ import contextlib
 import multiprocessing as mp
 import multiprocessing.connection as mpc
 import os
+import signal
 import threading
 import time
 from collections import OrderedDict
@@ -56,15 +57,31 @@ def _thread_env(threads: int):
                 os.environ[k] = v
 
 
+@contextlib.contextmanager
+def _sigint_blocked():
+    """Children started inside inherit SIGINT blocked: a Ctrl-C while they import
+    cannot print tracebacks from them (the parent stops them itself). A SIGINT
+    arriving meanwhile is delivered to this process when the block ends."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 def _context(start_method: str | None, threads: int):
     method = start_method or ("forkserver" if threads == 1 else "spawn")
     ctx = mp.get_context(method)
     if method == "forkserver":
         with _server_lock:
-            from multiprocessing import forkserver
+            from multiprocessing import forkserver, resource_tracker
 
             ctx.set_forkserver_preload(_PRELOAD)
-            with _thread_env(1):
+            resource_tracker.ensure_running()  # first: it unblocks SIGINT when it is done
+            with _thread_env(1), _sigint_blocked():
                 forkserver.ensure_running()
     return ctx
 
@@ -106,7 +123,7 @@ class WorkerPool:
 
     def _start(self) -> _Handle:
         parent, child = self._ctx.Pipe(duplex=True)
-        with _thread_env(self.threads):
+        with _thread_env(self.threads), _sigint_blocked():
             p = self._ctx.Process(
                 target=worker_main, args=(child, os.getpid(), self.threads), daemon=True,
                 name="tileproc-worker",

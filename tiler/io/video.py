@@ -1,0 +1,1399 @@
+"""Video in and out, streaming, by driving the bundled ffmpeg binary.
+
+Data flow::
+
+    probe_video(path) ──> VideoInfo (small, frozen, picklable; no decoding)
+    VideoReader(info):   ffmpeg -i path ... -f rawvideo pipe:1 ──readinto──> (H, W, 3) buffer
+    VideoWriter(dst, info):  buffer ──write──> pipe:0 ffmpeg ... .dst.tileproc-PID-XXXX.ext ──rename──> dst
+
+Frames are RGB, (H, W, 3), ``uint8`` or ``uint16`` (rgb48, full 16-bit
+scale), written by ffmpeg straight into the caller's buffer and encoded
+straight from it: no copy on the Python side.
+
+Policies (each one a promise of ``DESIGN.md``):
+
+* **Orientation.** Frames come out as displayed: ffmpeg applies the stream's
+  rotation (display matrix) while decoding; ``VideoInfo.width``/``height`` are
+  the displayed size. Outputs carry no rotation: their pixels are upright.
+* **Frame rate.** ``VideoInfo.fps`` is an exact :class:`~fractions.Fraction`
+  measured from the packet timestamps (24000/1001, never 23.98). A variable
+  frame rate stream is decoded to a constant rate: the stream's average rate
+  (the simplest fraction that keeps the duration within half a frame), with
+  ffmpeg's ``fps`` filter choosing, for each output instant, the frame shown
+  then. The frame count and duration are kept; frame instants move by less
+  than half a frame. ``VideoInfo.frame_count`` is what the reader delivers.
+* **Bit depth.** More than 8 bits (10-bit VP9/HEVC/H.264) reads as ``uint16``
+  by default and is written back with 10 bits where the codec can
+  (H.264 High 10 ``yuv420p10le``, VP9 profile 2); ``pix_fmt="yuv420p"``
+  asks for 8 bits (H.264 High 10 does not play in most browsers).
+* **Colour.** The YUV <-> RGB conversions use the source's matrix and range
+  explicitly (untagged sources: BT.709 from 720 lines up, BT.601 below, as
+  players guess), so a round trip is faithful. Full range stays full range and
+  the output is tagged with the same matrix, primaries and transfer.
+* **Odd sizes.** Codecs that store 4:2:0 chroma in 2x2 blocks (H.264, HEVC)
+  cannot hold an odd width or height: the writer pads by one column on the
+  right and/or one row at the bottom, repeating the edge pixels (never
+  stretching). VP9 and GIF keep odd sizes. ``VideoWriter.size`` says what is
+  written.
+* **Audio.** Every audio stream of the source is kept: copied when the
+  container takes its codec (AAC into MP4/MOV/MKV, Opus/Vorbis into WebM),
+  re-encoded otherwise (AAC, or Opus for WebM), and cut at the end of the
+  video. GIF has no audio.
+
+Every ffmpeg process runs in its own session (so Ctrl-C reaches tileproc,
+which stops ffmpeg itself), reads file names as ``file:/absolute/path`` (a
+name starting with ``-`` or holding ``:`` is never an option or a protocol),
+and is reaped on every way out: success, error, an exception in the caller,
+KeyboardInterrupt, garbage collection.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import fcntl
+import functools
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import weakref
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from tiler.errors import InputError, OutputError, VideoError
+from tiler.io.files import atomic_output
+
+__all__ = [
+    "VIDEO_EXTENSIONS",
+    "AudioStream",
+    "VideoInfo",
+    "VideoReader",
+    "VideoWriter",
+    "ffmpeg_exe",
+    "is_video_path",
+    "output_name",
+    "probe_video",
+    "transcode_command",
+]
+
+VIDEO_EXTENSIONS: frozenset[str] = frozenset({".mp4", ".mov", ".mkv", ".webm", ".avi", ".gif", ".m4v"})
+"""Lower-case file extensions tileproc treats as video."""
+
+_STDERR_LINES = 5  # how many of ffmpeg's last lines an error message carries
+_REAP_TIMEOUT = 3.0  # seconds between SIGTERM and SIGKILL
+
+
+# ----------------------------------------------------------------------------
+# names
+
+
+@functools.lru_cache(maxsize=1)
+def ffmpeg_exe() -> str:
+    """Path of the ffmpeg binary tileproc drives (imageio-ffmpeg's bundled one).
+
+    ``IMAGEIO_FFMPEG_EXE`` in the environment overrides it.
+
+    Examples
+    --------
+    >>> Path(ffmpeg_exe()).name.startswith("ffmpeg")
+    True
+    """
+    import imageio_ffmpeg
+
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+def is_video_path(path: str | os.PathLike[str]) -> bool:
+    """True when ``path``'s extension is one of :data:`VIDEO_EXTENSIONS`.
+
+    Examples
+    --------
+    >>> is_video_path("clip.MP4"), is_video_path("photo.jpg")
+    (True, False)
+    """
+    return Path(path).suffix.lower() in VIDEO_EXTENSIONS
+
+
+def output_name(
+    src: str | os.PathLike[str],
+    *,
+    tag: str = "tileproc",
+    ext: str | None = None,
+    folder: str | os.PathLike[str] | None = None,
+) -> Path:
+    """Default output path for ``src``: ``clip.mp4`` -> ``clip.tileproc.mp4``, beside it.
+
+    Same convention as the image module's: the tag is always inserted, so the
+    result is never ``src`` itself.
+
+    Parameters
+    ----------
+    src : path-like
+        The input file.
+    tag : str
+        Inserted before the extension; non-empty, no path separators.
+    ext : str, optional
+        Output extension, which picks the container (``".webm"`` or ``"webm"``);
+        default: the input's.
+    folder : path-like, optional
+        Output folder; default: the input's.
+
+    Examples
+    --------
+    >>> output_name("videos/clip.mp4")
+    PosixPath('videos/clip.tileproc.mp4')
+    >>> output_name("clip.mov", ext="gif", folder="out")
+    PosixPath('out/clip.tileproc.gif')
+    """
+    src = Path(src)
+    if not tag or "/" in tag or os.sep in tag or tag in (".", ".."):
+        raise ValueError(f"tag must be a non-empty file-name part, got {tag!r}")
+    suffix = src.suffix if ext is None else (ext if ext.startswith(".") or not ext else "." + ext)
+    parent = src.parent if folder is None else Path(folder)
+    return parent / f"{src.stem}.{tag}{suffix}"
+
+
+def _ff_path(path: str | os.PathLike[str]) -> str:
+    """A file name ffmpeg reads as a plain local file, whatever its characters."""
+    return "file:" + os.path.abspath(os.fspath(path))
+
+
+# ----------------------------------------------------------------------------
+# probing
+
+
+@dataclasses.dataclass(frozen=True)
+class AudioStream:
+    """One audio stream of a video file, as ffmpeg reports it.
+
+    Attributes
+    ----------
+    index : int
+        Stream index in the file (``ffmpeg -map 0:INDEX``).
+    codec : str
+        ffmpeg's codec name (``"aac"``, ``"opus"``...).
+    sample_rate : int
+        Samples per second (0 when unknown).
+    channels : int
+        Channel count (0 when unknown).
+    layout : str
+        ffmpeg's channel layout name (``"stereo"``, ``"5.1(side)"``).
+    language : str or None
+        Language tag when the container has one.
+    """
+
+    index: int
+    codec: str
+    sample_rate: int
+    channels: int
+    layout: str = ""
+    language: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoInfo:
+    """What tileproc knows about a video before decoding it (see :func:`probe_video`).
+
+    Attributes
+    ----------
+    path : Path
+        The file.
+    container : str
+        ffmpeg's demuxer name (``"mov,mp4,m4a,3gp,3g2,mj2"``, ``"matroska,webm"``).
+    codec : str
+        Video codec (``"h264"``, ``"vp9"``...).
+    stream_index : int
+        Index of the video stream read (the first that is not cover art).
+    width, height : int
+        Size as displayed, after rotation: the shape of every decoded frame is
+        ``(height, width, 3)``.
+    coded_width, coded_height : int
+        Size as stored in the stream, before rotation.
+    rotation : int
+        Clockwise degrees (0, 90, 180, 270) ffmpeg turns the stored picture to
+        display it.
+    fps : Fraction
+        Exact frame rate of the frames delivered (``Fraction(24000, 1001)``).
+    frame_count : int
+        Number of frames the reader delivers.
+    duration : Fraction
+        Seconds of video delivered: ``frame_count / fps``.
+    variable_rate : bool
+        The source's frames are unevenly spaced; it is delivered at the
+        constant rate ``fps`` (see the module notes).
+    pix_fmt : str
+        ffmpeg's pixel format of the stream (``"yuv420p10le"``).
+    bit_depth : int
+        Bits per sample of the stream: 8, 10, 12 or 16.
+    full_range : bool
+        Samples use the full range (0-255 for 8 bits) rather than the
+        limited "TV" range (16-235).
+    color_matrix, color_primaries, color_transfer : str or None
+        ffmpeg's names of the colour tags (``"bt709"``), None when untagged.
+    sample_aspect : Fraction
+        Pixel aspect ratio of the displayed frame (1 for square pixels).
+    audio : tuple of AudioStream
+        The audio streams, in file order.
+
+    Examples
+    --------
+    >>> info = probe_video("samples/flower.mp4")        # doctest: +SKIP
+    >>> info.fps, info.frame_count, info.frame_shape     # doctest: +SKIP
+    (Fraction(30000, 1001), 150, (540, 960, 3))
+    """
+
+    path: Path
+    container: str
+    codec: str
+    stream_index: int
+    width: int
+    height: int
+    coded_width: int
+    coded_height: int
+    rotation: int
+    fps: Fraction
+    frame_count: int
+    duration: Fraction
+    variable_rate: bool
+    pix_fmt: str
+    bit_depth: int
+    full_range: bool
+    color_matrix: str | None = None
+    color_primaries: str | None = None
+    color_transfer: str | None = None
+    sample_aspect: Fraction = Fraction(1)
+    audio: tuple[AudioStream, ...] = ()
+
+    @property
+    def frame_shape(self) -> tuple[int, int, int]:
+        """``(height, width, 3)``: the shape of a decoded frame."""
+        return (self.height, self.width, 3)
+
+    @property
+    def dtype(self) -> np.dtype:
+        """The natural frame dtype: ``uint16`` for more than 8 bits, else ``uint8``."""
+        return np.dtype(np.uint16 if self.bit_depth > 8 else np.uint8)
+
+    @property
+    def pixels(self) -> int:
+        """Pixels in one frame."""
+        return self.width * self.height
+
+
+_INPUT = re.compile(r"^Input #0, (.*), from '(.*)':\s*$")
+_STREAM = re.compile(r"^\s*Stream #0:(\d+)(?:\[[^\]]*\])?(?:\(([^)]*)\))?: (\w+): (.*)$")
+_ROTATION = re.compile(r"[Dd]isplay ?[Mm]atrix: rotation of (-?[\d.]+) degrees")
+_SIZE = re.compile(r"^(\d+)x(\d+)\b")
+_SAR = re.compile(r"\bSAR (\d+):(\d+)")
+_TB = re.compile(r"^#tb (\d+): (\d+)/(\d+)")
+_ADDRESS = re.compile(r" @ 0x[0-9a-f]+")  # "[h264 @ 0x55ef81d4f240]" -> "[h264]"
+_COLOR_NAMES = {
+    "bt709", "bt470bg", "smpte170m", "smpte240m", "bt2020nc", "bt2020c", "bt2020", "fcc",
+    "ycgco", "gbr", "bt470m", "film", "smpte428", "smpte431", "smpte432", "jedec-p22",
+    "ebu3213", "linear", "log100", "log316", "iec61966-2-4", "bt1361e", "iec61966-2-1",
+    "bt2020-10", "bt2020-12", "smpte2084", "arib-std-b67", "chroma-derived-nc",
+    "chroma-derived-c", "ictcp", "ipt-c2", "ycgco-re", "ycgco-ro", "gamma22", "gamma28",
+}
+_LAYOUT_CHANNELS = {
+    "mono": 1, "stereo": 2, "2.1": 3, "3.0": 3, "3.0(back)": 3, "4.0": 4, "quad": 4,
+    "quad(side)": 4, "3.1": 4, "5.0": 5, "5.0(side)": 5, "4.1": 5, "5.1": 6, "5.1(side)": 6,
+    "6.0": 6, "6.0(front)": 6, "hexagonal": 6, "6.1": 7, "6.1(back)": 7, "6.1(front)": 7,
+    "7.0": 7, "7.0(front)": 7, "7.1": 8, "7.1(wide)": 8, "7.1(wide-side)": 8, "octagonal": 8,
+    "downmix": 2, "22.2": 24,
+}
+
+
+def _split_top(text: str) -> list[str]:
+    """Split ffmpeg's stream description at commas outside brackets."""
+    parts, depth, cur = [], 0, []
+    for ch in text:
+        if ch in "([":
+            depth += 1
+        elif ch in ")]":
+            depth -= 1
+        if ch == "," and depth == 0:
+            parts.append("".join(cur).strip())
+            cur = []
+        else:
+            cur.append(ch)
+    parts.append("".join(cur).strip())
+    return [p for p in parts if p]
+
+
+# packed and semi-planar formats whose names do not end in their depth
+_DEPTH_PREFIX = {
+    "p010": 10, "p012": 12, "p016": 16, "p210": 10, "p212": 12, "p216": 16, "p410": 10, "p412": 12,
+    "p416": 16, "y210": 10, "y212": 12, "y216": 16, "xv30": 10, "xv36": 12, "xv48": 16, "v30x": 10,
+    "rgb48": 16, "bgr48": 16, "rgba64": 16, "bgra64": 16, "ayuv64": 16, "nv20": 10, "nv": 8,
+}
+
+
+def _bit_depth(pix_fmt: str) -> int:
+    """Bits per sample of an ffmpeg pixel format: ``yuv420p10le`` -> 10, ``yuvj420p`` -> 8."""
+    for prefix, depth in _DEPTH_PREFIX.items():
+        if pix_fmt.startswith(prefix):
+            return depth
+    m = re.search(r"(?<!\d)(9|10|12|14|16)(?:le|be)?$", pix_fmt)  # yuv420p10le, gray16be, x2rgb10le
+    if m:
+        return int(m.group(1))
+    if re.search(r"f(16|32)(le|be)?$", pix_fmt):  # floating point
+        return 16
+    return 8
+
+
+def _run(cmd: Sequence[str], *, stdout: int = subprocess.DEVNULL) -> subprocess.CompletedProcess[bytes]:
+    """Run ffmpeg to completion in its own session (killed on any exception)."""
+    return subprocess.run(
+        list(cmd), stdin=subprocess.DEVNULL, stdout=stdout, stderr=subprocess.PIPE, start_new_session=True
+    )
+
+
+def _last_lines(text: str, n: int = 1) -> str:
+    lines = [_ADDRESS.sub("", line).strip() for line in text.splitlines() if line.strip()]
+    return " | ".join(lines[-n:])
+
+
+def _parse_header(path: Path, text: str) -> dict[str, Any]:
+    """Parse ``ffmpeg -i`` stderr: container, the video stream, audio streams."""
+    container = None
+    video: dict[str, Any] | None = None
+    audio: list[AudioStream] = []
+    current: dict[str, Any] | None = None
+    for line in text.splitlines():
+        m = _INPUT.match(line)
+        if m:
+            container = m.group(1)
+            continue
+        if container is None:
+            continue
+        if line.startswith(("Output #", "Stream mapping:")) or (line and not line[0].isspace()):
+            current = None
+            if line.startswith(("Output #", "Stream mapping:", "Input #")):
+                break
+            continue
+        m = _STREAM.match(line)
+        if m:
+            current = None
+            index, language, kind, rest = int(m.group(1)), m.group(2), m.group(3), m.group(4)
+            if kind == "Video" and video is None and "(attached pic)" not in rest and "(thumbnail)" not in rest:
+                video = {"index": index, "rest": rest, "rotation": 0.0}
+                current = video
+            elif kind == "Audio":
+                audio.append(_parse_audio(index, language, rest))
+            continue
+        if current is not None:
+            m = _ROTATION.search(line)
+            if m:
+                current["rotation"] = float(m.group(1))
+    if container is None:
+        reason = _last_lines(text) or "ffmpeg cannot read it"
+        reason = reason.replace(_ff_path(path) + ": ", "")
+        raise InputError(f"{path}: not a video ({reason})")
+    if video is None and not audio and "Stream #0:" not in text:
+        raise InputError(f"{path}: no streams found (truncated, or not a video?)")
+    if video is None:
+        raise InputError(f"{path}: no video stream (container {container})")
+
+    parts = _split_top(video["rest"])
+    codec = parts[0].split()[0] if parts else "unknown"
+    size_i = next((i for i, p in enumerate(parts) if _SIZE.match(p)), None)
+    if size_i is None:
+        raise InputError(f"{path}: video stream has no size")
+    sm = _SIZE.match(parts[size_i])
+    coded_w, coded_h = int(sm.group(1)), int(sm.group(2))
+    pix_fmt, props = "unknown", []
+    if size_i >= 2:
+        pm = re.match(r"^([\w]+)(?:\((.*)\))?$", parts[1])
+        if pm:
+            pix_fmt = pm.group(1)
+            props = [p.strip() for p in (pm.group(2) or "").split(",")]
+    full_range = pix_fmt.startswith("yuvj") or "pc" in props
+    matrix = primaries = transfer = None
+    for p in props:
+        if "/" in p:
+            names = [None if n == "unknown" else n for n in p.split("/")]
+            matrix, primaries, transfer = (names + [None, None, None])[:3]
+        elif p in _COLOR_NAMES:
+            matrix = primaries = transfer = p
+    sar = Fraction(1)
+    sm = _SAR.search(video["rest"])
+    if sm and int(sm.group(1)) > 0 and int(sm.group(2)) > 0:
+        sar = Fraction(int(sm.group(1)), int(sm.group(2)))
+    angle = video["rotation"]
+    rotation = 0
+    if abs(angle - 90 * round(angle / 90)) < 1:  # ffmpeg only applies multiples of 90 degrees
+        rotation = int(-90 * round(angle / 90)) % 360
+    width, height = (coded_h, coded_w) if rotation in (90, 270) else (coded_w, coded_h)
+    if rotation in (90, 270):
+        sar = 1 / sar
+    nominal = {}
+    for p in parts:
+        fm = re.match(r"^([\d.]+)(k?) (fps|tbr)$", p)
+        if fm and float(fm.group(1)) > 0:
+            nominal[fm.group(3)] = float(fm.group(1)) * (1000 if fm.group(2) else 1)
+    return {
+        "container": container,
+        "codec": codec,
+        "stream_index": video["index"],
+        "width": width,
+        "height": height,
+        "coded_width": coded_w,
+        "coded_height": coded_h,
+        "rotation": rotation,
+        "pix_fmt": pix_fmt,
+        "bit_depth": _bit_depth(pix_fmt),
+        "full_range": full_range,
+        "color_matrix": matrix,
+        "color_primaries": primaries,
+        "color_transfer": transfer,
+        "sample_aspect": sar,
+        "audio": tuple(audio),
+        "_nominal_rate": nominal.get("fps") or nominal.get("tbr"),
+    }
+
+
+def _parse_audio(index: int, language: str | None, rest: str) -> AudioStream:
+    parts = _split_top(rest)
+    codec = parts[0].split()[0] if parts else "unknown"
+    rate, layout, channels = 0, "", 0
+    for p in parts[1:]:
+        m = re.match(r"^(\d+) Hz$", p)
+        if m:
+            rate = int(m.group(1))
+            continue
+        if not layout and rate:
+            layout = p
+            m = re.match(r"^(\d+) channels", p)
+            if m:
+                channels = int(m.group(1))
+            elif p in _LAYOUT_CHANNELS:
+                channels = _LAYOUT_CHANNELS[p]
+            else:
+                m = re.match(r"^(\d+)\.(\d+)", p)
+                channels = int(m.group(1)) + int(m.group(2)) if m else 0
+    if language in (None, "", "und"):
+        language = None
+    return AudioStream(index=index, codec=codec, sample_rate=rate, channels=channels, layout=layout, language=language)
+
+
+def _simplest_between(lo: Fraction, hi: Fraction) -> Fraction:
+    """The fraction with the smallest denominator in ``[lo, hi]`` (0 < lo <= hi)."""
+    c = math.ceil(lo)
+    if c <= hi:
+        return Fraction(c)
+    f = math.floor(lo)
+    return f + 1 / _simplest_between(1 / (hi - f), 1 / (lo - f))
+
+
+def _pick_rate(measured: Fraction, lo: Fraction, hi: Fraction) -> Fraction:
+    """A standard rate (integer or NTSC k*1000/1001) in ``[lo, hi]``, closest to
+    ``measured``; else the simplest fraction in ``[lo, hi]``."""
+    candidates = set()
+    for k in {math.floor(measured), math.ceil(measured)}:
+        if k > 0:
+            candidates.add(Fraction(k))
+    for k in {math.floor(measured * Fraction(1001, 1000)), math.ceil(measured * Fraction(1001, 1000))}:
+        if k > 0:
+            candidates.add(Fraction(k * 1000, 1001))
+    inside = [c for c in candidates if lo <= c <= hi]
+    if inside:
+        return min(inside, key=lambda c: (abs(c - measured), c.denominator))
+    return _simplest_between(lo, hi)
+
+
+def _packets_command(path: Path, stream: str, *, vp9: bool = False, loglevel: str = "error") -> list[str]:
+    """Demux (no decoding) one video stream, printing each packet's timestamps (framecrc)."""
+    cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-nostats", "-loglevel", loglevel,
+           "-i", _ff_path(path), "-map", stream, "-c", "copy"]
+    if vp9:
+        cmd += ["-bsf:v", "vp9_superframe"]  # hidden (alt-ref) frames travel as packets of their own
+    return cmd + ["-f", "framecrc", "pipe:1"]
+
+
+def _timing(path: Path, header: dict[str, Any], proc: subprocess.CompletedProcess[bytes]) -> tuple[Fraction, int, bool]:
+    """Exact rate, frame count and variability from the packet timestamps printed by
+    :func:`_packets_command`."""
+    if proc.returncode != 0:
+        stderr = proc.stderr.decode("utf-8", "replace")
+        raise InputError(f"{path}: cannot read the video stream ({_last_lines(stderr) or _exit_reason(proc.returncode)})")
+    tb = None
+    packets: list[tuple[int, int]] = []
+    for line in proc.stdout.decode("ascii", "replace").splitlines():
+        if line.startswith("#"):
+            m = _TB.match(line)
+            if m and tb is None:
+                tb = Fraction(int(m.group(2)), int(m.group(3)))
+            continue
+        fields = line.split(",")
+        if len(fields) < 4:
+            continue
+        try:
+            dts, pts, dur = int(fields[1]), int(fields[2]), int(fields[3])
+        except ValueError:
+            continue
+        if pts == -(2**63):
+            pts = dts
+        packets.append((pts, dur))
+    n = len(packets)
+    if n == 0 or tb is None:
+        raise InputError(f"{path}: the video stream has no frames")
+    packets.sort()
+    pts = [p for p, _ in packets]
+    if n == 1:
+        dur = packets[0][1]
+        if dur > 0:
+            measured = 1 / (dur * tb)
+        else:
+            measured = Fraction(header["_nominal_rate"] or 25).limit_denominator(1001)
+        rate = _pick_rate(measured, measured * Fraction(999, 1000), measured * Fraction(1001, 1000))
+        return rate, 1, False
+    span = pts[-1] - pts[0]
+    deltas = [b - a for a, b in zip(pts, pts[1:])]
+    if span <= 0:
+        raise InputError(f"{path}: the video stream's timestamps do not advance")
+    mean = Fraction(span, n - 1)
+    variable = any(abs(d - mean) > max(1, mean / 500) for d in deltas)
+    if not variable:
+        # Timestamps are rounded to the time base: the span is exact to one tick.
+        measured = (n - 1) / (span * tb)
+        lo, hi = (n - 1) / ((span + 1) * tb), (n - 1) / (max(span - 1, Fraction(1, 2)) * tb)
+    else:
+        last = packets[-1][1] if packets[-1][1] > 0 else mean
+        total = (span + last) * tb  # seconds the source shows its frames
+        measured = n / total
+        half = total / (2 * n)  # keep the duration within half a frame
+        lo, hi = n / (total + half), n / (total - half)
+    return _pick_rate(measured, lo, hi), n, variable
+
+
+def probe_video(path: str | os.PathLike[str], *, max_pixels: int | None = None) -> VideoInfo:
+    """Describe a video without decoding it.
+
+    One ffmpeg run (two for VP9) reads the header (streams, rotation, pixel
+    format, colour tags) and demuxes the video stream's packets without
+    decoding them, for their exact timestamps, hence the exact frame count
+    and rate. The cost is ffmpeg's start (which decodes a frame or two to
+    learn the pixel format: about 0.15 s for 4K H.264) plus one read of the
+    file's bytes: tens of milliseconds for a clip, seconds for a feature film.
+
+    Parameters
+    ----------
+    path : path-like
+        The video file.
+    max_pixels : int, optional
+        Refuse frames with more pixels than this (before anything is allocated).
+
+    Returns
+    -------
+    VideoInfo
+
+    Raises
+    ------
+    InputError
+        The file is missing, empty, not a video, has no video stream or no
+        frames, or its frames exceed ``max_pixels``. One line naming the file.
+
+    Examples
+    --------
+    >>> info = probe_video("samples/flower.mp4")          # doctest: +SKIP
+    >>> info.fps, info.frame_count, (info.width, info.height)   # doctest: +SKIP
+    (Fraction(30000, 1001), 150, (960, 540))
+    """
+    path = Path(path)
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({exc.strerror})") from None
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder, not a video")
+    if st.st_size == 0:
+        raise InputError(f"{path}: empty file")
+    if not os.access(path, os.R_OK):
+        raise InputError(f"{path}: permission denied")
+    # One pass: ffmpeg prints the header (stderr), then every packet of the first
+    # video stream that is not cover art (stdout).
+    proc = _run(_packets_command(path, "0:V:0?", loglevel="info"), stdout=subprocess.PIPE)
+    header = _parse_header(path, proc.stderr.decode("utf-8", "replace"))
+    pixels = header["width"] * header["height"]
+    if max_pixels is not None and pixels > max_pixels:
+        raise InputError(
+            f"{path}: frames of {header['width']}x{header['height']} = {pixels} pixels exceed the limit of {max_pixels}"
+        )
+    if header["codec"] == "vp9":
+        proc = _run(_packets_command(path, f"0:{header['stream_index']}", vp9=True), stdout=subprocess.PIPE)
+    fps, n, variable = _timing(path, header, proc)
+    header.pop("_nominal_rate")
+    return VideoInfo(
+        path=path, fps=fps, frame_count=n, duration=n / fps, variable_rate=variable, **header
+    )
+
+
+# ----------------------------------------------------------------------------
+# shared process plumbing
+
+# ffmpeg's colour matrix names -> the scale filter's names
+_SCALE_MATRIX = {
+    "bt709": "bt709", "bt470bg": "bt470", "smpte170m": "smpte170m", "bt601": "bt601",
+    "smpte240m": "smpte240m", "fcc": "fcc", "bt2020nc": "bt2020", "bt2020c": "bt2020", "bt2020": "bt2020",
+}
+
+
+def _matrix(info: VideoInfo) -> tuple[str, str]:
+    """(scale filter matrix, ffmpeg colorspace tag) used both ways for ``info``."""
+    if info.color_matrix in _SCALE_MATRIX:
+        return _SCALE_MATRIX[info.color_matrix], info.color_matrix
+    if max(info.coded_height, info.coded_width) >= 1280 or min(info.coded_height, info.coded_width) >= 720:
+        return "bt709", "bt709"
+    return "smpte170m", "smpte170m"
+
+
+def _is_yuv(pix_fmt: str) -> bool:
+    return bool(re.match(r"^(yuv|yuvj|yuva|nv|p0|p2|p4|y2|uyv|yuyv|yvyu|xv|vuy|ayuv)", pix_fmt))
+
+
+_SWS_FLAGS = "accurate_rnd+full_chroma_int+full_chroma_inp"
+
+
+def _rgb_pix_fmt(dtype: np.dtype) -> str:
+    if dtype == np.uint8:
+        return "rgb24"
+    return "rgb48le" if sys.byteorder == "little" else "rgb48be"
+
+
+def _check_dtype(dtype: Any, info: VideoInfo) -> np.dtype:
+    dtype = info.dtype if dtype is None else np.dtype(dtype)
+    if dtype not in (np.dtype(np.uint8), np.dtype(np.uint16)):
+        raise ValueError(f"{info.path}: video frames are uint8 or uint16, got {dtype}")
+    return dtype
+
+
+class _StderrTail:
+    """Drain a pipe in a thread, keeping its last lines (so ffmpeg never blocks on it)."""
+
+    def __init__(self, pipe: Any) -> None:
+        self.lines: collections.deque[str] = collections.deque(maxlen=_STDERR_LINES)
+        self._thread = threading.Thread(target=self._drain, args=(pipe,), name="ffmpeg-stderr", daemon=True)
+        self._thread.start()
+
+    def _drain(self, pipe: Any) -> None:
+        with contextlib.suppress(Exception):
+            for raw in iter(pipe.readline, b""):
+                line = _ADDRESS.sub("", raw.decode("utf-8", "replace")).strip()
+                if line:
+                    self.lines.append(line)
+        with contextlib.suppress(Exception):
+            pipe.close()
+
+    def text(self, timeout: float = 5.0) -> str:
+        self._thread.join(timeout)
+        return " | ".join(self.lines)
+
+
+def _reap(proc: subprocess.Popen[bytes], *, kill: bool = False) -> None:
+    """Stop ``proc`` (SIGTERM, then SIGKILL after a timeout) and wait for it."""
+    try:
+        if proc.poll() is None:
+            if kill:
+                proc.kill()
+            else:
+                proc.terminate()
+                try:
+                    proc.wait(_REAP_TIMEOUT)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+        proc.wait()
+    finally:
+        if proc.poll() is None:  # interrupted while waiting
+            with contextlib.suppress(OSError):
+                proc.kill()
+            proc.wait()
+
+
+def _spawn(cmd: list[str], *, stdin: int, stdout: int) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        cmd, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE, bufsize=0,
+        start_new_session=True, close_fds=True,
+    )
+    for pipe in (proc.stdout, proc.stdin):
+        if pipe is not None and hasattr(fcntl, "F_SETPIPE_SZ"):
+            with contextlib.suppress(OSError):  # bigger pipe, fewer context switches per frame
+                fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, 1 << 20)
+    return proc
+
+
+def _exit_reason(rc: int) -> str:
+    if rc < 0:
+        with contextlib.suppress(ValueError):
+            return f"ffmpeg was killed by {signal.Signals(-rc).name}"
+        return f"ffmpeg was killed by signal {-rc}"
+    return f"ffmpeg exited with status {rc}"
+
+
+def _said(tail: str) -> str:
+    return f": {tail}" if tail else ""
+
+
+# ----------------------------------------------------------------------------
+# reading
+
+
+def _decode_filters(info: VideoInfo, dtype: np.dtype) -> str:
+    """The filter chain from the decoded (already rotated) stream to RGB frames."""
+    vf = []
+    if info.variable_rate:
+        vf.append(f"fps=fps={info.fps}")
+    scale = [f"flags={_SWS_FLAGS}"]
+    if _is_yuv(info.pix_fmt) or info.pix_fmt.startswith("gray"):
+        scale.append(f"in_range={'pc' if info.full_range else 'tv'}")
+    if _is_yuv(info.pix_fmt):
+        scale.append(f"in_color_matrix={_matrix(info)[0]}")
+    vf.append("scale=" + ":".join(scale))
+    vf.append(f"format={_rgb_pix_fmt(dtype)}")
+    return ",".join(vf)
+
+
+class VideoReader:
+    """Stream a video's frames, decoded by ffmpeg straight into caller buffers.
+
+    Frames are RGB ``(info.height, info.width, 3)`` as displayed (rotation
+    applied), exactly ``info.frame_count`` of them at ``info.fps``; a variable
+    frame rate is delivered at its constant average rate (see the module notes).
+
+    Parameters
+    ----------
+    info : VideoInfo
+        From :func:`probe_video`.
+    dtype : numpy dtype, optional
+        ``uint8`` (rgb24) or ``uint16`` (rgb48, 0-65535, for more than 8 bits).
+        Default: ``info.dtype``, the source's depth.
+
+    Notes
+    -----
+    Use from one thread. :meth:`close` may be called from any thread: it
+    stops ffmpeg, and a :meth:`readinto` blocked in another thread then raises
+    :class:`VideoError`. Leaving the ``with`` block early (before the end of
+    the stream) is the way to stop reading; it never leaves a process behind.
+
+    Examples
+    --------
+    >>> info = probe_video("clip.mp4")                     # doctest: +SKIP
+    >>> buf = np.empty(info.frame_shape, info.dtype)       # doctest: +SKIP
+    >>> with VideoReader(info) as reader:                  # doctest: +SKIP
+    ...     while reader.readinto(buf):
+    ...         use(buf)
+    """
+
+    def __init__(self, info: VideoInfo, *, dtype: Any = None) -> None:
+        self.info = info
+        self.dtype = _check_dtype(dtype, info)
+        self.shape = info.frame_shape
+        self.frames_read = 0
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._stderr: _StderrTail | None = None
+        self._io_lock = threading.Lock()
+        self._closed = False
+        self._eof = False
+
+    def command(self) -> list[str]:
+        """The ffmpeg command line this reader runs."""
+        info = self.info
+        return [
+            ffmpeg_exe(), "-hide_banner", "-nostdin", "-nostats", "-loglevel", "error",
+            "-i", _ff_path(info.path),
+            "-map", f"0:{info.stream_index}", "-an", "-sn", "-dn",
+            "-vf", _decode_filters(info, self.dtype),
+            "-fps_mode", "passthrough", "-frames:v", str(info.frame_count),
+            "-f", "rawvideo", "-pix_fmt", _rgb_pix_fmt(self.dtype), "pipe:1",
+        ]
+
+    def open(self) -> "VideoReader":
+        """Start ffmpeg (done by ``with``)."""
+        if self._closed:
+            raise VideoError(f"{self.info.path}: the reader is closed")
+        if self._proc is None:
+            try:
+                self._proc = _spawn(self.command(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
+            except OSError as exc:
+                raise VideoError(f"{self.info.path}: cannot start ffmpeg ({exc})") from None
+            self._stderr = _StderrTail(self._proc.stderr)
+            self._finalizer = weakref.finalize(self, _reap, self._proc, kill=True)
+        return self
+
+    def __enter__(self) -> "VideoReader":
+        return self.open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _fail(self, message: str) -> VideoError:
+        tail = self._stderr.text() if self._stderr else ""
+        return VideoError(f"{self.info.path}: {message}{_said(tail)}")
+
+    def readinto(self, buf: np.ndarray) -> bool:
+        """Fill ``buf`` with the next frame; False at the clean end of the stream.
+
+        Parameters
+        ----------
+        buf : numpy.ndarray
+            C-contiguous, writable, shape ``reader.shape``, dtype ``reader.dtype``
+            (a view of shared memory is fine: ffmpeg's bytes land in it directly).
+
+        Returns
+        -------
+        bool
+            True when a frame was read, False after the last one.
+
+        Raises
+        ------
+        VideoError
+            ffmpeg failed or was stopped, the stream ended inside a frame, or
+            it ended before ``info.frame_count`` frames; the message names the
+            file and ends with ffmpeg's last lines.
+        """
+        if buf.shape != self.shape or buf.dtype != self.dtype:
+            raise ValueError(
+                f"{self.info.path}: frame buffer must be {self.shape} {self.dtype}, got {buf.shape} {buf.dtype}"
+            )
+        if not buf.flags.c_contiguous or not buf.flags.writeable:
+            raise ValueError(f"{self.info.path}: frame buffer must be C-contiguous and writable")
+        with self._io_lock:
+            if self._closed:
+                raise VideoError(f"{self.info.path}: the reader is closed")
+            if self._eof:
+                return False
+            self.open()
+            assert self._proc is not None and self._proc.stdout is not None
+            view = memoryview(buf).cast("B")
+            total, got = view.nbytes, 0
+            while got < total:
+                try:
+                    n = self._proc.stdout.readinto(view[got:])
+                except InterruptedError:  # pragma: no cover - PEP 475 retries
+                    continue
+                if not n:
+                    break
+                got += n
+            if got == total:
+                self.frames_read += 1
+                return True
+            self._eof = True
+            rc = self._proc.wait()
+            if self._closed:
+                raise VideoError(f"{self.info.path}: reading was stopped after {self.frames_read} frames")
+            if rc != 0:
+                raise self._fail(f"{_exit_reason(rc)} after {self.frames_read} frames")
+            if got:
+                raise self._fail(f"the stream ended inside frame {self.frames_read + 1} ({got} of {total} bytes)")
+            if self.frames_read < self.info.frame_count:
+                raise self._fail(
+                    f"ffmpeg decoded {self.frames_read} of {self.info.frame_count} frames (truncated or corrupt?)"
+                )
+            return False
+
+    def read(self) -> np.ndarray | None:
+        """The next frame in a new array, or None at the end (allocates; prefer :meth:`readinto`)."""
+        buf = np.empty(self.shape, self.dtype)
+        return buf if self.readinto(buf) else None
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        """Each frame in a new array (allocates; prefer :meth:`readinto`)."""
+        while (frame := self.read()) is not None:
+            yield frame
+
+    def close(self) -> None:
+        """Stop ffmpeg if still running, reap it, release the pipes. Idempotent, any thread."""
+        self._closed = True
+        proc = self._proc
+        if proc is None:
+            return
+        _reap(proc, kill=True)  # its output is a pipe: nothing to finish
+        with self._io_lock:
+            for pipe in (proc.stdout,):
+                if pipe is not None:
+                    with contextlib.suppress(OSError):
+                        pipe.close()
+        if self._stderr is not None:
+            self._stderr.text(timeout=_REAP_TIMEOUT)
+        self._finalizer.detach()
+
+
+# ----------------------------------------------------------------------------
+# writing
+
+_MUXERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "webm", ".avi": "avi", ".gif": "gif"}
+_DEFAULT_CODEC = {".mp4": "libx264", ".m4v": "libx264", ".mov": "libx264", ".mkv": "libx264",
+                  ".avi": "libx264", ".webm": "libvpx-vp9", ".gif": "gif"}
+_DEFAULT_CRF = {"libx264": 18, "libx265": 20, "libvpx-vp9": 28, "libaom-av1": 30, "libsvtav1": 30}
+_TEN_BIT = {"libx264", "libx265", "libvpx-vp9", "libaom-av1", "libsvtav1"}
+_ODD_OK = {"libvpx-vp9", "libvpx", "libaom-av1", "gif", "png", "apng", "ffv1", "rawvideo", "utvideo", "qtrle"}
+# audio codecs each container takes as they are
+_AUDIO_COPY = {
+    "mp4": {"aac", "mp3", "ac3", "eac3", "alac", "opus", "flac"},
+    "mov": {"aac", "mp3", "ac3", "eac3", "alac", "pcm_s16le", "pcm_s24le", "pcm_s16be", "pcm_s24be"},
+    "matroska": {"aac", "mp3", "ac3", "eac3", "dts", "truehd", "opus", "vorbis", "flac", "alac",
+                 "pcm_s16le", "pcm_s24le", "pcm_s32le", "pcm_f32le", "mp2"},
+    "webm": {"opus", "vorbis"},
+    "avi": {"mp3", "ac3", "mp2", "pcm_s16le", "pcm_u8"},
+}
+_AUDIO_ENCODER = {"mp4": "aac", "mov": "aac", "matroska": "aac", "webm": "libopus", "avi": "libmp3lame"}
+_VP9_SPEED = {"ultrafast": 8, "superfast": 7, "veryfast": 6, "faster": 5, "fast": 4, "medium": 3,
+              "slow": 2, "slower": 1, "veryslow": 0, "placebo": 0}
+_PRESETS = tuple(_VP9_SPEED)
+_FROM_INFO = object()
+# colour tags ffmpeg's setparams filter and encoders take by name
+_MATRICES = {"bt709", "fcc", "bt470bg", "smpte170m", "smpte240m", "ycgco", "bt2020nc", "bt2020c"}
+_PRIMARIES = {"bt709", "bt470m", "bt470bg", "smpte170m", "smpte240m", "film", "bt2020", "smpte428",
+              "smpte431", "smpte432", "jedec-p22", "ebu3213"}
+_TRANSFERS = {"bt709", "gamma22", "gamma28", "smpte170m", "smpte240m", "linear", "log100", "log316",
+              "iec61966-2-4", "bt1361e", "iec61966-2-1", "bt2020-10", "bt2020-12", "smpte2084",
+              "smpte428", "arib-std-b67"}
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    muxer: str
+    codec: str
+    filters: str
+    out_size: tuple[int, int]  # (width, height) written
+    video_args: list[str]
+    pix_fmt: str | None
+
+
+def _plan(dst: Path, info: VideoInfo, dtype: np.dtype, codec: str | None, crf: float | None,
+          preset: str, pix_fmt: str | None) -> _Plan:
+    ext = dst.suffix.lower()
+    if ext not in _MUXERS:
+        raise OutputError(f"{dst}: unknown video container '{dst.suffix}' (use one of {', '.join(sorted(_MUXERS))})")
+    muxer = _MUXERS[ext]
+    codec = codec or _DEFAULT_CODEC[ext]
+    if preset not in _PRESETS:
+        raise ValueError(f"{dst}: preset must be one of {', '.join(_PRESETS)}, got {preset!r}")
+    deep = info.bit_depth > 8 and dtype == np.uint16 and codec in _TEN_BIT
+    if pix_fmt is None and codec not in _TEN_BIT and codec != "gif":
+        pass  # an encoder tileproc does not know: ffmpeg picks its pixel format
+    elif pix_fmt is None and codec != "gif":
+        pix_fmt = "yuv420p10le" if deep else "yuv420p"
+    w, h = info.width, info.height
+    pw, ph = w, h
+    if codec not in _ODD_OK and pix_fmt is not None and re.search(r"420|422|411|nv1|nv2|p0", pix_fmt):
+        pw = w + (w % 2)
+        if "422" not in pix_fmt and "nv16" not in pix_fmt:
+            ph = h + (h % 2)
+    vf = []
+    if (pw, ph) != (w, h):
+        vf.append(f"pad={pw}:{ph}:0:0,fillborders=right={pw - w}:bottom={ph - h}:mode=smear")
+    args: list[str] = []
+    if codec == "gif":
+        if crf is not None:
+            raise ValueError(f"{dst}: crf does not apply to GIF")
+        # One palette per frame: streams in bounded memory (a global palette would hold
+        # every frame until the end); ordered dithering flickers less from frame to frame.
+        vf.append("split[a][b];[a]palettegen=stats_mode=single[p];[b][p]paletteuse=new=1:dither=bayer")
+        args += ["-c:v", "gif", "-loop", "0"]
+        return _Plan(muxer, codec, ",".join(vf), (pw, ph), args, None)
+    yuv = pix_fmt is not None and _is_yuv(pix_fmt)
+    range_tag = "pc" if info.full_range else "tv"
+    scale_matrix, matrix_tag = _matrix(info)
+    if yuv:
+        vf.append(f"scale=out_color_matrix={scale_matrix}:out_range={range_tag}:flags={_SWS_FLAGS}")
+    if pix_fmt is not None:
+        vf.append(f"format={pix_fmt}")
+    args += ["-c:v", codec]
+    if crf is None:
+        crf = _DEFAULT_CRF.get(codec)
+    if crf is not None:
+        args += ["-crf", f"{crf:g}"]
+    if codec in ("libx264", "libx265"):
+        args += ["-preset", preset]
+        if codec == "libx265":
+            args += ["-x265-params", "log-level=error"]
+            if muxer in ("mp4", "mov"):
+                args += ["-tag:v", "hvc1"]
+    elif codec in ("libvpx-vp9", "libaom-av1"):
+        args += ["-b:v", "0"]
+        if codec == "libvpx-vp9":
+            args += ["-deadline", "good", "-cpu-used", str(min(_VP9_SPEED[preset], 5)), "-row-mt", "1"]
+        else:
+            args += ["-cpu-used", str(min(_VP9_SPEED[preset] + 2, 8)), "-row-mt", "1"]
+    if pix_fmt is not None:
+        args += ["-pix_fmt", pix_fmt]
+    if yuv:
+        # Tag the frames (setparams) and the encoder: recent ffmpeg takes the frames' word.
+        tags = {"range": range_tag}
+        if matrix_tag in _MATRICES:
+            tags["colorspace"] = matrix_tag
+        if info.color_primaries in _PRIMARIES:
+            tags["color_primaries"] = info.color_primaries
+        if info.color_transfer in _TRANSFERS:
+            tags["color_trc"] = info.color_transfer
+        vf.append("setparams=" + ":".join(f"{k}={v}" for k, v in tags.items()))
+        for k, v in tags.items():
+            args += ["-color_range" if k == "range" else f"-{k}", v]
+    if info.sample_aspect != 1:
+        vf.append(f"setsar={info.sample_aspect.numerator}/{info.sample_aspect.denominator}")
+    return _Plan(muxer, codec, ",".join(vf), (pw, ph), args, pix_fmt)
+
+
+def _audio_args(muxer: str, streams: Sequence[AudioStream]) -> list[str]:
+    args: list[str] = []
+    for i, s in enumerate(streams):
+        if s.codec in _AUDIO_COPY.get(muxer, ()):
+            args += [f"-c:a:{i}", "copy"]
+            continue
+        encoder = _AUDIO_ENCODER[muxer]
+        per_channel = 64 if encoder == "libopus" else 96
+        args += [f"-c:a:{i}", encoder, f"-b:a:{i}", f"{min(512, per_channel * max(1, s.channels or 2))}k"]
+    return args
+
+
+def _encode_args(plan: _Plan, dst_ff: str, audio: Sequence[AudioStream], audio_input: int | None,
+                 extra: Sequence[str] = ()) -> list[str]:
+    """Output side of the ffmpeg command: maps, filters, codecs, muxer, name."""
+    args = ["-map", "0:v:0"]
+    if plan.filters:
+        args += ["-vf", plan.filters]
+    args += plan.video_args
+    if audio_input is not None and audio and plan.muxer != "gif":
+        args += ["-map", f"{audio_input}:a?"]
+        args += _audio_args(plan.muxer, audio)
+        args += ["-shortest", "-map_metadata", str(audio_input)]
+    else:
+        args += ["-an"]
+    args += ["-sn", "-dn", "-map_chapters", "-1"]
+    if plan.muxer in ("mp4", "mov"):
+        args += ["-movflags", "+faststart"]
+    elif plan.muxer == "avi":
+        args += ["-avoid_negative_ts", "disabled"]  # a shift for the audio's priming would drop a frame slot
+    args += [*extra, "-f", plan.muxer, "-y", dst_ff]
+    return args
+
+
+class VideoWriter:
+    """Encode frames into a video file, atomically, with the source's audio.
+
+    ffmpeg reads raw RGB frames from a pipe at exactly ``info.fps`` and
+    writes a temporary file beside ``dst``; a clean exit from the ``with``
+    block (or :meth:`close`) waits for ffmpeg, checks its exit status and
+    renames the temporary into place. On an exception, a failure of ffmpeg or
+    :meth:`abort`, ffmpeg is killed and nothing is left: no ``dst``, no
+    temporary.
+
+    Defaults by ``dst``'s extension: ``.mp4 .m4v .mov .mkv .avi`` -> H.264
+    (libx264, CRF 18, ``preset``, yuv420p, or yuv420p10le "High 10" for a
+    source of more than 8 bits written from uint16 frames; ``+faststart`` in
+    MP4/MOV); ``.webm`` -> VP9 (CRF 28, constant quality) with Opus audio;
+    ``.gif`` -> GIF with a palette per frame (no audio). See the module notes
+    for odd sizes, colour and audio.
+
+    Parameters
+    ----------
+    dst : path-like
+        Output file; its extension picks the container.
+    info : VideoInfo
+        Size, rate, depth and colour of the frames to come (usually the
+        source's, from :func:`probe_video`).
+    dtype : numpy dtype, optional
+        Dtype of the frames written: ``uint8`` or ``uint16``; default ``info.dtype``.
+    codec : str, optional
+        An ffmpeg encoder name, instead of the container's default.
+    crf : float, optional
+        Constant quality (lower is better), instead of the codec's default.
+    preset : str
+        x264 preset name (``"medium"``); mapped to ``-cpu-used`` for VP9/AV1.
+    pix_fmt : str, optional
+        Encoder pixel format, instead of yuv420p / yuv420p10le.
+    overwrite : bool
+        Replace an existing ``dst`` (else :class:`OutputExists` before anything runs).
+    audio_from : path-like or None
+        File whose audio streams are kept; default ``info.path``; None for none.
+
+    Attributes
+    ----------
+    size : tuple of int
+        ``(width, height)`` written (odd sizes padded for H.264).
+    frames_written : int
+
+    Notes
+    -----
+    Use from one thread. :meth:`abort` may be called from any thread: a
+    :meth:`write` blocked in another thread then raises :class:`VideoError`.
+
+    Examples
+    --------
+    >>> info = probe_video("clip.mp4")                             # doctest: +SKIP
+    >>> with VideoReader(info) as r, VideoWriter("out.mp4", info) as w:  # doctest: +SKIP
+    ...     buf = np.empty(info.frame_shape, info.dtype)
+    ...     while r.readinto(buf):
+    ...         w.write(buf)
+    """
+
+    def __init__(self, dst: str | os.PathLike[str], info: VideoInfo, *, dtype: Any = None,
+                 codec: str | None = None, crf: float | None = None, preset: str = "medium",
+                 pix_fmt: str | None = None, overwrite: bool = False,
+                 audio_from: Any = _FROM_INFO) -> None:
+        self.dst = Path(dst)
+        self.info = info
+        self.dtype = _check_dtype(dtype, info)
+        self.shape = info.frame_shape
+        self.overwrite = overwrite
+        self.audio_from: Path | None = Path(info.path) if audio_from is _FROM_INFO else (
+            None if audio_from is None else Path(audio_from))
+        self._plan = _plan(self.dst, info, self.dtype, codec, crf, preset, pix_fmt)
+        self.codec = self._plan.codec
+        self.size = self._plan.out_size
+        self.frames_written = 0
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._stderr: _StderrTail | None = None
+        self._atomic: contextlib.AbstractContextManager[Path] | None = None
+        self._tmp: Path | None = None
+        self._lock = threading.Lock()
+        self._aborted = False
+        self._done = False  # the output was committed or discarded
+        self._committed = False
+        self._in_write = False
+
+    def _audio_streams(self) -> tuple[AudioStream, ...]:
+        if self.audio_from is None or self._plan.muxer == "gif":
+            return ()
+        if Path(self.audio_from) == Path(self.info.path):
+            return self.info.audio
+        if not Path(self.audio_from).is_file():
+            raise InputError(f"{self.audio_from}: no such file")
+        proc = _run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", _ff_path(self.audio_from)])
+        text = proc.stderr.decode("utf-8", "replace")
+        if not any(_INPUT.match(line) for line in text.splitlines()):
+            raise InputError(f"{self.audio_from}: cannot read its audio ({_last_lines(text)})")
+        return tuple(
+            _parse_audio(int(m.group(1)), m.group(2), m.group(4))
+            for m in map(_STREAM.match, text.splitlines()) if m and m.group(3) == "Audio"
+        )
+
+    def command(self, tmp: str | os.PathLike[str] | None = None) -> list[str]:
+        """The ffmpeg command line this writer runs (to ``tmp``, default ``dst``)."""
+        info = self.info
+        cmd = [
+            ffmpeg_exe(), "-hide_banner", "-nostdin", "-nostats", "-loglevel", "error",
+            "-f", "rawvideo", "-pix_fmt", _rgb_pix_fmt(self.dtype),
+            "-video_size", f"{info.width}x{info.height}", "-framerate", str(info.fps), "-i", "pipe:0",
+        ]
+        audio = self._audio_streams()
+        audio_input = None
+        if audio:
+            cmd += ["-i", _ff_path(self.audio_from)]  # type: ignore[arg-type]
+            audio_input = 1
+        return cmd + _encode_args(self._plan, _ff_path(tmp or self.dst), audio, audio_input)
+
+    def open(self) -> "VideoWriter":
+        """Check the output, start ffmpeg on a temporary name (done by ``with``)."""
+        with self._lock:
+            if self._done:
+                raise VideoError(f"{self.dst}: the writer is closed")
+            if self._proc is not None:
+                return self
+            inputs = [p for p in (self.info.path, self.audio_from) if p is not None]
+            atomic = atomic_output(self.dst, inputs=inputs, overwrite=self.overwrite)
+            tmp = atomic.__enter__()
+            try:
+                cmd = self.command(tmp)
+                self._proc = _spawn(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+            except BaseException as exc:
+                atomic.__exit__(type(exc), exc, exc.__traceback__)
+                self._done = True
+                if isinstance(exc, OSError):
+                    raise VideoError(f"{self.dst}: cannot start ffmpeg ({exc})") from None
+                raise
+            self._atomic, self._tmp = atomic, tmp
+            self._stderr = _StderrTail(self._proc.stderr)
+            self._finalizer = weakref.finalize(self, _discard, self._proc, tmp)
+        return self
+
+    def __enter__(self) -> "VideoWriter":
+        return self.open()
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    def write(self, frame: np.ndarray) -> None:
+        """Send one frame to the encoder (blocks while the encoder is behind).
+
+        Parameters
+        ----------
+        frame : numpy.ndarray
+            Shape ``writer.shape`` = ``(info.height, info.width, 3)``, dtype
+            ``writer.dtype``, C-contiguous; its bytes go to the pipe as they are.
+
+        Raises
+        ------
+        VideoError
+            ffmpeg stopped (a bad codec or option, a full disk...); the message
+            ends with its last lines. The output is then discarded.
+        """
+        if frame.shape != self.shape or frame.dtype != self.dtype:
+            raise ValueError(
+                f"{self.dst}: frames must be {self.shape} {self.dtype}, got {frame.shape} {frame.dtype}"
+            )
+        if not frame.flags.c_contiguous:
+            raise ValueError(f"{self.dst}: frames must be C-contiguous")
+        if self._proc is None:
+            self.open()
+        if self._aborted:
+            raise VideoError(f"{self.dst}: writing was stopped after {self.frames_written} frames")
+        if self._done:
+            raise VideoError(f"{self.dst}: the writer is closed")
+        assert self._proc is not None and self._proc.stdin is not None
+        view = memoryview(frame).cast("B")
+        total, sent = view.nbytes, 0
+        self._in_write = True
+        try:
+            while sent < total:
+                sent += self._proc.stdin.write(view[sent:]) or 0
+        except (BrokenPipeError, ValueError, OSError):
+            self._in_write = False
+            err = self._failed(f"ffmpeg stopped reading at frame {self.frames_written + 1}")
+            self._close_stdin()
+            raise err from None
+        finally:
+            self._in_write = False
+        self.frames_written += 1
+
+    def _failed(self, what: str, *, wait: bool = True) -> VideoError:
+        """Discard the output (ffmpeg killed, temporary removed) and build the error."""
+        proc = self._proc
+        rc = None
+        if proc is not None and wait:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                rc = proc.wait(_REAP_TIMEOUT)  # it is exiting: let it say why
+        self._discard()
+        if self._aborted:
+            return VideoError(f"{self.dst}: writing was stopped after {self.frames_written} frames")
+        tail = self._stderr.text() if self._stderr else ""
+        reason = _exit_reason(rc) if rc not in (None, 0) else what
+        return VideoError(f"{self.dst}: {reason}{_said(tail)}")
+
+    def _discard(self) -> None:
+        with self._lock:
+            if self._done:
+                return
+            self._done = True
+            proc = self._proc
+            if proc is not None:
+                _reap(proc, kill=True)
+                if not self._in_write:  # else the writing thread still uses the pipe; it fails on its own
+                    self._close_stdin()
+                self._finalizer.detach()
+            if self._atomic is not None:
+                err = VideoError(f"{self.dst}: discarded")
+                self._atomic.__exit__(VideoError, err, None)
+            if self._stderr is not None:
+                self._stderr.text(timeout=_REAP_TIMEOUT)
+
+    def _close_stdin(self) -> None:
+        if self._proc is not None and self._proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                self._proc.stdin.close()
+
+    def close(self) -> None:
+        """Finish: end the stream, wait for ffmpeg, check it, move the file into place.
+
+        Raises
+        ------
+        VideoError
+            ffmpeg failed or no frame was written (nothing is left behind).
+        OutputExists
+            ``dst`` appeared meanwhile and ``overwrite`` is False.
+        """
+        if self._committed:
+            return
+        if self._aborted:
+            raise self._failed("stopped")
+        if self._done:
+            raise VideoError(f"{self.dst}: nothing was written (an earlier error discarded the output)")
+        if self._proc is None:
+            self.open()
+        assert self._proc is not None
+        try:
+            if self.frames_written == 0:
+                raise self._failed("no frames were written", wait=False)
+            self._close_stdin()  # end of stream
+            rc = self._proc.wait()
+        except BaseException:
+            self._discard()
+            raise
+        if rc != 0 or self._aborted:
+            raise self._failed("ffmpeg failed")
+        with self._lock:
+            if self._done:
+                raise self._failed("stopped")
+            self._done = True
+            self._finalizer.detach()
+            if self._stderr is not None:
+                self._stderr.text(timeout=_REAP_TIMEOUT)
+            assert self._atomic is not None
+            self._atomic.__exit__(None, None, None)  # rename into place (may raise OutputExists)
+            self._committed = True
+
+    def abort(self) -> None:
+        """Kill ffmpeg and discard the output. Idempotent, any thread."""
+        if self._done:
+            return
+        self._aborted = True
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(OSError):
+                proc.kill()
+        self._discard()
+
+
+def _discard(proc: subprocess.Popen[bytes], tmp: Path) -> None:
+    """Finalizer of a writer dropped without close/abort."""
+    _reap(proc, kill=True)
+    with contextlib.suppress(OSError):
+        os.unlink(tmp)
+
+
+# ----------------------------------------------------------------------------
+# one-process equivalent, for benchmarks
+
+
+def transcode_command(info: VideoInfo, dst: str | os.PathLike[str], *, vf: str | None = None,
+                      dtype: Any = None, codec: str | None = None, crf: float | None = None,
+                      preset: str = "medium", pix_fmt: str | None = None,
+                      audio_from: Any = _FROM_INFO) -> list[str]:
+    """One ffmpeg command that decodes like :class:`VideoReader` and encodes like
+    :class:`VideoWriter`, with an optional ffmpeg filter applied to the RGB frames.
+
+    Meant for benchmarks (tileproc against plain ffmpeg on the same work). It
+    writes ``dst`` directly (``-y``), without the atomic rename.
+
+    Examples
+    --------
+    >>> cmd = transcode_command(info, "out.mp4", vf="gblur=sigma=2")   # doctest: +SKIP
+    >>> subprocess.run(cmd, check=True)                               # doctest: +SKIP
+    """
+    dst = Path(dst)
+    dtype = _check_dtype(dtype, info)
+    plan = _plan(dst, info, dtype, codec, crf, preset, pix_fmt)
+    decode = _decode_filters(info, dtype)
+    if vf:
+        decode += "," + vf
+    plan = dataclasses.replace(plan, filters=",".join(x for x in (decode, plan.filters) if x))
+    src = audio_from if audio_from is not _FROM_INFO else info.path
+    audio = info.audio if src is not None and Path(src) == Path(info.path) else ()
+    cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-i", _ff_path(info.path)]
+    args = _encode_args(plan, _ff_path(dst), audio, 0 if audio else None,
+                        extra=["-fps_mode", "passthrough", "-frames:v", str(info.frame_count)])
+    args[1] = f"0:{info.stream_index}"
+    return cmd + args

@@ -280,6 +280,32 @@ def test_reader_closed_from_another_thread(clips):
     assert not ffmpeg_children()
 
 
+def test_reader_blocked_in_another_thread_is_released_by_close():
+    info = probe_video(SAMPLES / "flower.mp4")
+    buf = np.empty(info.frame_shape, info.dtype)
+    errors: list[BaseException] = []
+    with VideoReader(info) as r:
+        assert r.readinto(buf)
+        os.kill(r._proc.pid, signal.SIGSTOP)  # ffmpeg stalls: the reading thread blocks on an empty pipe
+
+        def drain():
+            try:
+                while r.readinto(buf):
+                    pass
+            except BaseException as exc:  # noqa: BLE001
+                errors.append(exc)
+
+        t = threading.Thread(target=drain)
+        t.start()
+        t.join(0.3)
+        assert t.is_alive()
+        r.close()
+        t.join(5)
+        assert not t.is_alive()
+    assert len(errors) == 1 and isinstance(errors[0], VideoError) and "stopped" in str(errors[0])
+    assert not ffmpeg_children()
+
+
 def test_reader_ffmpeg_killed_mid_stream(clips):
     info = probe_video(SAMPLES / "flower.mp4")
     buf = np.empty(info.frame_shape, info.dtype)
@@ -539,6 +565,34 @@ def test_close_after_a_failed_write_does_not_pretend(clips, tmp_path):
     with pytest.raises(VideoError, match="nothing was written"):
         w.close()
     assert not dst.exists() and leftovers(tmp_path) == []
+
+
+def test_write_blocked_in_another_thread_is_released_by_abort(clips, tmp_path):
+    info = probe_video(clips["ntsc24"])
+    frame = read_all(info)[0]
+    dst = tmp_path / "out.mp4"
+    errors: list[BaseException] = []
+    w = VideoWriter(dst, info, preset="ultrafast").open()
+    os.kill(w._proc.pid, signal.SIGSTOP)  # ffmpeg stalls: the pipe fills and write blocks
+
+    def feed():
+        try:
+            while True:
+                w.write(frame)
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    t = threading.Thread(target=feed)
+    t.start()
+    t.join(0.3)
+    assert t.is_alive()
+    w.abort()
+    t.join(5)
+    assert not t.is_alive()
+    assert len(errors) == 1 and isinstance(errors[0], VideoError) and "stopped" in str(errors[0])
+    with pytest.raises(VideoError, match="stopped"):
+        w.close()
+    assert not dst.exists() and leftovers(tmp_path) == [] and not ffmpeg_children()
 
 
 def test_no_frames_written(clips, tmp_path):

@@ -1160,7 +1160,7 @@ class VideoWriter:
         self._aborted = False
         self._done = False  # the output was committed or discarded
         self._committed = False
-        self._in_write = False
+        self._pipe_lock = threading.Lock()  # held while writing; the pipe is closed only outside a write
 
     def _audio_streams(self) -> tuple[AudioStream, ...]:
         if self.audio_from is None or self._plan.muxer == "gif":
@@ -1256,17 +1256,14 @@ class VideoWriter:
         assert self._proc is not None and self._proc.stdin is not None
         view = memoryview(frame).cast("B")
         total, sent = view.nbytes, 0
-        self._in_write = True
-        try:
-            while sent < total:
-                sent += self._proc.stdin.write(view[sent:]) or 0
-        except (BrokenPipeError, ValueError, OSError):
-            self._in_write = False
-            err = self._failed(f"ffmpeg stopped reading at frame {self.frames_written + 1}")
-            self._close_stdin()
-            raise err from None
-        finally:
-            self._in_write = False
+        with self._pipe_lock:
+            try:
+                while sent < total:
+                    sent += self._proc.stdin.write(view[sent:]) or 0
+            except (BrokenPipeError, ValueError, OSError):  # ValueError: the pipe was closed
+                sent = -1
+        if sent < 0:
+            raise self._failed(f"ffmpeg stopped reading at frame {self.frames_written + 1}") from None
         self.frames_written += 1
 
     def _failed(self, what: str, *, wait: bool = True) -> VideoError:
@@ -1290,9 +1287,8 @@ class VideoWriter:
             self._done = True
             proc = self._proc
             if proc is not None:
-                _reap(proc, kill=True)
-                if not self._in_write:  # else the writing thread still uses the pipe; it fails on its own
-                    self._close_stdin()
+                _reap(proc, kill=True)  # a write blocked in another thread now fails and lets go of the pipe
+                self._close_stdin()
                 self._finalizer.detach()
             if self._atomic is not None:
                 err = VideoError(f"{self.dst}: discarded")
@@ -1302,7 +1298,7 @@ class VideoWriter:
 
     def _close_stdin(self) -> None:
         if self._proc is not None and self._proc.stdin is not None:
-            with contextlib.suppress(OSError):
+            with self._pipe_lock, contextlib.suppress(OSError):
                 self._proc.stdin.close()
 
     def close(self) -> None:
@@ -1386,7 +1382,8 @@ def transcode_command(info: VideoInfo, dst: str | os.PathLike[str], *, vf: str |
     dst = Path(dst)
     dtype = _check_dtype(dtype, info)
     plan = _plan(dst, info, dtype, codec, crf, preset, pix_fmt)
-    decode = _decode_filters(info, dtype)
+    # frames numbered at exactly info.fps, as the writer's raw input is
+    decode = _decode_filters(info, dtype) + f",settb={info.fps.denominator}/{info.fps.numerator},setpts=N"
     if vf:
         decode += "," + vf
     plan = dataclasses.replace(plan, filters=",".join(x for x in (decode, plan.filters) if x))

@@ -130,3 +130,29 @@ def jittery_boxmean(tile, *, radius=1):
 def slow(tile, *, seconds=0.05):
     time.sleep(seconds)
     return tile
+
+
+@filter(halo=0)
+def report_threads(tile):
+    """Fills the tile with OpenCV's thread count, or 255 if BLAS/OpenMP are not held to it."""
+    n = cv2.getNumThreads()
+    env = {os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+    out = np.empty_like(tile)
+    out[...] = n if env == {str(n)} else 255
+    return out
+
+
+import dataclasses  # noqa: E402
+
+from filters import Filter  # noqa: E402
+
+
+@dataclasses.dataclass(frozen=True)
+class ApplyFunction(Filter):
+    """A class filter whose parameter is a function: unpicklable when that is a lambda."""
+
+    name = "apply_function"
+    fn: object = None
+
+    def apply(self, tile):
+        return self.fn(tile)

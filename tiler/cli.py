@@ -21,7 +21,7 @@ from filters import FilterError
 from tiler.engine import Engine, resolve_chain
 from tiler.errors import TileprocError
 from tiler.io.images import DEFAULT_MAX_PIXELS
-from tiler.pipeline import FileResult, _is_video, default_output, is_supported, process_folder
+from tiler.pipeline import FileResult, is_video, default_output, is_supported, process_folder
 from tiler.scheduler import Progress
 
 __all__ = ["main", "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_INTERRUPTED", "EXIT_TERMINATED"]
@@ -54,6 +54,21 @@ def _tile_size(text: str) -> tuple[int, int]:
     if len(parts) != 2 or min(parts) < 1:
         raise argparse.ArgumentTypeError(f"tile size must be N or ROWSxCOLS with sizes >= 1, got {text!r}")
     return parts[0], parts[1]
+
+
+def _extension(text: str) -> str:
+    from tiler.io.images import IMAGE_EXTENSIONS
+
+    ext = "." + text.lower().lstrip(".")
+    if ext not in IMAGE_EXTENSIONS:
+        raise argparse.ArgumentTypeError(
+            f"unknown image format {text!r}; one of {', '.join(sorted(e[1:] for e in IMAGE_EXTENSIONS))}")
+    return ext
+
+
+def _one_line(text: object) -> str:
+    """A message on one line: control characters in file names are escaped."""
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in str(text))
 
 
 def _positive(kind):
@@ -93,6 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile-timeout", type=_positive(float), metavar="S",
                    help="fail a tile that takes longer than S seconds (default: no limit)")
     p.add_argument("--quality", type=int, metavar="Q", help="JPEG/WebP quality 1-100 (default: the input's)")
+    p.add_argument("--format", metavar="EXT", type=_extension,
+                   help="write images in this format (png, jpg, tif, webp, bmp, gif) instead of the input's")
+    p.add_argument("--cluster", metavar="ADDRESS",
+                   help="run on a Dask cluster: tcp://HOST:8786, or local[:N] for N worker processes here "
+                        "(pip install 'tileproc[dask]'); -w is then each Dask worker's engine size")
     v = p.add_argument_group("video")
     v.add_argument("--codec", help="ffmpeg encoder (default by container: libx264, libvpx-vp9, gif)")
     v.add_argument("--crf", type=float, help="constant quality (default: 18 for H.264, 31 for VP9)")
@@ -148,8 +168,11 @@ class _Bars:
             self.bar = None
 
 
-def _jobs(inputs: list[Path], output: str | None) -> list[tuple[Path, Path | None, bool]]:
-    """(input, output, is_folder) for each input; raises ValueError on a usage problem."""
+def _jobs(inputs: list[Path], output: str | None, ext: str | None) -> list[tuple[Path, Path | None, bool]]:
+    """(input, output, is_folder) for each input; raises ValueError on a usage problem.
+
+    Two inputs that would write one output are refused here, before any work.
+    """
     many = len(inputs) > 1
     out = Path(output) if output else None
     to_folder = out is not None and (many or output.endswith(os.sep) or out.is_dir())
@@ -162,12 +185,23 @@ def _jobs(inputs: list[Path], output: str | None) -> list[tuple[Path, Path | Non
             jobs.append((src, target, True))
         else:
             if out is None:
-                target = None
+                target = default_output(src) if is_video(src) or not ext else default_output(src).with_suffix(ext)
             elif to_folder:
                 target = out / src.name
+                if ext and not is_video(src):
+                    target = target.with_suffix(ext)
             else:
                 target = out
             jobs.append((src, target, False))
+    seen: dict[str, Path] = {}
+    for src, target, _ in jobs:
+        if target is None:
+            continue
+        key = os.path.normcase(os.path.abspath(target))
+        if key in seen:
+            raise ValueError(f"{src} and {seen[key]} would both be written to {target}; "
+                             "give them different names or outputs")
+        seen[key] = src
     return jobs
 
 
@@ -188,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         chain = resolve_chain(",".join(args.filters))
         chain.check_picklable()
-        jobs = _jobs([Path(i) for i in args.inputs], args.output)
+        jobs = _jobs([Path(i) for i in args.inputs], args.output, args.format)
         if args.workers is not None and args.workers < 0:
             raise ValueError(f"--workers must be >= 0, got {args.workers}")
         if args.frames_in_flight is not None and args.frames_in_flight < 1:
@@ -196,10 +230,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.quality is not None and not 1 <= args.quality <= 100:
             raise ValueError(f"--quality must be 1..100, got {args.quality}")
     except (FilterError, ValueError) as exc:
-        print(f"tileproc: error: {exc}", file=sys.stderr)
+        print(f"tileproc: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
 
+    if args.output and (len(args.inputs) > 1 or args.output.endswith(os.sep)):
+        try:
+            Path(args.output).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            print(f"tileproc: error: {_one_line(args.output)}: cannot create the output folder "
+                  f"({exc.strerror or exc})", file=sys.stderr)
+            return EXIT_FAILED
     bars = _Bars(args.quiet)
+    try:
+        on_cluster = _OnCluster(args, bars) if args.cluster else None
+    except (TileprocError, ValueError) as exc:
+        print(f"tileproc: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_USAGE
     previous = signal.getsignal(signal.SIGTERM)
 
     def terminate(signum, frame):
@@ -209,13 +255,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     failures = 0
     written = 0
     try:
-        with Engine(args.workers, tile_size=args.tile_size, frames_in_flight=args.frames_in_flight,
-                    tile_timeout=args.tile_timeout, progress=lambda e: _on_progress(bars, e)) as engine:
+        with on_cluster or Engine(args.workers, tile_size=args.tile_size, frames_in_flight=args.frames_in_flight,
+                                  tile_timeout=args.tile_timeout, progress=lambda e: _on_progress(bars, e)) as engine:
             options = dict(overwrite=args.overwrite, max_pixels=args.max_pixels, quality=args.quality)
             video_options = dict(codec=args.codec, crf=args.crf, preset=args.preset, pix_fmt=args.pix_fmt)
             for src, dst, is_folder in jobs:
                 if is_folder:
-                    n_ok, n_bad = _run_folder(engine, src, dst, chain, bars, options, video_options)
+                    n_ok, n_bad = _run_folder(engine, src, dst, chain, bars, options, video_options,
+                                              args.format)
                 else:
                     n_ok, n_bad = _run_file(engine, src, dst, chain, bars, options, video_options)
                 written += n_ok
@@ -246,8 +293,8 @@ def _on_progress(bars: _Bars, event: Progress) -> None:
     bars.advance(event.done)
 
 
-def _fail_line(bars: _Bars, exc: BaseException) -> None:
-    bars.write(f"tileproc: error: {exc}")
+def _fail_line(bars: _Bars, exc: BaseException | str) -> None:
+    bars.write(f"tileproc: error: {_one_line(exc)}")
 
 
 def _run_file(engine, src: Path, dst: Path | None, chain, bars: _Bars, options, video_options) -> tuple[int, int]:
@@ -258,7 +305,7 @@ def _run_file(engine, src: Path, dst: Path | None, chain, bars: _Bars, options, 
         _fail_line(bars, f"{src}: not a supported image or video (by its extension)")
         return 0, 1
     try:
-        if _is_video(src):
+        if is_video(src):
             def started(info):
                 bars.counts = "frame"
                 bars.open(info.frame_count, "frame", src.name)
@@ -281,7 +328,8 @@ def options_for_video(options: dict) -> dict:
     return {k: v for k, v in options.items() if k != "quality"}
 
 
-def _run_folder(engine, src: Path, dst: Path | None, chain, bars: _Bars, options, video_options) -> tuple[int, int]:
+def _run_folder(engine, src: Path, dst: Path | None, chain, bars: _Bars, options, video_options,
+                ext: str | None) -> tuple[int, int]:
     counts = [0, 0]
     bars.counts = None  # the bar counts files, as they finish
 
@@ -297,10 +345,40 @@ def _run_folder(engine, src: Path, dst: Path | None, chain, bars: _Bars, options
             _fail_line(bars, result.error)
 
     try:
-        process_folder(engine, src, dst, chain, on_result=done, on_plan=planned,
-                       **options, **video_options)
+        engine.process_folder(src, dst, chain, on_result=done, on_plan=planned, ext=ext,
+                              **options, **video_options)
     except TileprocError as exc:
         _fail_line(bars, exc)
         counts[1] += 1
     bars.close()
     return counts[0], counts[1]
+
+
+class _OnCluster:
+    """The Engine methods the command uses, run on a Dask cluster instead (see tiler.cluster)."""
+
+    def __init__(self, args, bars: _Bars):
+        from tiler import cluster
+
+        if args.workers == 0:
+            raise ValueError("--workers must be >= 1 with --cluster (each Dask worker's engine size)")
+        self._cluster, self._bars = cluster, bars
+        self._options = dict(workers=args.workers, tile_size=args.tile_size,
+                             frames_in_flight=args.frames_in_flight, tile_timeout=args.tile_timeout)
+        self.client = cluster.connect(args.cluster)
+
+    def __enter__(self) -> "_OnCluster":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.client.close()  # and the cluster, for local[:N]
+
+    def process_file(self, src, dst, chain, **options):
+        return self._cluster.process_file(self.client, src, dst, chain, **self._options, **options)
+
+    def process_video(self, src, dst, chain, **options):
+        return self._cluster.process_video(self.client, src, dst, chain, on_segment=self._bars.advance,
+                                           **self._options, **options)
+
+    def process_folder(self, src, dst, chain, **options):
+        return self._cluster.process_folder(self.client, src, dst, chain, **self._options, **options)

@@ -151,11 +151,15 @@ class Engine:
 
     # -- running frames --------------------------------------------------------
 
-    def scheduler(self, chain: Chain, *, inline: bool = False) -> Scheduler:
-        """A :class:`Scheduler` over this engine's pool and ring for one job."""
-        pool = None if inline else self.pool
+    def scheduler(self, chain: Chain) -> Scheduler:
+        """A :class:`Scheduler` over this engine's pool and ring for one job.
+
+        The chain is checked for pickling before the pool starts: a filter the
+        workers cannot import is refused before any process exists.
+        """
+        blob = chain.check_picklable() if self.workers else b""
         return Scheduler(
-            pool, self._ring, chain,
+            self.pool, self._ring, chain, chain_blob=blob,
             tile_shape=self.tile_shape, inline_below=self.inline_below,
             retries=self.retries, tile_timeout=self.tile_timeout, progress=self.progress,
         )

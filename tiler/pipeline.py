@@ -14,6 +14,7 @@ folder     each file as above, several images in flight; one bad file fails alon
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass, field
 from itertools import count
 from pathlib import Path
@@ -23,10 +24,10 @@ import numpy as np
 
 from tiler.errors import InputError, OutputError, TileprocError
 from tiler.io import images, video
-from tiler.io.files import sweep_stale_temps
+from tiler.io.files import check_input, inside, sweep_stale_temps
 from tiler.scheduler import Frame, IOThread, OnPool, OnThread
 
-__all__ = ["process_file", "process_folder", "process_video", "plan_folder", "FileResult", "Report",
+__all__ = ["process_file", "process_folder", "process_video", "plan_folder", "FileResult", "Report", "is_video",
            "is_supported", "default_output"]
 
 
@@ -63,7 +64,7 @@ def is_supported(path: Path) -> bool:
     return suffix in images.IMAGE_EXTENSIONS or suffix in video.VIDEO_EXTENSIONS
 
 
-def _is_video(path: Path) -> bool:
+def is_video(path: Path) -> bool:
     return path.suffix.lower() in video.VIDEO_EXTENSIONS and path.suffix.lower() != ".gif"
 
 
@@ -140,17 +141,21 @@ def _run_images(engine, pairs: Iterable[tuple[Path, Path]], chain: Any, *, overw
 def process_video(engine, src, dst=None, chain: Any = None, *, overwrite: bool = False,
                   codec: str | None = None, crf: float | None = None, preset: str = "medium",
                   pix_fmt: str | None = None, max_pixels: int | None = images.DEFAULT_MAX_PIXELS,
-                  on_start: Callable[[video.VideoInfo], None] | None = None) -> Path:
+                  on_start: Callable[[video.VideoInfo], None] | None = None, sweep: bool = True) -> Path:
     """Filter every frame of a video; decoding, filtering and encoding overlap.
 
     The output keeps the frame rate (an exact fraction), the displayed size and
     orientation and every audio stream; it is written under a temporary name
     and renamed when ffmpeg has succeeded. See :mod:`tiler.io.video` for the
-    format policies (odd sizes, 10-bit, variable frame rate).
+    format policies (odd sizes, 10-bit, variable frame rate). ``sweep=False``
+    leaves the output folder's stale temporaries alone (on a cluster the
+    driver sweeps, since another machine's process ids mean nothing here).
     """
     src = Path(src)
     dst = Path(dst) if dst is not None else video.output_name(src)
-    sweep_stale_temps(dst.parent)
+    if sweep:
+        sweep_stale_temps(dst.parent)
+    check_input(src)
     info = video.probe_video(src, max_pixels=max_pixels)
     if on_start is not None:
         on_start(info)
@@ -197,14 +202,18 @@ def process_video(engine, src, dst=None, chain: Any = None, *, overwrite: bool =
 
 def process_file(engine, src, dst=None, chain: Any = None, *, overwrite: bool = False,
                  max_pixels: int = images.DEFAULT_MAX_PIXELS, quality: int | None = None,
-                 **video_options: Any) -> Path:
-    """Filter one image or video file into ``dst`` (default: beside it, ``name.tileproc.ext``)."""
+                 sweep: bool = True, **video_options: Any) -> Path:
+    """Filter one image or video file into ``dst`` (default: beside it, ``name.tileproc.ext``).
+
+    ``sweep=False``: leave stale temporaries in the output folder alone (see :func:`process_video`).
+    """
     src = Path(src)
-    if _is_video(src):
+    if is_video(src):
         return process_video(engine, src, dst, chain, overwrite=overwrite, max_pixels=max_pixels,
-                             **video_options)
+                             sweep=sweep, **video_options)
     dst = Path(dst) if dst is not None else default_output(src)
-    sweep_stale_temps(dst.parent)
+    if sweep:
+        sweep_stale_temps(dst.parent)
     results: list[FileResult] = []
     _run_images(engine, [(src, dst)], chain, overwrite=overwrite, max_pixels=max_pixels,
                 quality=quality, on_result=results.append)
@@ -214,13 +223,18 @@ def process_file(engine, src, dst=None, chain: Any = None, *, overwrite: bool = 
     return dst
 
 
-def plan_folder(src: Path, dst: Path | None) -> tuple[list[tuple[Path, Path]], list[FileResult]]:
+def plan_folder(src: Path, dst: Path | None, *, ext: str | None = None
+                ) -> tuple[list[tuple[Path, Path]], list[FileResult]]:
     """Pair every supported file under ``src`` with its output; refuse collisions up front.
 
     Symbolic links are not followed (so loops end and nothing outside the tree
-    is read); an output folder inside the input folder is never scanned; with
-    no ``dst`` outputs go beside their inputs as ``name.tileproc.ext`` and
-    existing ``*.tileproc.*`` files are not inputs. Returns (pairs, problems).
+    is read); hidden files and folders are skipped; an output folder inside the
+    input folder is never scanned; with no ``dst`` outputs go beside their
+    inputs as ``name.tileproc.ext`` and existing ``*.tileproc.*`` files are not
+    inputs. ``ext`` (".png") changes the outputs' format. A supported name that
+    is not a regular file (a FIFO, a device) is reported, never opened. Two
+    inputs with one output name are both refused before any work. Returns
+    (pairs, problems).
     """
     src = Path(src)
     pairs: list[tuple[Path, Path]] = []
@@ -236,25 +250,36 @@ def plan_folder(src: Path, dst: Path | None) -> tuple[list[tuple[Path, Path]], l
                 continue
             if dst is None and ".tileproc." in name:
                 continue
-            target = (out_root / path.relative_to(src)) if out_root is not None else default_output(path)
+            if not stat.S_ISREG(os.lstat(path).st_mode):
+                problems.append(FileResult(path, None, InputError(f"{path}: not a regular file")))
+                continue
+            if out_root is not None:
+                target = out_root / path.relative_to(src)
+                if ext:
+                    target = target.with_suffix(ext)
+            else:
+                target = images.output_name(path, ext=ext)
             pairs.append((path, target))
-    seen: dict[str, Path] = {}
+    by_output: dict[str, list[Path]] = {}
+    for s, d in pairs:
+        by_output.setdefault(os.path.normcase(os.path.abspath(d)), []).append(s)
     kept = []
     for s, d in pairs:
-        key = os.path.normcase(os.path.abspath(d))
-        if key in seen:
+        clash = by_output[os.path.normcase(os.path.abspath(d))]
+        if len(clash) > 1:
+            other = next(c for c in clash if c != s)
             problems.append(FileResult(s, None, OutputError(
-                f"{s}: its output {d} is also the output of {seen[key]}; rename one of them")))
-            continue
-        seen[key] = s
-        kept.append((s, d))
+                f"{s}: its output {d} would also be the output of {other}; rename one of them")))
+        else:
+            kept.append((s, d))
     return kept, problems
 
 
 def process_folder(engine, src, dst=None, chain: Any = None, *, overwrite: bool = False,
                    max_pixels: int = images.DEFAULT_MAX_PIXELS, quality: int | None = None,
                    on_result: Callable[[FileResult], None] | None = None,
-                   on_plan: Callable[[int], None] | None = None, **video_options: Any) -> Report:
+                   on_plan: Callable[[int], None] | None = None, ext: str | None = None,
+                   **video_options: Any) -> Report:
     """Filter every image and video under ``src`` (recursively) into ``dst``, mirroring the tree.
 
     A file that fails (unreadable, corrupt, refused) is reported and the rest
@@ -264,7 +289,7 @@ def process_folder(engine, src, dst=None, chain: Any = None, *, overwrite: bool 
     if not src.is_dir():
         raise InputError(f"{src}: not a folder")
     dst = Path(dst) if dst is not None else None
-    pairs, problems = plan_folder(src, dst)
+    pairs, problems = plan_folder(src, dst, ext=ext)
     report = Report()
 
     def record(result: FileResult) -> None:
@@ -277,16 +302,23 @@ def process_folder(engine, src, dst=None, chain: Any = None, *, overwrite: bool 
     for problem in problems:
         record(problem)
     made: set[Path] = set()
-    for _, d in pairs:
+    safe = []
+    for s, d in pairs:
         if d.parent not in made:
             d.parent.mkdir(parents=True, exist_ok=True)
             sweep_stale_temps(d.parent)
             made.add(d.parent)
-    stills = [(s, d) for s, d in pairs if not _is_video(s)]
+        if dst is not None and not inside(d.parent, dst):
+            record(FileResult(s, None, OutputError(
+                f"{d}: {d.parent} leads outside {dst} through a symbolic link; not writing there")))
+            continue
+        safe.append((s, d))
+    pairs = safe
+    stills = [(s, d) for s, d in pairs if not is_video(s)]
     _run_images(engine, stills, chain, overwrite=overwrite, max_pixels=max_pixels,
                 quality=quality, on_result=record)
     for s, d in pairs:
-        if _is_video(s):
+        if is_video(s):
             try:
                 process_video(engine, s, d, chain, overwrite=overwrite, max_pixels=max_pixels,
                               **video_options)

@@ -143,7 +143,7 @@ class Scheduler:
     ring : FrameRing
         The frame slots; its size bounds the frames in flight.
     chain : Chain
-        The filters to apply to every frame.
+        The filters to apply to every frame (``chain_blob``: its pickle, if already made).
     tile_shape : (int, int) or None
         Core tile size; None picks strips by :func:`default_tile_shape`.
     inline_below : int
@@ -161,11 +161,14 @@ class Scheduler:
         retries: int = 1,
         tile_timeout: float | None = None,
         progress: Callable[[Progress], None] | None = None,
+        chain_blob: bytes | None = None,
     ):
         self.pool, self.ring, self.chain = pool, ring, chain
         self.tile_shape, self.inline_below = tile_shape, inline_below
         self.retries, self.tile_timeout, self.progress = retries, tile_timeout, progress
-        self.chain_blob = chain.check_picklable() if pool is not None else b""
+        if chain_blob is None:
+            chain_blob = chain.check_picklable() if pool is not None else b""
+        self.chain_blob = chain_blob
         self.chain_key = hashlib.sha1(self.chain_blob).hexdigest()
         self._pending: list[tuple[Frame, int, Any]] = []  # (frame, task_id, task) to dispatch
         self._tasks: dict[int, tuple[Frame, Any]] = {}  # on a worker: task_id -> (frame, task)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import resource
 import secrets
 from dataclasses import dataclass
 from multiprocessing import shared_memory
@@ -64,7 +65,12 @@ class FrameSlot:
         self.capacity = _aligned(max(capacity, 1))
         _check_space(2 * self.capacity)
         name = f"{PREFIX}{os.getpid()}_{secrets.token_hex(6)}"
-        self.shm = shared_memory.SharedMemory(name=name, create=True, size=2 * self.capacity)
+        try:
+            self.shm = shared_memory.SharedMemory(name=name, create=True, size=2 * self.capacity)
+        except OSError as exc:
+            raise TileprocError(
+                f"shared memory: cannot create a {2 * self.capacity / 2**20:.1f} MiB segment "
+                f"in {SHM_DIR} ({exc.strerror or exc})") from None
         self.name = self.shm.name.lstrip("/")
         self.ref: SlotRef | None = None
 
@@ -146,6 +152,14 @@ class FrameRing:
 
 
 def _check_space(nbytes: int) -> None:
+    """Refuse, with the numbers and a fix, a segment that could not be created or would
+    SIGBUS the workers later: /dev/shm too small, or a file size limit (ulimit -f) below it."""
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if limit != resource.RLIM_INFINITY and nbytes > limit:
+        raise TileprocError(
+            f"shared memory: need a {nbytes / 2**20:.1f} MiB segment but the file size limit "
+            f"(ulimit -f) is {limit / 2**20:.1f} MiB; raise the limit or use smaller frames"
+        )
     try:
         st = os.statvfs(SHM_DIR)
     except OSError:

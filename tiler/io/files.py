@@ -14,9 +14,12 @@ import secrets
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from tiler.errors import OutputError, OutputExists
+import stat
 
-__all__ = ["atomic_output", "check_output", "sweep_stale_temps", "temp_path_for", "same_file"]
+from tiler.errors import InputError, OutputError, OutputExists
+
+__all__ = ["atomic_output", "check_input", "check_output", "sweep_stale_temps", "temp_path_for", "same_file",
+           "inside"]
 
 _TEMP = re.compile(r"^\..*\.tileproc-(\d+)-[0-9a-f]{8}(\.[^./]*)?$")
 
@@ -35,15 +38,49 @@ def same_file(a: Path, b: Path) -> bool:
         return os.path.realpath(a) == os.path.realpath(b)
 
 
+def check_input(path: Path) -> os.stat_result:
+    """Raise :class:`InputError` unless ``path`` is a readable regular file (never opens a FIFO)."""
+    path = Path(path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        kind = "dangling symbolic link" if os.path.islink(path) else "no such file"
+        raise InputError(f"{path}: {kind}") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise InputError(f"{path}: is a folder")
+    if not stat.S_ISREG(st.st_mode):
+        what = "a FIFO" if stat.S_ISFIFO(st.st_mode) else "a device or socket"
+        raise InputError(f"{path}: not a regular file ({what})")
+    if not os.access(path, os.R_OK):
+        raise InputError(f"{path}: permission denied")
+    if st.st_size == 0:
+        raise InputError(f"{path}: empty file (0 bytes)")
+    return st
+
+
+def inside(path: Path, folder: Path) -> bool:
+    """True when ``path``, symbolic links resolved, lies within ``folder`` (resolved too)."""
+    real, root = os.path.realpath(path), os.path.realpath(folder)
+    return real == root or real.startswith(root.rstrip(os.sep) + os.sep)
+
+
 def check_output(dst: Path, *, inputs: Iterable[Path] = (), overwrite: bool = False) -> None:
     """Raise unless ``dst`` may be written: not an input, not a folder, not existing unless ``overwrite``."""
     dst = Path(dst)
     for src in inputs:
         if same_file(src, dst):
             raise OutputError(f"{dst}: output is the input file {src}; choose another output name")
-    if dst.is_dir():
+    try:
+        st = os.lstat(dst)
+    except FileNotFoundError:
+        st = None
+    except OSError as exc:  # a name too long, a parent that is a file...
+        raise OutputError(f"{dst}: cannot write there ({exc.strerror or exc})") from None
+    if st is not None and stat.S_ISDIR(st.st_mode):
         raise OutputError(f"{dst}: output is a folder")
-    if os.path.lexists(dst) and not overwrite:
+    if st is not None and not overwrite:
         raise OutputExists(f"{dst}: output exists (use --overwrite to replace it)")
     if not dst.parent.is_dir():
         raise OutputError(f"{dst}: output folder {dst.parent} does not exist")

@@ -102,7 +102,7 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 
 from tiler.errors import InputError, OutputError, TileprocError
 from tiler.io import _containers as C
-from tiler.io.files import atomic_output, check_output
+from tiler.io.files import atomic_output, check_input, check_output
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -360,18 +360,7 @@ def _check_pixels(path: Path, width: int, height: int, frames: int, max_pixels: 
 
 
 def _stat_input(path: Path) -> None:
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except PermissionError:
-        raise InputError(f"{path}: permission denied") from None
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read ({_reason(exc)})") from None
-    if path.is_dir():
-        raise InputError(f"{path}: is a folder, not an image")
-    if st.st_size == 0:
-        raise InputError(f"{path}: empty file (0 bytes)")
+    check_input(path)  # a regular, readable, non-empty file: never opens a FIFO
 
 
 def _read_bytes(path: Path) -> bytes:

@@ -212,8 +212,8 @@ class Scheduler:
                 if exhausted and not inflight:
                     clean = True
                     return
-                if inflight and inflight[0].state == "finished":
-                    continue
+                if not any(f.waiting for f in inflight):
+                    continue  # nothing outstanding: everything so far ran in the parent
                 self._dispatch()
                 self._pump()
         finally:

@@ -54,7 +54,8 @@ def clips(tmp_path_factory) -> dict[str, Path]:
        "-f", "lavfi", "-i", "sine=f=880:sample_rate=44100:d=1.6",
        "-map", "0", "-map", "1", "-map", "2", *x264, "-pix_fmt", "yuv420p", "-c:a", "aac", str(c["ntsc24.mp4"]))
     # 30000/1001 in Matroska, whose timestamps are rounded to milliseconds
-    ff("-f", "lavfi", "-i", "testsrc2=s=96x64:r=30000/1001:d=1,gblur=sigma=1.5", *x264, "-pix_fmt", "yuv420p", str(c["ntsc30.mkv"]))
+    ff("-f", "lavfi", "-i", "testsrc2=s=96x64:r=30000/1001:d=1,gblur=sigma=1.5", *x264, "-pix_fmt", "yuv420p",
+       str(c["ntsc30.mkv"]))
     # top half bright, bottom half dark; then rotated by metadata only
     ff("-f", "lavfi", "-i", "color=c=white:s=64x48:r=25:d=0.4,drawbox=x=0:y=24:w=64:h=24:c=black:t=fill",
        *x264, "-pix_fmt", "yuv420p", str(c["upright.mp4"]))
@@ -63,10 +64,12 @@ def clips(tmp_path_factory) -> dict[str, Path]:
     ff("-f", "lavfi", "-i", "testsrc2=s=64x48:r=30:d=2,gblur=sigma=1.5", "-f", "lavfi", "-i", "sine=d=2.5",
        "-vf", r"select=not(eq(mod(n\,4)\,1))", "-fps_mode", "vfr", *x264, "-pix_fmt", "yuv420p",
        "-c:a", "aac", str(c["vfr.mp4"]))
-    ff("-f", "lavfi", "-i", "testsrc2=s=96x64:r=25:d=0.4,gblur=sigma=1.5", *x264, "-pix_fmt", "yuv420p10le", str(c["tenbit.mp4"]))
+    ff("-f", "lavfi", "-i", "testsrc2=s=96x64:r=25:d=0.4,gblur=sigma=1.5", *x264, "-pix_fmt", "yuv420p10le",
+       str(c["tenbit.mp4"]))
     # full range, BT.709 tags: dark grey (16) left, light grey (235) right
     ff("-f", "lavfi", "-i", "color=c=0x101010:s=64x48:r=25:d=0.4,drawbox=x=32:y=0:w=32:h=48:c=0xEBEBEB:t=fill",
-       "-vf", "setparams=color_primaries=bt709:color_trc=bt709", *x264, "-pix_fmt", "yuv420p", "-color_range", "pc", "-colorspace", "bt709",
+       "-vf", "setparams=color_primaries=bt709:color_trc=bt709", *x264, "-pix_fmt", "yuv420p",
+       "-color_range", "pc", "-colorspace", "bt709",
        "-color_primaries", "bt709", "-color_trc", "bt709", str(c["fullrange.mp4"]))
     return {k.split(".")[0]: v for k, v in c.items()} | {"bear": BEAR}
 

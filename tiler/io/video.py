@@ -4,7 +4,7 @@ Data flow::
 
     probe_video(path) ──> VideoInfo (small, frozen, picklable; no decoding)
     VideoReader(info):   ffmpeg -i path ... -f rawvideo pipe:1 ──readinto──> (H, W, 3) buffer
-    VideoWriter(dst, info):  buffer ──write──> pipe:0 ffmpeg ... .dst.tileproc-PID-XXXX.ext ──rename──> dst
+    VideoWriter(dst, info):  buffer ──write──> pipe:0 ffmpeg ... .dst.tileproc-PID-X.ext ──rename──> dst
 
 Frames are RGB, (H, W, 3), ``uint8`` or ``uint16`` (rgb48, full 16-bit
 scale), written by ffmpeg straight into the caller's buffer and encoded
@@ -37,8 +37,11 @@ Policies (each one a promise of ``DESIGN.md``):
   written.
 * **Audio.** Every audio stream of the source is kept: copied when the
   container takes its codec (AAC into MP4/MOV/MKV, Opus/Vorbis into WebM),
-  re-encoded otherwise (AAC, or Opus for WebM), and cut at the end of the
-  video. GIF has no audio.
+  re-encoded otherwise (AAC, Opus for WebM, MP3 for AVI), and cut at the end
+  of the video. GIF has no audio.
+* **Damage.** A reader that gets fewer frames than ``info.frame_count``
+  (a truncated or corrupt file) raises :class:`VideoError` rather than end
+  early: a stream is never silently short.
 
 Every ffmpeg process runs in its own session (so Ctrl-C reaches tileproc,
 which stops ffmpeg itself), reads file names as ``file:/absolute/path`` (a
@@ -523,7 +526,8 @@ def _timing(path: Path, header: dict[str, Any], proc: subprocess.CompletedProces
     :func:`_packets_command`."""
     if proc.returncode != 0:
         stderr = proc.stderr.decode("utf-8", "replace")
-        raise InputError(f"{path}: cannot read the video stream ({_last_lines(stderr) or _exit_reason(proc.returncode)})")
+        reason = _last_lines(stderr) or _exit_reason(proc.returncode)
+        raise InputError(f"{path}: cannot read the video stream ({reason})")
     tb = None
     packets: list[tuple[int, int]] = []
     for line in proc.stdout.decode("ascii", "replace").splitlines():
@@ -837,6 +841,7 @@ class VideoReader:
 
     def _fail(self, message: str) -> VideoError:
         tail = self._stderr.text() if self._stderr else ""
+        tail = tail.replace(_ff_path(self.info.path), str(self.info.path))
         return VideoError(f"{self.info.path}: {message}{_said(tail)}")
 
     def readinto(self, buf: np.ndarray) -> bool:
@@ -930,7 +935,8 @@ class VideoReader:
 # ----------------------------------------------------------------------------
 # writing
 
-_MUXERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "webm", ".avi": "avi", ".gif": "gif"}
+_MUXERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "webm",
+           ".avi": "avi", ".gif": "gif"}
 _DEFAULT_CODEC = {".mp4": "libx264", ".m4v": "libx264", ".mov": "libx264", ".mkv": "libx264",
                   ".avi": "libx264", ".webm": "libvpx-vp9", ".gif": "gif"}
 _DEFAULT_CRF = {"libx264": 18, "libx265": 20, "libvpx-vp9": 28, "libaom-av1": 30, "libsvtav1": 30}
@@ -1277,6 +1283,8 @@ class VideoWriter:
         if self._aborted:
             return VideoError(f"{self.dst}: writing was stopped after {self.frames_written} frames")
         tail = self._stderr.text() if self._stderr else ""
+        if self._tmp is not None:  # speak of the file the user asked for
+            tail = tail.replace(_ff_path(self._tmp), str(self.dst)).replace(str(self._tmp), str(self.dst))
         reason = _exit_reason(rc) if rc not in (None, 0) else what
         return VideoError(f"{self.dst}: {reason}{_said(tail)}")
 

@@ -122,13 +122,21 @@ class IOThread:
             if job is None:
                 return
             frame, fn, post = job
-            src, dst = frame.slot_views
+            views = frame.slot_views
+            if views is None:  # the run ended and freed the frame's slot: nothing to do
+                continue
             try:
-                post(frame, fn(src, dst), None)
+                post(frame, fn(*views), None)
             except BaseException as exc:  # noqa: BLE001 - handed to the scheduler
                 post(frame, None, exc)
 
     def stop(self, timeout: float = 5.0) -> None:
+        """Drop the jobs not started yet and wait for the one running (unblock it first)."""
+        try:
+            while True:
+                self._jobs.get_nowait()
+        except queue.Empty:
+            pass
         self._jobs.put(None)
         self._thread.join(timeout)
 

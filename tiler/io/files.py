@@ -19,7 +19,7 @@ import stat
 from tiler.errors import InputError, OutputError, OutputExists
 
 __all__ = ["atomic_output", "check_input", "check_output", "sweep_stale_temps", "temp_path_for", "same_file",
-           "inside"]
+           "inside", "output_name"]
 
 _TEMP = re.compile(r"^\..*\.tileproc-(\d+)-[0-9a-f]{8}(\.[^./]*)?$")
 
@@ -160,3 +160,40 @@ def sweep_stale_temps(folder: Path) -> list[Path]:
                 os.unlink(entry.path)
                 removed.append(Path(entry.path))
     return removed
+
+
+def output_name(
+    src: str | os.PathLike[str],
+    *,
+    tag: str = "tileproc",
+    ext: str | None = None,
+    folder: str | os.PathLike[str] | None = None,
+) -> Path:
+    """Default output path for ``src``: ``photo.jpg`` -> ``photo.tileproc.jpg``, beside it (images and videos alike).
+
+    The tag is always inserted, so the result is never ``src`` itself.
+
+    Parameters
+    ----------
+    src : path-like
+        The input file.
+    tag : str
+        Inserted before the extension; non-empty, no path separators.
+    ext : str, optional
+        Output extension (``".png"`` or ``"png"``); default: the input's.
+    folder : path-like, optional
+        Output folder; default: the input's.
+
+    Examples
+    --------
+    >>> output_name("shots/photo.jpg")
+    PosixPath('shots/photo.tileproc.jpg')
+    >>> output_name("shots/photo.jpg", ext="png", folder="out")
+    PosixPath('out/photo.tileproc.png')
+    """
+    src = Path(src)
+    if not tag or "/" in tag or os.sep in tag or tag in (".", ".."):
+        raise ValueError(f"tag must be a non-empty file-name part, got {tag!r}")
+    suffix = src.suffix if ext is None else (ext if ext.startswith(".") or not ext else "." + ext)
+    parent = src.parent if folder is None else Path(folder)
+    return parent / f"{src.stem}.{tag}{suffix}"

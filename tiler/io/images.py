@@ -102,7 +102,7 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 
 from tiler.errors import InputError, OutputError, TileprocError
 from tiler.io import _containers as C
-from tiler.io.files import atomic_output, check_input, check_output
+from tiler.io.files import atomic_output, check_input, check_output, output_name
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -438,7 +438,10 @@ def _exif_of(im: Image.Image, fmt: str) -> Image.Exif:
             with contextlib.suppress(Exception):
                 exif.load(bytes.fromhex("".join(raw.split("\n")[3:])))
         return exif
-    return im.getexif()
+    try:
+        return im.getexif()
+    except Exception:  # broken EXIF is metadata, not pixels: drop it (see _clean_exif)
+        return Image.Exif()
 
 
 def _clean_exif(exif: Image.Exif) -> bytes | None:
@@ -1417,44 +1420,3 @@ def write_animation(
 def _check_durations(dst: Path, durations: Sequence[int], n: int) -> None:
     if len(durations) != n:
         raise ValueError(f"{dst}: {n} frames but {len(durations)} durations; pass durations=")
-
-
-# ---------------------------------------------------------------------------
-# names
-
-
-def output_name(
-    src: str | os.PathLike[str],
-    *,
-    tag: str = "tileproc",
-    ext: str | None = None,
-    folder: str | os.PathLike[str] | None = None,
-) -> Path:
-    """Default output path for ``src``: ``photo.jpg`` -> ``photo.tileproc.jpg``, beside it.
-
-    The tag is always inserted, so the result is never ``src`` itself.
-
-    Parameters
-    ----------
-    src : path-like
-        The input file.
-    tag : str
-        Inserted before the extension; non-empty, no path separators.
-    ext : str, optional
-        Output extension (``".png"`` or ``"png"``); default: the input's.
-    folder : path-like, optional
-        Output folder; default: the input's.
-
-    Examples
-    --------
-    >>> output_name("shots/photo.jpg")
-    PosixPath('shots/photo.tileproc.jpg')
-    >>> output_name("shots/photo.jpg", ext="png", folder="out")
-    PosixPath('out/photo.tileproc.png')
-    """
-    src = Path(src)
-    if not tag or "/" in tag or os.sep in tag or tag in (".", ".."):
-        raise ValueError(f"tag must be a non-empty file-name part, got {tag!r}")
-    suffix = src.suffix if ext is None else (ext if ext.startswith(".") or not ext else "." + ext)
-    parent = src.parent if folder is None else Path(folder)
-    return parent / f"{src.stem}.{tag}{suffix}"

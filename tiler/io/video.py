@@ -72,7 +72,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from tiler.errors import InputError, OutputError, VideoError
-from tiler.io.files import atomic_output
+from tiler.io.files import atomic_output, output_name
 
 __all__ = [
     "VIDEO_EXTENSIONS",
@@ -123,45 +123,6 @@ def is_video_path(path: str | os.PathLike[str]) -> bool:
     (True, False)
     """
     return Path(path).suffix.lower() in VIDEO_EXTENSIONS
-
-
-def output_name(
-    src: str | os.PathLike[str],
-    *,
-    tag: str = "tileproc",
-    ext: str | None = None,
-    folder: str | os.PathLike[str] | None = None,
-) -> Path:
-    """Default output path for ``src``: ``clip.mp4`` -> ``clip.tileproc.mp4``, beside it.
-
-    Same convention as the image module's: the tag is always inserted, so the
-    result is never ``src`` itself.
-
-    Parameters
-    ----------
-    src : path-like
-        The input file.
-    tag : str
-        Inserted before the extension; non-empty, no path separators.
-    ext : str, optional
-        Output extension, which picks the container (``".webm"`` or ``"webm"``);
-        default: the input's.
-    folder : path-like, optional
-        Output folder; default: the input's.
-
-    Examples
-    --------
-    >>> output_name("videos/clip.mp4")
-    PosixPath('videos/clip.tileproc.mp4')
-    >>> output_name("clip.mov", ext="gif", folder="out")
-    PosixPath('out/clip.tileproc.gif')
-    """
-    src = Path(src)
-    if not tag or "/" in tag or os.sep in tag or tag in (".", ".."):
-        raise ValueError(f"tag must be a non-empty file-name part, got {tag!r}")
-    suffix = src.suffix if ext is None else (ext if ext.startswith(".") or not ext else "." + ext)
-    parent = src.parent if folder is None else Path(folder)
-    return parent / f"{src.stem}.{tag}{suffix}"
 
 
 def _ff_path(path: str | os.PathLike[str]) -> str:

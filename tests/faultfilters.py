@@ -80,6 +80,12 @@ def segfault(tile):
 
 
 @filter(halo=0)
+def bus_error(tile):
+    os.kill(os.getpid(), signal.SIGBUS)
+    return tile
+
+
+@filter(halo=0)
 def die_once(tile, *, marker=""):
     """SIGKILLs its worker the first time it runs (the marker file records it), then behaves."""
     try:

@@ -59,6 +59,11 @@ def test_segfaulting_filter_fails_the_job_after_one_retry():
     assert time.monotonic() - t < 15
 
 
+def test_sigbus_names_shared_memory():
+    with pytest.raises(WorkerDied, match=r"SIGBUS: shared memory ran out; is /dev/shm full\?"):
+        run(ff.bus_error)
+
+
 def test_worker_killed_once_is_retried_and_the_result_is_exact(tmp_path):
     out = run([ff.die_once(marker=str(tmp_path / "died")), ff.boxmean], tile_size=40)
     assert (tmp_path / "died").exists()

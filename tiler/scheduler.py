@@ -473,7 +473,10 @@ def _exit_text(code: int | None) -> str:
         import signal
 
         try:
-            return f"killed by {signal.Signals(-code).name}"
+            name = signal.Signals(-code).name
         except ValueError:
             return f"killed by signal {-code}"
+        if name == "SIGBUS":
+            return "killed by SIGBUS: shared memory ran out; is /dev/shm full?"
+        return f"killed by {name}"
     return f"exit code {code}"

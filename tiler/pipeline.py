@@ -138,7 +138,7 @@ def _run_images(engine, pairs: Iterable[tuple[Path, Path]], chain: Any, *, overw
 # -- video -----------------------------------------------------------------------
 
 
-def process_video(engine, src, dst=None, chain: Any = None, *, overwrite: bool = False,
+def process_video(engine, src, dst, chain: Any, *, overwrite: bool = False,
                   codec: str | None = None, crf: float | None = None, preset: str = "medium",
                   pix_fmt: str | None = None, max_pixels: int | None = images.DEFAULT_MAX_PIXELS,
                   on_start: Callable[[video.VideoInfo], None] | None = None, sweep: bool = True) -> Path:
@@ -200,7 +200,7 @@ def process_video(engine, src, dst=None, chain: Any = None, *, overwrite: bool =
 # -- files and folders -----------------------------------------------------------
 
 
-def process_file(engine, src, dst=None, chain: Any = None, *, overwrite: bool = False,
+def process_file(engine, src, dst, chain: Any, *, overwrite: bool = False,
                  max_pixels: int = images.DEFAULT_MAX_PIXELS, quality: int | None = None,
                  sweep: bool = True, **video_options: Any) -> Path:
     """Filter one image or video file into ``dst`` (default: beside it, ``name.tileproc.ext``).
@@ -275,7 +275,7 @@ def plan_folder(src: Path, dst: Path | None, *, ext: str | None = None
     return kept, problems
 
 
-def process_folder(engine, src, dst=None, chain: Any = None, *, overwrite: bool = False,
+def process_folder(engine, src, dst, chain: Any, *, overwrite: bool = False,
                    max_pixels: int = images.DEFAULT_MAX_PIXELS, quality: int | None = None,
                    on_result: Callable[[FileResult], None] | None = None,
                    on_plan: Callable[[int], None] | None = None, ext: str | None = None,

@@ -672,7 +672,7 @@ def test_fuzz_in_process(case):
 
 @pytest.mark.slow
 @found_cases
-@settings(max_examples=4000, **FUZZ)
+@settings(max_examples=6000, **FUZZ)
 @given(hostile_case())
 def test_fuzz_in_process_long(case):
     in_name, out_name, data, _ = case
@@ -701,7 +701,7 @@ def test_fuzz_on_workers():
 
 @pytest.mark.slow
 def test_fuzz_on_workers_long():
-    _fuzz_through_engine(400)
+    _fuzz_through_engine(600)
 
 
 # ---------------------------------------------------------------------------

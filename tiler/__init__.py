@@ -77,27 +77,36 @@ def map_frames(frames: Iterable[np.ndarray], chain: Any, *, workers: int | None 
         yield from engine.map_frames(frames, chain)
 
 
-def process_file(src, dst, chain: Any, *, workers: int | None = None, **options: Any):
+def process_file(src, dst, chain: Any, *, workers: int | None = None, client: Any = None, **options: Any):
     """Filter an image or video file into ``dst`` (None: ``name.tileproc.ext`` beside it).
 
     Options: ``overwrite``, ``max_pixels``, ``quality`` (JPEG/WebP), and for
     video ``codec``, ``crf``, ``preset``, ``pix_fmt``; plus :class:`Engine` options.
-    Returns the output path.
+    Returns the output path. With a ``dask.distributed.Client`` as ``client``
+    the work runs on its cluster (:func:`tiler.cluster.process_file`).
 
     Examples
     --------
     >>> process_file("photo.jpg", "out.jpg", "sharpen")   # doctest: +SKIP
     PosixPath('out.jpg')
     """
+    if client is not None:
+        from tiler import cluster
+
+        return cluster.process_file(client, src, dst, chain, workers=workers, **options)
     engine_options, job = _split(options)
     with Engine(workers, **engine_options) as engine:
         return engine.process_file(src, dst, chain, **job)
 
 
-def process_folder(src, dst, chain: Any, *, workers: int | None = None, **options: Any) -> Report:
+def process_folder(src, dst, chain: Any, *, workers: int | None = None, client: Any = None,
+                   **options: Any) -> Report:
     """Filter every image and video under ``src`` into ``dst`` (None: beside each input).
 
     A bad file fails alone; the returned :class:`Report` lists each file's outcome.
+    With a ``dask.distributed.Client`` as ``client`` each file is a task on its
+    cluster (:func:`tiler.cluster.process_folder`; ``workers`` then sizes each
+    Dask worker's engine).
 
     Examples
     --------
@@ -105,23 +114,33 @@ def process_folder(src, dst, chain: Any, *, workers: int | None = None, **option
     >>> report.ok
     True
     """
+    if client is not None:
+        from tiler import cluster
+
+        return cluster.process_folder(client, src, dst, chain, workers=workers, **options)
     engine_options, job = _split(options)
     with Engine(workers, **engine_options) as engine:
         return engine.process_folder(src, dst, chain, **job)
 
 
-def process_video(src, dst, chain: Any, *, workers: int | None = None, **options: Any):
+def process_video(src, dst, chain: Any, *, workers: int | None = None, client: Any = None, **options: Any):
     """Filter a video frame by frame; decoding, filtering and encoding overlap.
 
     Keeps the frame rate (exact fraction), displayed size and orientation, and
     audio. Options: ``overwrite``, ``codec``, ``crf``, ``preset``, ``pix_fmt``,
-    ``max_pixels``; plus :class:`Engine` options.
+    ``max_pixels``; plus :class:`Engine` options. With a
+    ``dask.distributed.Client`` as ``client``, segments cut at keyframes are
+    filtered on its workers and joined (:func:`tiler.cluster.process_video`).
 
     Examples
     --------
     >>> process_video("clip.mp4", "clip.blur.mp4", "blur:sigma=2")   # doctest: +SKIP
     PosixPath('clip.blur.mp4')
     """
+    if client is not None:
+        from tiler import cluster
+
+        return cluster.process_video(client, src, dst, chain, workers=workers, **options)
     engine_options, job = _split(options)
     with Engine(workers, **engine_options) as engine:
         return engine.process_video(src, dst, chain, **job)

@@ -1075,7 +1075,7 @@ def _png_save(a: np.ndarray, tmp: Path, info: ImageInfo) -> None:
     channels = _as_hwc(a).shape[2]
     icc = _icc_for(info.icc_profile, channels)
     if a.dtype == np.uint16 and a.ndim == 3:
-        chunks = C.png_metadata_chunks(icc_profile=icc, exif=info.exif, dpi=info.dpi, text=info.text, xmp=info.xmp)
+        chunks = C.png_metadata_chunks(icc_profile=icc, exif=info.exif, dpi=_dpi_for("PNG", info.dpi), text=info.text, xmp=info.xmp)
         tmp.write_bytes(C.encode_png16(a, chunks))
         return
     from PIL import PngImagePlugin
@@ -1099,9 +1099,22 @@ def _png_save(a: np.ndarray, tmp: Path, info: ImageInfo) -> None:
         kwargs["icc_profile"] = icc
     if info.exif:
         kwargs["exif"] = info.exif
-    if info.dpi:
+    if _dpi_for("PNG", info.dpi):
         kwargs["dpi"] = info.dpi
     im.save(tmp, "PNG", **kwargs)
+
+
+_DPI_LIMIT = {"PNG": (2**32 - 1) * 0.0254, "BMP": (2**31 - 1) * 0.0254, "JPEG": 65535.0}
+
+
+def _dpi_for(fmt: str, dpi: tuple[float, float] | None) -> tuple[float, float] | None:
+    """``dpi`` if ``fmt`` can store it, else None: metadata is kept where the format allows."""
+    if not dpi:
+        return None
+    limit = _DPI_LIMIT.get(fmt)
+    if limit is not None and not all(0.5 <= d <= limit for d in dpi):
+        return None
+    return dpi
 
 
 def _jpeg_save(a: np.ndarray, tmp: Path, info: ImageInfo, quality: int | None) -> None:
@@ -1122,7 +1135,7 @@ def _jpeg_save(a: np.ndarray, tmp: Path, info: ImageInfo, quality: int | None) -
         kwargs["exif"] = info.exif
     if info.xmp and len(info.xmp) <= 65000:
         kwargs["xmp"] = info.xmp
-    if info.dpi:
+    if _dpi_for("JPEG", info.dpi):
         kwargs["dpi"] = info.dpi
     Image.fromarray(np.ascontiguousarray(a)).save(tmp, "JPEG", **kwargs)
 
@@ -1166,8 +1179,11 @@ def _bmp_save(a: np.ndarray, tmp: Path, info: ImageInfo) -> None:
             im = _palette_image(*found)
     if im is None:
         im = Image.fromarray(np.ascontiguousarray(a))
-    kwargs = {"dpi": info.dpi} if info.dpi else {}
+    kwargs = {"dpi": info.dpi} if _dpi_for("BMP", info.dpi) else {}
     im.save(tmp, "BMP", **kwargs)
+
+
+_GRAY_RAMP = np.repeat(np.arange(256, dtype=np.uint8), 3).tobytes()
 
 
 class _GifFrames:
@@ -1188,6 +1204,13 @@ class _GifFrames:
 
     def add(self, a: np.ndarray) -> None:
         a = _as_hwc(_to_uint8(a))
+        if a.shape[2] == 1 and not self.alpha:
+            # Gray stays gray: the identity ramp as palette, which readers take for mode L.
+            indices = np.ascontiguousarray(a[:, :, 0])
+            self._shown = np.concatenate([np.repeat(a, 3, axis=2), np.full_like(a, 255)], axis=2)
+            self.frames.append((indices, _GRAY_RAMP, None, False))
+            self.holes.append(False)
+            return
         if a.shape[2] in (1, 2):
             a = np.concatenate([np.repeat(a[:, :, :1], 3, axis=2), a[:, :, 1:]], axis=2)
         rgb = np.ascontiguousarray(a[:, :, :3])

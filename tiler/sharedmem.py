@@ -23,6 +23,7 @@ from typing import Iterator
 import numpy as np
 
 from tiler.errors import TileprocError
+from tiler.io.files import pid_alive
 
 __all__ = ["SlotRef", "FrameSlot", "FrameRing", "attach_views", "sweep_stale_segments", "SHM_DIR"]
 
@@ -173,16 +174,6 @@ def _check_space(nbytes: int) -> None:
         )
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def sweep_stale_segments() -> list[str]:
     """Unlink segments left in /dev/shm by tileproc processes that no longer exist."""
     removed = []
@@ -192,7 +183,7 @@ def sweep_stale_segments() -> list[str]:
         return removed
     for name in names:
         m = _NAME.match(name)
-        if m and not _alive(int(m.group(1))):
+        if m and not pid_alive(int(m.group(1))):
             with contextlib.suppress(OSError):
                 os.unlink(os.path.join(SHM_DIR, name))
                 removed.append(name)

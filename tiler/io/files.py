@@ -19,7 +19,7 @@ import stat
 from tiler.errors import InputError, OutputError, OutputExists
 
 __all__ = ["atomic_output", "check_input", "check_output", "sweep_stale_temps", "temp_path_for", "same_file",
-           "inside", "output_name"]
+           "inside", "output_name", "pid_alive"]
 
 _TEMP = re.compile(r"^\..*\.tileproc-(\d+)-[0-9a-f]{8}(\.[^./]*)?$")
 
@@ -136,7 +136,8 @@ def _move_no_replace(tmp: Path, dst: Path) -> None:
     os.unlink(tmp)
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """True while a process ``pid`` exists (ours or not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -155,7 +156,7 @@ def sweep_stale_temps(folder: Path) -> list[Path]:
         return removed
     for entry in entries:
         m = _TEMP.match(entry.name)
-        if m and int(m.group(1)) != os.getpid() and not _alive(int(m.group(1))):
+        if m and int(m.group(1)) != os.getpid() and not pid_alive(int(m.group(1))):
             with contextlib.suppress(OSError):
                 os.unlink(entry.path)
                 removed.append(Path(entry.path))

@@ -234,6 +234,16 @@ def test_unreachable_scheduler_fails_within_seconds_naming_it():
     assert time.monotonic() - start < 10
 
 
+def test_a_scheduler_without_workers_is_an_error_not_a_hang(tmp_path, monkeypatch):
+    distributed = pytest.importorskip("distributed")
+    monkeypatch.setattr(cluster, "CONNECT_TIMEOUT", 1.0)
+    pngs(tmp_path / "in", 1)
+    with distributed.LocalCluster(n_workers=0, processes=True, dashboard_address=None) as local, \
+            distributed.Client(local) as client:
+        with pytest.raises(cluster.ClusterError, match="no workers.*dask worker tcp://"):
+            cluster.process_folder(client, tmp_path / "in", tmp_path / "out", "invert")
+
+
 @pytest.mark.parametrize("address", ["local:0", "local:x", "tcp://host:port", "tcp://"])
 def test_malformed_addresses(address):
     with pytest.raises(ValueError, match="address"):

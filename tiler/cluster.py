@@ -177,14 +177,27 @@ def _checked_chain(chain: Any):
 
 
 def _hosts(client) -> dict[str, int]:
-    """Dask worker threads per host, as the scheduler sees them now."""
-    try:
-        info = client.scheduler_info(n_workers=-1)
-    except TypeError:  # older distributed: every worker by default
-        info = client.scheduler_info()
-    hosts: dict[str, int] = {}
-    for w in info.get("workers", {}).values():
-        hosts[w["host"]] = hosts.get(w["host"], 0) + int(w.get("nthreads", 1))
+    """Dask worker threads per host, as the scheduler sees them now (waiting a while for a first worker)."""
+
+    def ask() -> dict[str, int]:
+        try:
+            info = client.scheduler_info(n_workers=-1)
+        except TypeError:  # older distributed: every worker by default
+            info = client.scheduler_info()
+        hosts: dict[str, int] = {}
+        for w in info.get("workers", {}).values():
+            hosts[w["host"]] = hosts.get(w["host"], 0) + int(w.get("nthreads", 1))
+        return hosts
+
+    hosts = ask()
+    if not hosts:
+        try:
+            client.wait_for_workers(1, timeout=CONNECT_TIMEOUT)
+        except TimeoutError:
+            address = getattr(client.scheduler, "address", "the scheduler")
+            raise ClusterError(f"{address}: the Dask scheduler has no workers after {CONNECT_TIMEOUT:g} s; "
+                               f"start some with 'dask worker {address}'") from None
+        hosts = ask()
     return hosts
 
 

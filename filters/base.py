@@ -29,7 +29,7 @@ import importlib.util
 import inspect
 import pickle
 import sys
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable
 
 import numpy as np
 

@@ -21,7 +21,7 @@ from filters import FilterError
 from tiler.engine import Engine, resolve_chain
 from tiler.errors import TileprocError
 from tiler.io.images import DEFAULT_MAX_PIXELS
-from tiler.pipeline import FileResult, is_video, default_output, is_supported, process_folder
+from tiler.pipeline import FileResult, default_output, is_supported, is_video
 from tiler.scheduler import Progress
 
 __all__ = ["main", "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_INTERRUPTED", "EXIT_TERMINATED"]
@@ -310,12 +310,12 @@ def _run_file(engine, src: Path, dst: Path | None, chain, bars: _Bars, options, 
                 bars.counts = "frame"
                 bars.open(info.frame_count, "frame", src.name)
 
-            out = engine.process_video(src, dst, chain, on_start=started, **options_for_video(options),
+            engine.process_video(src, dst, chain, on_start=started, **options_for_video(options),
                                        **video_options)
         else:
             bars.counts = "tiles"
             bars.open(None, "tile", src.name)
-            out = engine.process_file(src, dst, chain, **options)
+            engine.process_file(src, dst, chain, **options)
     except TileprocError as exc:
         bars.close()
         _fail_line(bars, exc)

@@ -42,16 +42,14 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
-import numpy as np
 
 from tiler import pipeline
 from tiler.engine import Engine, resolve_chain
-from tiler.errors import InputError, OutputError, OutputExists, TileprocError, VideoError, WorkerDied, WorkerError
+from tiler.errors import InputError, OutputExists, TileprocError, VideoError, WorkerDied, WorkerError
 from tiler.io import video
-from tiler.io.files import atomic_output, check_input, check_output, inside, sweep_stale_temps
+from tiler.io.files import atomic_output, check_input, check_output, sweep_stale_temps
 from tiler.io.images import DEFAULT_MAX_PIXELS
 from tiler.pipeline import FileResult, Report
-from tiler.scheduler import Frame, IOThread, OnThread
 
 __all__ = ["connect", "process_file", "process_folder", "process_video", "ClusterError",
            "CONNECT_TIMEOUT", "LOCAL_WORKERS"]
@@ -357,7 +355,6 @@ def process_folder(client, src, dst=None, chain: Any = None, *, workers: int | N
     spec = _engine_spec(workers, engine_options)
     options = dict(overwrite=overwrite, max_pixels=max_pixels, quality=quality, codec=codec, crf=crf,
                    preset=preset, pix_fmt=pix_fmt)
-    pairs, problems = pipeline.plan_folder(src, dst, ext=ext)
     report = Report()
 
     def record(result: FileResult) -> None:
@@ -365,22 +362,8 @@ def process_folder(client, src, dst=None, chain: Any = None, *, workers: int | N
         if on_result is not None:
             on_result(result)
 
-    if on_plan is not None:
-        on_plan(len(pairs) + len(problems))
-    for problem in problems:
-        record(problem)
+    pairs = pipeline.prepare_folder(src, dst, ext=ext, record=record, on_plan=on_plan)
     folders = sorted({d.parent for _, d in pairs})
-    for folder in folders:
-        folder.mkdir(parents=True, exist_ok=True)
-        sweep_stale_temps(folder)
-    safe = []
-    for s, d in pairs:
-        if dst is not None and not inside(d.parent, dst):
-            record(FileResult(s, None, OutputError(
-                f"{d}: {d.parent} leads outside {dst} through a symbolic link; not writing there")))
-        else:
-            safe.append((s, d))
-    pairs = safe
     if not pairs:
         return report
     hosts = _hosts(client)
@@ -505,11 +488,9 @@ def process_video(client, src, dst=None, chain: Any = None, *, workers: int | No
     check_input(src)
     info = video.probe_video(src, max_pixels=max_pixels)
     check_output(dst, inputs=[src], overwrite=overwrite)
-    dtype = info.dtype
-    if dtype == np.uint16 and dst.suffix.lower() == ".gif":
-        dtype = np.dtype(np.uint8)
+    dtype = pipeline.video_dtype(info, dst)
     writer = dict(codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt)
-    plan = video._plan(dst, info, dtype, codec, crf, preset, pix_fmt)  # refuses bad options before any task
+    plan = video.encoder_plan(dst, info, dtype, codec, crf, preset, pix_fmt)  # refuses bad options before any task
     if on_start is not None:
         on_start(info)
     hosts = _hosts(client)
@@ -581,7 +562,7 @@ def _keyframes(info: video.VideoInfo) -> list[tuple[int, Fraction]] | None:
     onto the frames the reader delivers (then the video is not cut).
     """
     cmd = [video.ffmpeg_exe(), "-hide_banner", "-nostdin", "-nostats", "-loglevel", "error",
-           "-i", video._ff_path(info.path), "-map", f"0:{info.stream_index}", "-c", "copy"]
+           "-i", video.ffmpeg_path(info.path), "-map", f"0:{info.stream_index}", "-c", "copy"]
     if info.codec == "vp9":
         cmd += ["-bsf:v", "vp9_superframe"]  # as probe_video counts frames
     proc = subprocess.run(cmd + ["-f", "framecrc", "pipe:1"], stdin=subprocess.DEVNULL,
@@ -645,15 +626,15 @@ def _join(info: video.VideoInfo, folder: Path, names: list[str], segments: list,
     copy = dataclasses.replace(plan, filters="", video_args=["-c:v", "copy"])
     audio = info.audio if plan.muxer != "gif" else ()
     cmd = [video.ffmpeg_exe(), "-hide_banner", "-nostdin", "-nostats", "-loglevel", "error",
-           "-f", "concat", "-safe", "0", "-i", video._ff_path(listing)]
+           "-f", "concat", "-safe", "0", "-i", video.ffmpeg_path(listing)]
     if audio:
-        cmd += ["-i", video._ff_path(info.path)]
+        cmd += ["-i", video.ffmpeg_path(info.path)]
     with atomic_output(dst, inputs=[info.path], overwrite=overwrite) as tmp:
-        cmd += video._encode_args(copy, video._ff_path(tmp), audio, 1 if audio else None)
+        cmd += video.encode_args(copy, video.ffmpeg_path(tmp), audio, 1 if audio else None)
         proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, start_new_session=True)
         if proc.returncode != 0:
-            said = video._last_lines(proc.stderr.decode("utf-8", "replace")) or f"exit status {proc.returncode}"
+            said = video.last_lines(proc.stderr.decode("utf-8", "replace")) or f"exit status {proc.returncode}"
             raise VideoError(f"{dst}: joining {len(names)} segments failed ({said})")
         got = video.probe_video(tmp).frame_count
         if got != info.frame_count:
@@ -845,34 +826,6 @@ def _segment_task(info: video.VideoInfo, first: int, count: int, seek: Fraction 
 def _filter_range(engine: Engine, info: video.VideoInfo, first: int, seek: float | None, dst: Path,
                   chain, writer_options: dict[str, Any]) -> None:
     """As :func:`tiler.pipeline.process_video`, for a stretch of the source and without audio."""
-    dtype = info.dtype
-    if dtype == np.uint16 and dst.suffix.lower() == ".gif":
-        dtype = np.dtype(np.uint8)
+    dtype = pipeline.video_dtype(info, dst)
     writer = video.VideoWriter(dst, info, dtype=dtype, audio_from=None, overwrite=True, **writer_options)
-    reader = _RangeReader(info, seek, dtype=dtype)
-    decode, encode = IOThread("decode"), IOThread("encode")
-
-    def read(slot_src: np.ndarray, slot_dst: np.ndarray) -> bool:
-        return reader.readinto(slot_src)
-
-    def write(slot_src: np.ndarray, slot_dst: np.ndarray) -> None:
-        writer.write(slot_dst)
-
-    frames = (Frame(f"{info.path} frame {first + i}", info.frame_shape, dtype,
-                    load=OnThread(decode, read), store=OnThread(encode, write))
-              for i in itertools.count())
-    ok = False
-    try:
-        writer.open()
-        reader.open()
-        for frame in engine.run(frames, chain):
-            if frame.error is not None:
-                raise frame.error
-        ok = True
-    finally:
-        reader.close()
-        if not ok:
-            writer.abort()
-        decode.stop()
-        encode.stop()
-    writer.close()
+    pipeline.filter_stream(engine, _RangeReader(info, seek, dtype=dtype), writer, chain, first=first)

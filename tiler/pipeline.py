@@ -27,7 +27,8 @@ from tiler.io import images, video
 from tiler.io.files import check_input, inside, sweep_stale_temps
 from tiler.scheduler import Frame, IOThread, OnPool, OnThread
 
-__all__ = ["process_file", "process_folder", "process_video", "plan_folder", "FileResult", "Report", "is_video",
+__all__ = ["process_file", "process_folder", "process_video", "plan_folder", "prepare_folder", "filter_stream",
+           "video_dtype", "FileResult", "Report", "is_video",
            "is_supported", "default_output"]
 
 
@@ -159,14 +160,28 @@ def process_video(engine, src, dst, chain: Any, *, overwrite: bool = False,
     info = video.probe_video(src, max_pixels=max_pixels)
     if on_start is not None:
         on_start(info)
-    dtype = info.dtype
-    if dtype == np.uint16 and dst.suffix.lower() == ".gif":
-        dtype = np.dtype(np.uint8)
+    dtype = video_dtype(info, dst)
     writer = video.VideoWriter(dst, info, dtype=dtype, codec=codec, crf=crf, preset=preset,
                                pix_fmt=pix_fmt, overwrite=overwrite)
-    reader = video.VideoReader(info, dtype=dtype)
+    filter_stream(engine, video.VideoReader(info, dtype=dtype), writer, chain)
+    return dst
+
+
+def video_dtype(info: video.VideoInfo, dst: Path) -> np.dtype:
+    """Frames at the source's depth (uint16 above 8 bits), except for GIF outputs (8-bit)."""
+    if info.dtype == np.uint16 and dst.suffix.lower() == ".gif":
+        return np.dtype(np.uint8)
+    return info.dtype
+
+
+def filter_stream(engine, reader: video.VideoReader, writer: video.VideoWriter, chain: Any,
+                  first: int = 0) -> None:
+    """Decode -> filter -> encode: the reader fills frame slots on one thread, the workers
+    filter, the writer drains slots in order on another. On success the writer's output is
+    renamed into place; on any failure both ffmpeg processes are stopped and nothing is left.
+    ``first`` numbers the frames in messages (for a stretch of a longer video)."""
     decode, encode = IOThread("decode"), IOThread("encode")
-    label = str(src)
+    info = reader.info
 
     def read(slot_src: np.ndarray, slot_dst: np.ndarray) -> bool:
         return reader.readinto(slot_src)
@@ -175,7 +190,7 @@ def process_video(engine, src, dst, chain: Any, *, overwrite: bool = False,
         writer.write(slot_dst)
 
     frames = (
-        Frame(f"{label} frame {i}", info.frame_shape, dtype,
+        Frame(f"{info.path} frame {first + i}", info.frame_shape, reader.dtype,
               load=OnThread(decode, read), store=OnThread(encode, write))
         for i in count()
     )
@@ -194,7 +209,6 @@ def process_video(engine, src, dst, chain: Any, *, overwrite: bool = False,
         decode.stop()
         encode.stop()
     writer.close()  # waits for ffmpeg, checks its status, renames into place
-    return dst
 
 
 # -- files and folders -----------------------------------------------------------
@@ -275,6 +289,32 @@ def plan_folder(src: Path, dst: Path | None, *, ext: str | None = None
     return kept, problems
 
 
+def prepare_folder(src: Path, dst: Path | None, *, ext: str | None, record: Callable[[FileResult], None],
+                   on_plan: Callable[[int], None] | None = None) -> list[tuple[Path, Path]]:
+    """Plan a folder job and make its output folders; returns the (input, output) pairs to run.
+
+    Problems found up front (collisions, FIFOs, an output folder that a symbolic link leads
+    out of ``dst``) are ``record``-ed as failed results; stale temporaries are swept from
+    every output folder.
+    """
+    pairs, problems = plan_folder(src, dst, ext=ext)
+    if on_plan is not None:
+        on_plan(len(pairs) + len(problems))
+    for problem in problems:
+        record(problem)
+    safe = []
+    for folder in sorted({d.parent for _, d in pairs}):
+        folder.mkdir(parents=True, exist_ok=True)
+        sweep_stale_temps(folder)
+    for s, d in pairs:
+        if dst is not None and not inside(d.parent, dst):
+            record(FileResult(s, None, OutputError(
+                f"{d}: {d.parent} leads outside {dst} through a symbolic link; not writing there")))
+        else:
+            safe.append((s, d))
+    return safe
+
+
 def process_folder(engine, src, dst, chain: Any, *, overwrite: bool = False,
                    max_pixels: int = images.DEFAULT_MAX_PIXELS, quality: int | None = None,
                    on_result: Callable[[FileResult], None] | None = None,
@@ -289,7 +329,6 @@ def process_folder(engine, src, dst, chain: Any, *, overwrite: bool = False,
     if not src.is_dir():
         raise InputError(f"{src}: not a folder")
     dst = Path(dst) if dst is not None else None
-    pairs, problems = plan_folder(src, dst, ext=ext)
     report = Report()
 
     def record(result: FileResult) -> None:
@@ -297,23 +336,7 @@ def process_folder(engine, src, dst, chain: Any, *, overwrite: bool = False,
         if on_result is not None:
             on_result(result)
 
-    if on_plan is not None:
-        on_plan(len(pairs) + len(problems))
-    for problem in problems:
-        record(problem)
-    made: set[Path] = set()
-    safe = []
-    for s, d in pairs:
-        if d.parent not in made:
-            d.parent.mkdir(parents=True, exist_ok=True)
-            sweep_stale_temps(d.parent)
-            made.add(d.parent)
-        if dst is not None and not inside(d.parent, dst):
-            record(FileResult(s, None, OutputError(
-                f"{d}: {d.parent} leads outside {dst} through a symbolic link; not writing there")))
-            continue
-        safe.append((s, d))
-    pairs = safe
+    pairs = prepare_folder(src, dst, ext=ext, record=record, on_plan=on_plan)
     stills = [(s, d) for s, d in pairs if not is_video(s)]
     _run_images(engine, stills, chain, overwrite=overwrite, max_pixels=max_pixels,
                 quality=quality, on_result=record)

@@ -85,6 +85,11 @@ __all__ = [
     "output_name",
     "probe_video",
     "transcode_command",
+    # shared with the cluster backend, which cuts and joins segments with the same arguments
+    "encoder_plan",
+    "encode_args",
+    "ffmpeg_path",
+    "last_lines",
 ]
 
 VIDEO_EXTENSIONS: frozenset[str] = frozenset({".mp4", ".mov", ".mkv", ".webm", ".avi", ".gif", ".m4v"})
@@ -125,7 +130,7 @@ def is_video_path(path: str | os.PathLike[str]) -> bool:
     return Path(path).suffix.lower() in VIDEO_EXTENSIONS
 
 
-def _ff_path(path: str | os.PathLike[str]) -> str:
+def ffmpeg_path(path: str | os.PathLike[str]) -> str:
     """A file name ffmpeg reads as a plain local file, whatever its characters."""
     return "file:" + os.path.abspath(os.fspath(path))
 
@@ -320,7 +325,7 @@ def _run(cmd: Sequence[str], *, stdout: int = subprocess.DEVNULL) -> subprocess.
     )
 
 
-def _last_lines(text: str, n: int = 1) -> str:
+def last_lines(text: str, n: int = 1) -> str:
     lines = [_ADDRESS.sub("", line).strip() for line in text.splitlines() if line.strip()]
     return " | ".join(lines[-n:])
 
@@ -358,8 +363,8 @@ def _parse_header(path: Path, text: str) -> dict[str, Any]:
             if m:
                 current["rotation"] = float(m.group(1))
     if container is None:
-        reason = _last_lines(text) or "ffmpeg cannot read it"
-        reason = reason.replace(_ff_path(path) + ": ", "")
+        reason = last_lines(text) or "ffmpeg cannot read it"
+        reason = reason.replace(ffmpeg_path(path) + ": ", "")
         raise InputError(f"{path}: not a video ({reason})")
     if video is None and not audio and "Stream #0:" not in text:
         raise InputError(f"{path}: no streams found (truncated, or not a video?)")
@@ -476,7 +481,7 @@ def _pick_rate(measured: Fraction, lo: Fraction, hi: Fraction) -> Fraction:
 def _packets_command(path: Path, stream: str, *, vp9: bool = False, loglevel: str = "error") -> list[str]:
     """Demux (no decoding) one video stream, printing each packet's timestamps (framecrc)."""
     cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-nostats", "-loglevel", loglevel,
-           "-i", _ff_path(path), "-map", stream, "-c", "copy"]
+           "-i", ffmpeg_path(path), "-map", stream, "-c", "copy"]
     if vp9:
         cmd += ["-bsf:v", "vp9_superframe"]  # hidden (alt-ref) frames travel as packets of their own
     return cmd + ["-f", "framecrc", "pipe:1"]
@@ -487,7 +492,7 @@ def _timing(path: Path, header: dict[str, Any], proc: subprocess.CompletedProces
     :func:`_packets_command`."""
     if proc.returncode != 0:
         stderr = proc.stderr.decode("utf-8", "replace")
-        reason = _last_lines(stderr) or _exit_reason(proc.returncode)
+        reason = last_lines(stderr) or _exit_reason(proc.returncode)
         raise InputError(f"{path}: cannot read the video stream ({reason})")
     tb = None
     packets: list[tuple[int, int]] = []
@@ -774,7 +779,7 @@ class VideoReader:
         info = self.info
         return [
             ffmpeg_exe(), "-hide_banner", "-nostdin", "-nostats", "-loglevel", "error",
-            "-i", _ff_path(info.path),
+            "-i", ffmpeg_path(info.path),
             "-map", f"0:{info.stream_index}", "-an", "-sn", "-dn",
             "-vf", _decode_filters(info, self.dtype),
             "-fps_mode", "passthrough", "-frames:v", str(info.frame_count),
@@ -802,7 +807,7 @@ class VideoReader:
 
     def _fail(self, message: str) -> VideoError:
         tail = self._stderr.text() if self._stderr else ""
-        tail = tail.replace(_ff_path(self.info.path), str(self.info.path))
+        tail = tail.replace(ffmpeg_path(self.info.path), str(self.info.path))
         return VideoError(f"{self.info.path}: {message}{_said(tail)}")
 
     def readinto(self, buf: np.ndarray) -> bool:
@@ -936,7 +941,7 @@ class _Plan:
     pix_fmt: str | None
 
 
-def _plan(dst: Path, info: VideoInfo, dtype: np.dtype, codec: str | None, crf: float | None,
+def encoder_plan(dst: Path, info: VideoInfo, dtype: np.dtype, codec: str | None, crf: float | None,
           preset: str, pix_fmt: str | None) -> _Plan:
     ext = dst.suffix.lower()
     if ext not in _MUXERS:
@@ -1023,7 +1028,7 @@ def _audio_args(muxer: str, streams: Sequence[AudioStream]) -> list[str]:
     return args
 
 
-def _encode_args(plan: _Plan, dst_ff: str, audio: Sequence[AudioStream], audio_input: int | None,
+def encode_args(plan: _Plan, dst_ff: str, audio: Sequence[AudioStream], audio_input: int | None,
                  extra: Sequence[str] = ()) -> list[str]:
     """Output side of the ffmpeg command: maps, filters, codecs, muxer, name."""
     args = ["-map", "0:v:0"]
@@ -1115,9 +1120,9 @@ class VideoWriter:
         self.overwrite = overwrite
         self.audio_from: Path | None = Path(info.path) if audio_from is _FROM_INFO else (
             None if audio_from is None else Path(audio_from))
-        self._plan = _plan(self.dst, info, self.dtype, codec, crf, preset, pix_fmt)
-        self.codec = self._plan.codec
-        self.size = self._plan.out_size
+        self.encoder_plan = encoder_plan(self.dst, info, self.dtype, codec, crf, preset, pix_fmt)
+        self.codec = self.encoder_plan.codec
+        self.size = self.encoder_plan.out_size
         self.frames_written = 0
         self._proc: subprocess.Popen[bytes] | None = None
         self._stderr: _StderrTail | None = None
@@ -1130,16 +1135,16 @@ class VideoWriter:
         self._pipe_lock = threading.Lock()  # held while writing; the pipe is closed only outside a write
 
     def _audio_streams(self) -> tuple[AudioStream, ...]:
-        if self.audio_from is None or self._plan.muxer == "gif":
+        if self.audio_from is None or self.encoder_plan.muxer == "gif":
             return ()
         if Path(self.audio_from) == Path(self.info.path):
             return self.info.audio
         if not Path(self.audio_from).is_file():
             raise InputError(f"{self.audio_from}: no such file")
-        proc = _run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", _ff_path(self.audio_from)])
+        proc = _run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", ffmpeg_path(self.audio_from)])
         text = proc.stderr.decode("utf-8", "replace")
         if not any(_INPUT.match(line) for line in text.splitlines()):
-            raise InputError(f"{self.audio_from}: cannot read its audio ({_last_lines(text)})")
+            raise InputError(f"{self.audio_from}: cannot read its audio ({last_lines(text)})")
         return tuple(
             _parse_audio(int(m.group(1)), m.group(2), m.group(4))
             for m in map(_STREAM.match, text.splitlines()) if m and m.group(3) == "Audio"
@@ -1156,9 +1161,9 @@ class VideoWriter:
         audio = self._audio_streams()
         audio_input = None
         if audio:
-            cmd += ["-i", _ff_path(self.audio_from)]  # type: ignore[arg-type]
+            cmd += ["-i", ffmpeg_path(self.audio_from)]  # type: ignore[arg-type]
             audio_input = 1
-        return cmd + _encode_args(self._plan, _ff_path(tmp or self.dst), audio, audio_input)
+        return cmd + encode_args(self.encoder_plan, ffmpeg_path(tmp or self.dst), audio, audio_input)
 
     def open(self) -> "VideoWriter":
         """Check the output, start ffmpeg on a temporary name (done by ``with``)."""
@@ -1245,7 +1250,7 @@ class VideoWriter:
             return VideoError(f"{self.dst}: writing was stopped after {self.frames_written} frames")
         tail = self._stderr.text() if self._stderr else ""
         if self._tmp is not None:  # speak of the file the user asked for
-            tail = tail.replace(_ff_path(self._tmp), str(self.dst)).replace(str(self._tmp), str(self.dst))
+            tail = tail.replace(ffmpeg_path(self._tmp), str(self.dst)).replace(str(self._tmp), str(self.dst))
         reason = _exit_reason(rc) if rc not in (None, 0) else what
         return VideoError(f"{self.dst}: {reason}{_said(tail)}")
 
@@ -1350,7 +1355,7 @@ def transcode_command(info: VideoInfo, dst: str | os.PathLike[str], *, vf: str |
     """
     dst = Path(dst)
     dtype = _check_dtype(dtype, info)
-    plan = _plan(dst, info, dtype, codec, crf, preset, pix_fmt)
+    plan = encoder_plan(dst, info, dtype, codec, crf, preset, pix_fmt)
     # frames numbered at exactly info.fps, as the writer's raw input is
     decode = _decode_filters(info, dtype) + f",settb={info.fps.denominator}/{info.fps.numerator},setpts=N"
     if vf:
@@ -1358,8 +1363,8 @@ def transcode_command(info: VideoInfo, dst: str | os.PathLike[str], *, vf: str |
     plan = dataclasses.replace(plan, filters=",".join(x for x in (decode, plan.filters) if x))
     src = audio_from if audio_from is not _FROM_INFO else info.path
     audio = info.audio if src is not None and Path(src) == Path(info.path) else ()
-    cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-i", _ff_path(info.path)]
-    args = _encode_args(plan, _ff_path(dst), audio, 0 if audio else None,
+    cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-i", ffmpeg_path(info.path)]
+    args = encode_args(plan, ffmpeg_path(dst), audio, 0 if audio else None,
                         extra=["-fps_mode", "passthrough", "-frames:v", str(info.frame_count)])
     args[1] = f"0:{info.stream_index}"
     return cmd + args

@@ -326,6 +326,7 @@ def _run(cmd: Sequence[str], *, stdout: int = subprocess.DEVNULL) -> subprocess.
 
 
 def last_lines(text: str, n: int = 1) -> str:
+    """The last ``n`` non-empty lines of ffmpeg's stderr, joined by " | " (for one-line messages)."""
     lines = [_ADDRESS.sub("", line).strip() for line in text.splitlines() if line.strip()]
     return " | ".join(lines[-n:])
 
@@ -943,6 +944,7 @@ class _Plan:
 
 def encoder_plan(dst: Path, info: VideoInfo, dtype: np.dtype, codec: str | None, crf: float | None,
           preset: str, pix_fmt: str | None) -> _Plan:
+    """Codec, size, pixel format and arguments for writing ``dst``; refuses bad options before ffmpeg runs."""
     ext = dst.suffix.lower()
     if ext not in _MUXERS:
         raise OutputError(f"{dst}: unknown video container '{dst.suffix}' (use one of {', '.join(sorted(_MUXERS))})")

@@ -21,7 +21,10 @@ Cases, timed interleaved (one of each per round; the table shows medians):
   (probe, pool start, decode, filter, encode, rename), not the interpreter's
   start and imports, which the table shows separately.
 * context only: ``ffmpeg yuv passthrough``, the plain ``ffmpeg -i clip -c:v
-  libx264 ...`` a user would type, with no RGB round trip.
+  libx264 ...`` a user would type, with no RGB round trip; and ``tileproc
+  blur, 1 strip/worker``, tileproc blur with ``tile_size`` set to one
+  full-width strip per worker instead of the engine's default (about four per
+  worker): fewer, larger tasks per frame (see benchmarks/README.md, Video).
 
 Every run is a child process watched every ~50 ms by a sampler that reads
 ``/proc`` for the whole process tree (the Python parent, forkserver, workers,
@@ -51,6 +54,7 @@ import dataclasses
 import datetime as dt
 import inspect
 import json
+import math
 import os
 import platform
 import re
@@ -74,6 +78,7 @@ from tiler.io import video  # noqa: E402
 
 FPS = "30000/1001"
 LOOPS = 10  # the long clip is the short one this many times over
+STRIPS = "tileproc blur, 1 strip/worker"  # tile_size: one full-width strip per worker instead of ~four
 QUIET = 0.25  # a run is "quiet" when other processes used less than this many cores meanwhile
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -416,15 +421,18 @@ def ffmpeg_plain_case(info: video.VideoInfo, dst: Path, case: str) -> Run:
     return watch(cmd, case, info.frame_count, "ffmpeg")
 
 
-def tileproc_case(src: Path, dst: Path, chain: str, workers: int, frames: int, case: str, tmp: Path) -> Run:
+def tileproc_case(src: Path, dst: Path, chain: str, workers: int, frames: int, case: str, tmp: Path,
+                  tile_rows: int | None = None) -> Run:
     result = tmp / f"result-{os.getpid()}.json"
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", str(src), str(dst), chain, str(workers),
-           str(result)]
+           str(tile_rows or 0), str(result)]
     return watch(cmd, case, frames, "python parent", result)
 
 
-def child(src: str, dst: str, chain: str, workers: int, result: str) -> None:
-    """Run in a fresh process: one ``tiler.process_video`` call, timed; thread names by native id."""
+def child(src: str, dst: str, chain: str, workers: int, tile_rows: int, result: str) -> None:
+    """Run in a fresh process: one ``tiler.process_video`` call, timed; thread names by native id.
+
+    ``tile_rows`` > 0: full-width strips of that many rows instead of the engine's default."""
     import tiler
 
     names: dict[int, str] = {}
@@ -440,7 +448,8 @@ def child(src: str, dst: str, chain: str, workers: int, result: str) -> None:
     watcher = threading.Thread(target=record, name="bench-thread-names", daemon=True)
     watcher.start()
     t0 = time.perf_counter()
-    tiler.process_video(src, dst, chain, workers=workers, overwrite=True)
+    options = {"tile_size": (tile_rows, 1 << 30)} if tile_rows > 0 else {}
+    tiler.process_video(src, dst, chain, workers=workers, overwrite=True, **options)
     seconds = time.perf_counter() - t0
     done.set()
     watcher.join()
@@ -485,11 +494,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=None, help="rounds of the timed cases (default 5, quick 1)")
     ap.add_argument("--workers", type=int, default=None, help="tileproc workers (default: usable CPUs)")
     ap.add_argument("--json", metavar="PATH", help="write the results here")
-    ap.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
+    ap.add_argument("--child", nargs=6, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
-        src, dst, chain, workers, result = args.child
-        child(src, dst, chain, int(workers), result)
+        src, dst, chain, workers, tile_rows, result = args.child
+        child(src, dst, chain, int(workers), int(tile_rows), result)
         return 0
 
     width, height, seconds = (640, 360, 2) if args.quick else (1920, 1080, 5)
@@ -527,6 +536,8 @@ def main(argv: list[str] | None = None) -> int:
             "tileproc blur": lambda: tileproc_case(short, tmp / "tp_blur.mp4", "blur", workers,
                                                    info.frame_count, "tileproc blur", tmp),
             "ffmpeg yuv passthrough": lambda: ffmpeg_plain_case(info, tmp / "ff_plain.mp4", "ffmpeg yuv passthrough"),
+            STRIPS: lambda: tileproc_case(short, tmp / "tp_blur_strips.mp4", "blur", workers, info.frame_count,
+                                          STRIPS, tmp, tile_rows=math.ceil(info.height / workers)),
         }
         runs: dict[str, list[Run]] = {k: [] for k in cases}
         for r in range(repeats):
@@ -544,7 +555,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = {}
         for name, rs in list(runs.items()) + [("tileproc blur (long clip)", [mem_long])]:
             fps = statistics.median(r.fps for r in rs)
-            label = name + (" (context)" if name == "ffmpeg yuv passthrough" else "")
+            label = name + (" (context)" if name in ("ffmpeg yuv passthrough", STRIPS) else "")
             rows[name] = {
                 "fps": fps, "seconds": _med(rs, "seconds"), "wall": _med(rs, "wall"),
                 "cpu_ms_per_frame": 1000 * _med(rs, "cpu") / rs[0].frames,
@@ -567,7 +578,8 @@ def main(argv: list[str] | None = None) -> int:
         verdict = {True: "met", False: "MISSED"}
         ratios = {}
         for key, num, den, target in (("blur_vs_gblur", "tileproc blur", "ffmpeg gblur", 0.8),
-                                      ("invert_vs_passthrough", "tileproc invert", "ffmpeg passthrough", None)):
+                                      ("invert_vs_passthrough", "tileproc invert", "ffmpeg passthrough", None),
+                                      ("blur_strips_vs_gblur", STRIPS, "ffmpeg gblur", None)):
             wall = rows[num]["fps"] / rows[den]["fps"]
             cpu = rows[den]["cpu_ms_per_frame"] / rows[num]["cpu_ms_per_frame"]
             quiet_num = [r.fps for r in runs[num] if r.other_cores < QUIET]
@@ -610,7 +622,7 @@ def main(argv: list[str] | None = None) -> int:
             for name, opts in x264.items():
                 print(f"  {name}: {opts}")
         print("\nwhere the CPU goes (median-time run of each; CPU s by process and thread):")
-        for name in ("ffmpeg passthrough", "ffmpeg gblur", "tileproc invert", "tileproc blur"):
+        for name in ("ffmpeg passthrough", "ffmpeg gblur", "tileproc invert", "tileproc blur", STRIPS):
             print("\n".join(_breakdown(_median_run(runs[name]))))
         info_m["loadavg_end"] = round(os.getloadavg()[0], 2)
         print(f"\nload average at the end: {info_m['loadavg_end']}")

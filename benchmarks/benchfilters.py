@@ -1,0 +1,80 @@
+"""Filters and task functions for the benchmarks, importable by worker processes.
+
+``numpy_boxmean`` is "the custom filter a user writes": pure numpy, holding
+the GIL the whole time (no OpenCV, no threads inside), so the only way to use
+more than one core is more than one process. ``strip_task`` and ``blur_file``
+are the per-task functions of the naive baselines (``multiprocessing.Pool``
+over pickled strips, ``ProcessPoolExecutor`` over files); they live here, at
+module level, so that any start method can import them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from filters import filter
+
+__all__ = ["numpy_boxmean", "strip_task", "blur_file", "pool_init"]
+
+
+@filter(halo=lambda radius=2: radius)
+def numpy_boxmean(tile: np.ndarray, *, radius: int = 2) -> np.ndarray:
+    """Mean over the (2r+1) x (2r+1) square, as shifted float32 adds (separable).
+
+    Border: reflect without repeating the edge pixel. Each output pixel is the
+    same sequence of float32 operations wherever it sits, so tiles match the
+    whole frame bit for bit. Integer frames are rounded half to even and clipped.
+    """
+    r = int(radius)
+    k = 2 * r + 1
+    h, w = tile.shape[:2]
+    pad = [(r, r), (r, r)] + [(0, 0)] * (tile.ndim - 2)
+    x = np.pad(tile.astype(np.float32), pad, mode="reflect")
+    rows = x[0:h].copy()
+    for d in range(1, k):
+        rows += x[d:d + h]
+    acc = rows[:, 0:w].copy()
+    for d in range(1, k):
+        acc += rows[:, d:d + w]
+    acc *= np.float32(1.0 / (k * k))
+    if tile.dtype.kind == "f":
+        return acc
+    np.rint(acc, out=acc)
+    np.clip(acc, 0, np.iinfo(tile.dtype).max, out=acc)
+    return acc.astype(tile.dtype)
+
+
+def strip_task(task: tuple) -> np.ndarray:
+    """One strip of the naive ``Pool.map`` baseline: (filter, window, core rows) -> core."""
+    f, window, top, rows = task
+    return f.apply(window)[top:top + rows]
+
+
+def pool_init(threads: int) -> None:
+    """ProcessPoolExecutor initializer: OpenCV threads per process."""
+    import cv2
+
+    cv2.setNumThreads(threads)
+
+
+def blur_file(src: str, dst: str, sigma: float) -> int:
+    """The per-file code of the folder baseline: read with Pillow, tileproc's own
+    Gaussian on the whole image, write a JPEG with the source's tables and
+    subsampling (as tileproc does), atomically (temporary name, rename).
+    Returns the bytes written."""
+    from PIL import Image, JpegImagePlugin
+
+    from filters import GaussianBlur
+
+    with Image.open(src) as im:
+        qtables = im.quantization
+        subsampling = JpegImagePlugin.get_sampling(im)
+        pixels = np.asarray(im.convert("RGB"))
+    out = GaussianBlur(sigma=sigma).apply(pixels)
+    tmp = Path(dst).with_name(f".{Path(dst).name}.{os.getpid()}.tmp")
+    Image.fromarray(out).save(tmp, "JPEG", qtables=qtables, subsampling=subsampling, optimize=True)
+    os.replace(tmp, dst)
+    return os.path.getsize(dst)

@@ -23,8 +23,8 @@ __all__ = ["Engine", "resolve_chain", "DTYPES", "INLINE_BELOW"]
 
 DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.float32))
 # Frames with fewer pixels than this are filtered in the parent process: below it,
-# dispatching tiles costs more than the work (see benchmarks/README.md).
-INLINE_BELOW = 128 * 128
+# dispatching tiles costs more than the work (see benchmarks/README.md, small frames).
+INLINE_BELOW = 200 * 200
 
 
 def resolve_chain(chain: Any) -> Chain:

@@ -131,6 +131,52 @@ def machine() -> dict:
     }
 
 
+class OtherLoad:
+    """CPU time taken on this machine by processes outside this run, in cores, from /proc.
+
+    Machine-wide busy time (including time the hypervisor gave to other guests)
+    minus the CPU time of this process and its descendants (workers, pools). A
+    shared machine skews wall-clock ratios; this says by how much it was shared.
+    """
+
+    _HZ = os.sysconf("SC_CLK_TCK")
+
+    def __init__(self) -> None:
+        self.start = self._sample()
+
+    @classmethod
+    def _sample(cls) -> tuple[float, int, int]:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:9]]
+        busy = sum(v) - v[3] - v[4]  # all but idle and iowait; steal counts as taken
+        parents: dict[int, int] = {}
+        ticks: dict[int, int] = {}
+        for name in os.listdir("/proc"):
+            if not name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    rest = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            parents[int(name)] = int(rest[1])
+            ticks[int(name)] = sum(int(x) for x in rest[11:15])  # utime stime cutime cstime
+        ours, todo = 0, [os.getpid()]
+        children: dict[int, list[int]] = {}
+        for pid, ppid in parents.items():
+            children.setdefault(ppid, []).append(pid)
+        while todo:
+            pid = todo.pop()
+            ours += ticks.get(pid, 0)
+            todo += children.get(pid, [])
+        return time.monotonic(), busy, ours
+
+    def cores(self) -> float:
+        t1, busy1, ours1 = self._sample()
+        t0, busy0, ours0 = self.start
+        return max(0.0, (busy1 - busy0) - (ours1 - ours0)) / self._HZ / max(t1 - t0, 1e-9)
+
+
 # -- timing ------------------------------------------------------------------------
 
 
@@ -143,6 +189,7 @@ class Row:
     target: float | None  # minimum ratio, None: for information
     unit: str = "ms/frame"
     note: str = ""
+    others_cores: float | None = None  # CPU used by other processes while the case ran
     base_all: list = field(default_factory=list)
     tileproc_all: list = field(default_factory=list)
 
@@ -232,7 +279,31 @@ def case_a(frame, frames, engines, n, repeats) -> list[Row]:
                     med_ms(stream["direct"]), med_ms(stream["tiled"]), None,
                     note="cache effect of strips alone, no workers",
                     base_all=stream["direct"], tileproc_all=stream["tiled"]))
+    # Where the time goes: CPU and minor page faults per frame, once more over the stream.
+    parts = []
+    for label, run, pids in (
+        ("in-process function", lambda: sum(1 for fr in frames if f.apply(fr) is not None), []),
+        *((f"tileproc {w} worker{'s' if w > 1 else ''}", (lambda e=e: drain(e.map_frames(frames, f))),
+           e.pool.pids) for w, e in engines.items()),
+    ):
+        before = [proc_stats(p) for p in (os.getpid(), *pids)]
+        run()
+        after = [proc_stats(p) for p in (os.getpid(), *pids)]
+        cpu = [(b[0] - a[0]) / len(frames) for a, b in zip(before, after)]
+        faults = [(b[1] - a[1]) / len(frames) for a, b in zip(before, after)]
+        text = f"{label}: this process {cpu[0]:.0f} ms CPU, {faults[0] / 1e3:.1f}k page faults per frame"
+        if pids:
+            text += f"; workers {sum(cpu[1:]):.0f} ms CPU, {sum(faults[1:]) / 1e3:.1f}k page faults per frame"
+        parts.append(text)
+    rows[-1].note += "\n    " + "\n    ".join(parts)
     return rows
+
+
+def proc_stats(pid: int) -> tuple[float, int]:
+    """(CPU milliseconds, minor page faults) of a process so far, from /proc."""
+    with open(f"/proc/{pid}/stat") as fh:
+        rest = fh.read().rsplit(")", 1)[1].split()
+    return (int(rest[11]) + int(rest[12])) * 1e3 / os.sysconf("SC_CLK_TCK"), int(rest[7])
 
 
 def case_b(frame, frames, engine, n, repeats) -> list[Row]:
@@ -471,21 +542,27 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for e in engines.values():
             e.process(frame, "invert")  # start the pool
-        if "a" in args.cases:
-            say("a. custom numpy filter ...")
-            rows += case_a(frame, frames, engines, n, repeats)
-        if "b" in args.cases:
-            say("b. built-ins against OpenCV threads ...")
-            rows += case_b(frame, frames, engines[n], n, repeats)
-        if "c" in args.cases:
-            say("c. naive multiprocessing.Pool ...")
-            rows += case_c(frame, frames, engines[n], pool, n, repeats)
-        if "d" in args.cases:
-            say("d. folder of JPEGs ...")
-            rows += case_d(frame, engines[n], n, files, max(2, repeats // 2), tmp, spawn)
+        loads = {}
+        for key, title, run in (
+            ("a", "custom numpy filter", lambda: case_a(frame, frames, engines, n, repeats)),
+            ("b", "built-ins against OpenCV threads", lambda: case_b(frame, frames, engines[n], n, repeats)),
+            ("c", "naive multiprocessing.Pool", lambda: case_c(frame, frames, engines[n], pool, n, repeats)),
+            ("d", "folder of JPEGs", lambda: case_d(frame, engines[n], n, files, max(2, repeats // 2), tmp, spawn)),
+        ):
+            if key in args.cases:
+                load = OtherLoad()
+                case_rows = run()
+                loads[key] = load.cores()
+                for r in case_rows:
+                    r.others_cores = loads[key]
+                rows += case_rows
+                say(f"{key}. {title}: done (other processes used {loads[key]:.2f} of {n} cores meanwhile)")
         if "s" in args.cases:
-            say("s. small frames: in the parent or on the workers ...")
+            load = OtherLoad()
             small = case_s(frame, n, max(3, repeats // 2))
+            loads["s"] = load.cores()
+            say(f"s. small frames, in the parent or on the workers: done "
+                f"(other processes used {loads['s']:.2f} of {n} cores meanwhile)")
     finally:
         for e in engines.values():
             e.close()
@@ -506,8 +583,10 @@ def main(argv: list[str] | None = None) -> int:
         say()
         say(small_table(small))
     targets = [r for r in rows if r.met is not None]
-    say(f"\ntargets met: {sum(r.met for r in targets)}/{len(targets)}; "
-        f"load average {info['loadavg_start']:.2f} -> {info['loadavg_end']:.2f}; {info['seconds']} s")
+    others = ", ".join(f"{k} {v:.2f}" for k, v in loads.items())
+    say(f"\ntargets met: {sum(r.met for r in targets)}/{len(targets)}; {info['seconds']} s; "
+        f"cores used by other processes per case: {others} (of {n}); "
+        f"load average {info['loadavg_start']:.2f} -> {info['loadavg_end']:.2f}")
     if args.json:
         args.json.write_text(json.dumps({
             "machine": info,
@@ -515,6 +594,7 @@ def main(argv: list[str] | None = None) -> int:
                        "repeats": repeats, "workers": n, "quick": args.quick},
             "rows": [{**asdict(r), "ratio": r.ratio, "met": r.met} for r in rows],
             "small_frames": small,
+            "others_cores": loads,
         }, indent=2))
     return 0
 

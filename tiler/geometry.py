@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass
 from typing import Iterator
 
-__all__ = ["Rect", "Tile", "TileGrid", "default_tile_shape"]
+__all__ = ["Rect", "Tile", "TileGrid", "default_tile_shape", "MAX_STRIP_PIXELS"]
 
 
 @dataclass(frozen=True)
@@ -52,14 +52,20 @@ class Tile:
         return self.core.relative_to(self.window)
 
 
+MAX_STRIP_PIXELS = 512 * 1024
+
+
 def default_tile_shape(height: int, width: int, workers: int, halo: int) -> tuple[int, int]:
-    """Full-width strips, about four per worker, each at least ``max(32, 2*halo)`` rows.
+    """Full-width strips: at least four per worker, at most :data:`MAX_STRIP_PIXELS` each,
+    at least ``max(32, 2*halo)`` rows.
 
     Strips keep every window contiguous in memory and the halo overhead low
-    (2*halo rows per strip); four per worker balance the load when some strips
-    run slower than others.
+    (2*halo rows per strip); four per worker balance the load of one frame;
+    capping a strip's size keeps a filter's temporaries in cache
+    (benchmarks/README.md). The scheduler batches strips into tasks.
     """
-    rows = math.ceil(height / max(1, 4 * workers))
+    strips = max(1, workers * 4, -(-height * width // MAX_STRIP_PIXELS))
+    rows = math.ceil(height / strips)
     rows = max(rows, 32, 2 * halo)
     return (min(rows, max(height, 1)), max(width, 1))
 

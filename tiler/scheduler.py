@@ -298,7 +298,10 @@ class Scheduler:
         grid = TileGrid(height, width, tile_shape, self.chain.halo)
         tiles = list(grid)
         frame.tiles = len(tiles)
-        per = max(1, len(tiles) // (4 * self.pool.n))
+        # Tasks per frame: four per worker balance the load of a lone frame; with other frames
+        # in flight, they balance it, and one task per worker costs the least dispatch.
+        streaming = self.ring.in_use > 1
+        per = max(1, -(-len(tiles) // (self.pool.n * (1 if streaming else 4))))
         for start in range(0, len(tiles), per):
             frame.waiting += 1
             self._pending.append((frame, next(_task_ids), tuple(tiles[start:start + per])))

@@ -119,6 +119,11 @@ class FrameRing:
     def available(self) -> bool:
         return len(self._busy) < self.size
 
+    @property
+    def in_use(self) -> int:
+        """Slots holding a frame now."""
+        return len(self._busy)
+
     def acquire(self, nbytes: int) -> FrameSlot:
         """A free slot of at least ``nbytes`` per frame (caller checks :attr:`available`)."""
         if not self.available:

@@ -178,9 +178,27 @@ class _Worker:
                           error_class=type(exc).__name__, text=_text(exc))
 
 
+def _keep_heap() -> None:
+    """Keep freed filter temporaries mapped instead of returning them to the kernel.
+
+    Without this glibc unmaps every large temporary when a tile is done and the
+    next tile faults its pages in again: at 1080p that cost as much CPU as the
+    filter itself (benchmarks/README.md). Each worker keeps up to 128 MiB.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD: serve temporaries up to 32 MiB from the heap
+        libc.mallopt(-1, 128 << 20)  # M_TRIM_THRESHOLD: keep up to 128 MiB of freed heap
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 def worker_main(conn, parent_pid: int, threads: int = 1) -> None:
     """Entry point of a worker process: serve tasks from ``conn`` until told to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _keep_heap()
     try:
         import cv2
 

@@ -330,12 +330,8 @@ def case_b(frame, frames, engine, n, repeats) -> list[Row]:
         for name, spec, flt, ocv, base, target in cases:
             got = engine.process(frame, flt)
             check_same(f"b: {name} vs the filter on the whole frame", got, flt.apply(frame))
+            check_same(f"b: {name} vs OpenCV", got, ocv(frame))  # the same arithmetic: a fair race
             note = ""
-            if name == "blur":
-                diff = int(np.abs(got.astype(np.int16) - ocv(frame).astype(np.int16)).max())
-                note = f"tileproc blurs uint8 in 16-bit fixed point; max diff vs OpenCV 8-bit = {diff}"
-            else:
-                check_same(f"b: {name} vs OpenCV", got, ocv(frame))
             stream = interleaved({
                 "cv": lambda: sum(1 for fr in frames if ocv(fr) is not None),
                 "tp": lambda: drain(engine.map_frames(frames, flt)),
@@ -348,17 +344,6 @@ def case_b(frame, frames, engine, n, repeats) -> list[Row]:
                 rows.append(Row(f"b {spec} {kind}, {n} workers", base, med_ms(times["cv"]), med_ms(times["tp"]),
                                 target, unit="ms/frame" if kind == "stream" else "ms", note=note,
                                 base_all=times["cv"], tileproc_all=times["tp"]))
-            if name == "blur":
-                # The same 16-bit arithmetic as the filter, on the whole frame with OpenCV's
-                # threads: the engine against threads on identical work.
-                same = interleaved({
-                    "here": lambda: sum(1 for fr in frames if flt.apply(fr) is not None),
-                    "tp": lambda: drain(engine.map_frames(frames, flt)),
-                }, repeats)
-                rows.append(Row(f"b {spec} stream, {n} workers (info)", f"the same filter, whole frame, {n} cv2 threads",
-                                med_ms(same["here"]), med_ms(same["tp"]), None,
-                                note="engine vs OpenCV threads on identical (16-bit) work",
-                                base_all=same["here"], tileproc_all=same["tp"]))
     finally:
         cv2.setNumThreads(1)
     return rows

@@ -24,6 +24,9 @@ __all__ = ["Engine", "resolve_chain", "DTYPES", "INLINE_BELOW"]
 DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.float32))
 # Frames with fewer pixels than this are filtered in the parent process: below it,
 # dispatching tiles costs more than the work (see benchmarks/README.md, small frames).
+# Cheap pointwise chains are not special-cased: on 4K frames with 2 workers, tiles
+# ran as fast as the parent for invert and gamma (12.5 vs 12.9 ms, 12.0 vs 12.8 ms)
+# and twice as fast for grayscale (31.7 vs 66.3 ms); the frame copies dominate both.
 INLINE_BELOW = 200 * 200
 
 

@@ -43,23 +43,16 @@ from PIL import Image  # noqa: E402
 import tiler  # noqa: E402
 from tiler import cluster  # noqa: E402
 from tiler.pool import default_workers  # noqa: E402
+from machine import cpu_model
 
 CHAIN = "blur:sigma=2"
 
 
 def machine() -> dict:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     import distributed
 
     return {
-        "cpu": cpu,
+        "cpu": cpu_model(),
         "cores_usable": default_workers(),
         "cores_total": os.cpu_count(),
         "python": platform.python_version(),

@@ -53,6 +53,7 @@ import filters  # noqa: E402
 from benchfilters import blur_file, numpy_boxmean, pool_init, strip_task  # noqa: E402
 from tiler import Engine  # noqa: E402
 from tiler.geometry import TileGrid, default_tile_shape  # noqa: E402
+from machine import cpu_model
 
 SIGMA = 2.0  # the blur of cases b and d
 BOX_RADIUS = 2  # boxblur: 5x5
@@ -106,18 +107,10 @@ def stream_of(frame: np.ndarray, n: int) -> list[np.ndarray]:
 
 
 def machine() -> dict:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     import PIL
 
     return {
-        "cpu": cpu,
+        "cpu": cpu_model(),
         "cores_usable": len(os.sched_getaffinity(0)),
         "cores_total": os.cpu_count(),
         "python": platform.python_version(),

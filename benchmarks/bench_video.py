@@ -75,6 +75,7 @@ import numpy as np  # noqa: E402
 
 from filters.blur import GaussianBlur  # noqa: E402
 from tiler.io import video  # noqa: E402
+from machine import cpu_model
 
 FPS = "30000/1001"
 LOOPS = 10  # the long clip is the short one this many times over
@@ -98,17 +99,11 @@ X264_PRESET = _default(video.VideoWriter.__init__, "preset")
 
 
 def machine() -> dict:
-    cpu = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
     ff = subprocess.run([video.ffmpeg_exe(), "-hide_banner", "-version"], capture_output=True, text=True)
     import imageio_ffmpeg
 
     return {
-        "cpu": cpu,
+        "cpu": cpu_model(),
         "cores_usable": len(os.sched_getaffinity(0)),
         "cores_total": os.cpu_count(),
         "memory_gib": round(os.sysconf("SC_PHYS_PAGES") * PAGE / 2**30, 1),

@@ -422,21 +422,31 @@ def process_file(client, src, dst=None, chain: Any = None, *, workers: int | Non
     hosts = _hosts(client)
     _register(client)
     options = dict(overwrite=overwrite, max_pixels=max_pixels, quality=quality, **video_options)
+    try:
+        _whole_file_task(client, _file_task, src, dst, chain, spec, hosts, options, overwrite=overwrite,
+                         key=f"tileproc-file-{secrets.token_hex(4)}-0", task_retries=task_retries)
+    finally:
+        _sweep_workers(client)
+        sweep_stale_temps(dst.parent)
+    return dst
+
+
+def _whole_file_task(client, task, src: Path, dst: Path, chain, spec, hosts, options: dict, *,
+                     overwrite: bool, key: str, task_retries: int) -> None:
+    """Run ``task`` for one whole file on some worker; raise its error unless a rerun
+    (after a worker died) found the output its first attempt had already completed."""
     existed = set() if overwrite else _existing([dst])
-    future = client.submit(_file_task, str(src), str(dst), chain, spec, hosts, options,
-                           key=f"tileproc-file-{secrets.token_hex(4)}-0", retries=task_retries, pure=False)
+    future = client.submit(task, str(src), str(dst), chain, spec, hosts, options,
+                           key=key, retries=task_retries, pure=False)
     try:
         value = _outcome(future, str(src))
     finally:
         with contextlib.suppress(Exception):
             future.cancel()
-        _sweep_workers(client)
-        sweep_stale_temps(dst.parent)
     if isinstance(value, FileResult):
         value = value.error
     if value is not None and not _rerun_found_its_output(value, dst, existed):
         raise value
-    return dst
 
 
 def process_video(client, src, dst=None, chain: Any = None, *, workers: int | None = None,
@@ -503,16 +513,8 @@ def process_video(client, src, dst=None, chain: Any = None, *, workers: int | No
     try:
         if len(segments) == 1:
             options = dict(overwrite=overwrite, max_pixels=max_pixels, **writer)
-            existed = set() if overwrite else _existing([dst])
-            future = client.submit(_video_task, str(src), str(dst), chain, spec, hosts, options,
-                                   key=f"tileproc-video-{job}", retries=task_retries, pure=False)
-            try:
-                error = _outcome(future, str(src))
-            finally:
-                with contextlib.suppress(Exception):
-                    future.cancel()
-            if error is not None and not _rerun_found_its_output(error, dst, existed):
-                raise error
+            _whole_file_task(client, _video_task, src, dst, chain, spec, hosts, options, overwrite=overwrite,
+                             key=f"tileproc-video-{job}", task_retries=task_retries)
             if on_segment is not None:
                 on_segment(info.frame_count)
             return dst

@@ -162,3 +162,11 @@ class ApplyFunction(Filter):
 
     def apply(self, tile):
         return self.fn(tile)
+
+
+@filter(halo=0)
+def kill_if_marked(tile):
+    """SIGKILLs its worker on a tile that holds the value 255 (a poisoned frame); else passes."""
+    if (tile == 255).any():
+        os.kill(os.getpid(), signal.SIGKILL)
+    return tile

@@ -101,3 +101,44 @@ def test_engine_recovers_after_a_failed_job():
 def test_halo_too_small_breaks_seams_which_is_why_halos_are_declared():
     out = run(ff.reaches_too_far, tile_size=16)
     assert not np.array_equal(out, Chain([ff.reaches_too_far]).apply(FRAME))
+
+
+def test_only_the_poisoned_frame_fails_not_the_ones_queued_behind_it():
+    from tiler.engine import _copy_from, _copy_out
+    from tiler.scheduler import Frame, Inline
+
+    poison = np.full((64, 64), 255, np.uint8)
+    good = np.zeros((64, 64), np.uint8)
+    # One worker, one tile per frame: the good frame's task waits on the same worker behind the poison.
+    with Engine(workers=1, frames_in_flight=2, tile_size=64, inline_below=0) as e:
+        jobs = [Frame(f"f{i}", f.shape, f.dtype, load=Inline(_copy_from(f)), store=Inline(_copy_out))
+                for i, f in enumerate([poison, good, good])]
+        done = [(frame.label, frame.error) for frame in e.run(jobs, ff.kill_if_marked)]
+    assert [label for label, _ in done] == ["f0", "f1", "f2"]
+    assert isinstance(done[0][1], WorkerDied) and "2 times" in str(done[0][1])
+    assert done[1][1] is None and done[2][1] is None
+
+
+def test_workers_unmap_slots_given_up_for_larger_frames():
+    sizes = [200, 400, 600, 800]
+    with Engine(workers=1, frames_in_flight=1, inline_below=0) as e:
+        for _ in e.map_frames((np.zeros((s, s, 3), np.uint8) for s in sizes), ff.negate):
+            pass
+        (pid,) = e.pool.pids
+        with open(f"/proc/{pid}/maps") as f:
+            stale = [line for line in f if "tileproc_" in line and "(deleted)" in line]
+    assert stale == []
+
+
+def test_a_chain_workers_cannot_load_fails_each_frame_with_the_reason(tmp_path):
+    mine = tmp_path / "vanishing.py"
+    mine.write_text("from filters import filter\n\n@filter(halo=0)\ndef same(tile):\n    return tile\n")
+    from filters.registry import resolve
+
+    chain = resolve(f"{mine}:same")  # loaded here; then the file goes away before workers import it
+    mine.unlink()
+    frame = np.zeros((300, 300), np.uint8)
+    with Engine(workers=1, inline_below=0) as e:
+        for _ in range(2):
+            with pytest.raises(FilterFailed, match="could not load the filter chain.*vanishing"):
+                e.process(frame, chain)

@@ -33,7 +33,7 @@ from tiler.errors import FilterFailed, TileprocError, TileTimeout, WorkerDied, W
 from tiler.geometry import TileGrid, default_tile_shape
 from tiler.pool import WorkerPool
 from tiler.sharedmem import FrameRing, FrameSlot
-from tiler.worker import Call, ChainError, Done, Failed, TileBatch, describe_exception, run_chain
+from tiler.worker import Call, ChainError, Done, Failed, Forget, TileBatch, describe_exception, run_chain
 
 __all__ = ["Frame", "Inline", "OnPool", "OnThread", "IOThread", "Scheduler", "Progress"]
 
@@ -184,6 +184,8 @@ class Scheduler:
         self._events: queue.Queue = queue.Queue()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
+        self._post_lock = threading.Lock()
+        self._closed = False
 
     # -- public ----------------------------------------------------------------
 
@@ -232,11 +234,16 @@ class Scheduler:
                 # Workers may still write into slots: stop them before slots are reused.
                 self.pool.close(grace=0.0)
                 self._tasks.clear()
+            with self._post_lock:  # an I/O thread still running a step must not post any more
+                self._closed = True
+                os.close(self._wake_r)
+                os.close(self._wake_w)
             for frame in inflight:
                 if frame.slot is not None:
-                    self._release(frame)
-            os.close(self._wake_r)
-            os.close(self._wake_w)
+                    # An I/O thread may still hold this slot: never hand it to another frame.
+                    frame.slot_views = None
+                    self.ring.discard(frame.slot)
+                    frame.slot = None
 
     # -- steps -----------------------------------------------------------------
 
@@ -250,6 +257,11 @@ class Scheduler:
             frame.error = exc
             frame.state = "finished"
             return
+        if self.ring.retired:  # segments given up for larger ones: workers unmap them too
+            if self.pool is not None:
+                for name in self.ring.retired:
+                    self.pool.broadcast(Forget(name))
+            self.ring.retired.clear()
         frame.slot_views = frame.slot.bind(frame.shape, frame.dtype)
         frame.state = "loading"
         self._step(frame, frame.load, self._loaded)
@@ -387,11 +399,14 @@ class Scheduler:
         return bool(select.select([self._wake_r], [], [], timeout)[0])
 
     def _post(self, frame: Frame, value: Any, exc: BaseException | None) -> None:
-        self._events.put((frame, value, exc))
-        try:
-            os.write(self._wake_w, b"x")
-        except OSError:
-            pass
+        with self._post_lock:
+            if self._closed:
+                return
+            self._events.put((frame, value, exc))
+            try:
+                os.write(self._wake_w, b"x")
+            except OSError:
+                pass
 
     def _settle(self, frame: Frame, value: Any, exc: BaseException | None) -> None:
         if frame.state == "failed":
@@ -431,7 +446,7 @@ class Scheduler:
         return _filter_failed(where, reply.filter_name, reply.kind, reply.message, reply.traceback)
 
     def _lost(self, gone) -> None:
-        for msg in gone.tasks:
+        for position, msg in enumerate(gone.tasks):
             task_id = msg.task_id
             entry = self._tasks.pop(task_id, None)
             if entry is None:
@@ -441,6 +456,12 @@ class Scheduler:
             if frame.state == "failed":
                 frame.waiting -= 1
                 self._settle(frame, None, None)
+                continue
+            if position > 0:
+                # Queued behind the task that killed (or stalled) the worker: it never ran.
+                if attempts:
+                    self._attempts[task_id] = attempts
+                self._pending.append((frame, task_id, task))
                 continue
             if attempts < self.retries and not gone.timed_out:
                 self._attempts[task_id] = attempts + 1
@@ -464,6 +485,8 @@ class Scheduler:
 
 
 def _filter_failed(where: str, name: str | None, kind: str, message: str, tb: str) -> FilterFailed:
+    if kind == "load":
+        return FilterFailed(f"{where}: a worker could not load the filter chain: {message}", tb)
     who = f"filter {name!r}" if name else "worker"
     verb = "returned an invalid result" if kind == "invalid" else "raised"
     return FilterFailed(f"{where}: {who} {verb}: {message}", tb)

@@ -141,6 +141,12 @@ class FrameRing:
         self._busy.add(slot)
         return slot
 
+    def discard(self, slot: FrameSlot) -> None:
+        """Free a busy slot for good (unlink it) instead of reusing it."""
+        self._busy.discard(slot)
+        self.retired.append(slot.name)
+        slot.close()
+
     def release(self, slot: FrameSlot) -> None:
         self._busy.discard(slot)
         slot.ref = None

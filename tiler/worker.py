@@ -71,7 +71,7 @@ class Failed:
     traceback: str
     tile: int | None = None
     filter_name: str | None = None
-    kind: str = "error"  # "error" (raised) or "invalid" (bad return value)
+    kind: str = "error"  # "error" (raised), "invalid" (bad return value), "load" (chain not loadable)
     error_class: str = ""  # the exception's class name, to rebuild tileproc's own errors
     text: str = ""  # str() of the exception
 
@@ -149,9 +149,14 @@ class _Worker:
     def tiles(self, msg: TileBatch) -> Done | Failed:
         chain = self.chains.get(msg.chain_key)
         if chain is None:
-            if msg.chain_blob is None:
-                return Failed(msg.task_id, "chain not received", "")
-            chain = self.chains[msg.chain_key] = pickle.loads(msg.chain_blob)
+            try:
+                chain = pickle.loads(msg.chain_blob)
+            except BaseException as exc:  # e.g. a filter module the worker cannot import
+                chain = exc
+            self.chains[msg.chain_key] = chain
+        if isinstance(chain, BaseException):  # the same failure for every task of this chain
+            return Failed(msg.task_id, describe_exception(chain), "".join(traceback.format_exception(chain)),
+                          kind="load")
         src, dst = self.views(msg.slot)
         for tile in msg.tiles:
             try:

@@ -274,3 +274,17 @@ def test_output_folder_inside_input_folder_is_never_read_back(tmp_path):
     assert main([str(src), "-f", "invert", "-o", str(out), "-q"]) == 0
     assert main([str(src), "-f", "invert", "-o", str(out), "-q", "--overwrite"]) == 0
     assert sorted(p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_file()) == ["a.png", "out/a.png"]
+
+
+def test_an_output_subfolder_that_cannot_be_made_fails_its_files_alone(tmp_path, capsys):
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    png(src / "sub" / "a.png")
+    png(src / "b.png")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "sub").write_text("a file where the folder should go")
+    assert main([str(src), "-f", "invert", "-o", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "cannot create the output folder" in err and "Traceback" not in err
+    assert (out / "b.png").exists()

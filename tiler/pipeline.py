@@ -18,7 +18,7 @@ import stat
 from dataclasses import dataclass, field
 from itertools import count
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -110,10 +110,13 @@ def _animation(engine, src: Path, dst: Path, info: images.ImageInfo, chain: Any,
                            overwrite=overwrite, inputs=[src], quality=quality)
 
 
-def _run_images(engine, pairs: Iterable[tuple[Path, Path]], chain: Any, *, overwrite: bool,
+def _run_images(engine, pairs: list[tuple[Path, Path]], chain: Any, *, overwrite: bool,
                 max_pixels: int, quality: int | None,
-                on_result: Callable[[FileResult], None]) -> None:
-    """Images through the engine, several in flight; animations one at a time after the stills."""
+                on_result: Callable[[FileResult], None], sweep: bool = True) -> None:
+    """Images through the engine, several in flight; animations one at a time after the stills.
+
+    ``sweep``: afterwards, remove temporaries of writers that died meanwhile (an encode
+    retried after its worker was killed) from the output folders."""
     animations = []
 
     def frames() -> Iterator[Frame]:
@@ -124,9 +127,14 @@ def _run_images(engine, pairs: Iterable[tuple[Path, Path]], chain: Any, *, overw
                 continue
             yield frame
 
-    for frame in engine.run(frames(), chain):
-        src, dst = frame.meta[:2]
-        on_result(FileResult(src, dst if frame.error is None else None, frame.error))
+    try:
+        for frame in engine.run(frames(), chain):
+            src, dst = frame.meta[:2]
+            on_result(FileResult(src, dst if frame.error is None else None, frame.error))
+    finally:
+        if sweep:
+            for folder in {d.parent for _, d in pairs}:
+                sweep_stale_temps(folder)
     for src, dst, info in animations:
         try:
             _animation(engine, src, dst, info, chain, overwrite=overwrite, quality=quality)
@@ -230,7 +238,7 @@ def process_file(engine, src, dst, chain: Any, *, overwrite: bool = False,
         sweep_stale_temps(dst.parent)
     results: list[FileResult] = []
     _run_images(engine, [(src, dst)], chain, overwrite=overwrite, max_pixels=max_pixels,
-                quality=quality, on_result=results.append)
+                quality=quality, on_result=results.append, sweep=sweep)
     (result,) = results
     if result.error is not None:
         raise result.error
@@ -303,11 +311,19 @@ def prepare_folder(src: Path, dst: Path | None, *, ext: str | None, record: Call
     for problem in problems:
         record(problem)
     safe = []
+    unusable: dict[Path, str] = {}
     for folder in sorted({d.parent for _, d in pairs}):
-        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            unusable[folder] = exc.strerror or str(exc)
+            continue
         sweep_stale_temps(folder)
     for s, d in pairs:
-        if dst is not None and not inside(d.parent, dst):
+        if d.parent in unusable:
+            record(FileResult(s, None, OutputError(
+                f"{d}: cannot create the output folder {d.parent} ({unusable[d.parent]})")))
+        elif dst is not None and not inside(d.parent, dst):
             record(FileResult(s, None, OutputError(
                 f"{d}: {d.parent} leads outside {dst} through a symbolic link; not writing there")))
         else:

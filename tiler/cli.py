@@ -244,8 +244,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         on_cluster = _OnCluster(args, bars) if args.cluster else None
     except (TileprocError, ValueError) as exc:
+        from tiler.cluster import DaskMissing
+
         print(f"tileproc: error: {_one_line(exc)}", file=sys.stderr)
-        return EXIT_USAGE
+        usage = isinstance(exc, (ValueError, DaskMissing))  # a bad address, or the extra not installed
+        return EXIT_USAGE if usage else EXIT_FAILED  # an unreachable scheduler: the job failed
     previous = signal.getsignal(signal.SIGTERM)
 
     def terminate(signum, frame):

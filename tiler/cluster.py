@@ -51,7 +51,7 @@ from tiler.io.files import atomic_output, check_input, check_output, sweep_stale
 from tiler.io.images import DEFAULT_MAX_PIXELS
 from tiler.pipeline import FileResult, Report
 
-__all__ = ["connect", "process_file", "process_folder", "process_video", "ClusterError",
+__all__ = ["connect", "process_file", "process_folder", "process_video", "ClusterError", "DaskMissing",
            "CONNECT_TIMEOUT", "LOCAL_WORKERS"]
 
 CONNECT_TIMEOUT = 10.0
@@ -69,11 +69,15 @@ class ClusterError(TileprocError):
     """The cluster cannot be used: Dask is missing, or the scheduler cannot be reached."""
 
 
+class DaskMissing(ClusterError):
+    """``--cluster`` without the ``dask`` extra installed (a usage error: exit code 2)."""
+
+
 def _distributed():
     try:
         import distributed
     except ImportError:
-        raise ClusterError(f"running on a cluster needs Dask's distributed scheduler: {_INSTALL}") from None
+        raise DaskMissing(f"running on a cluster needs Dask's distributed scheduler: {_INSTALL}") from None
     return distributed
 
 

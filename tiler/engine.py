@@ -247,21 +247,31 @@ def _copy_out(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
 
 @contextlib.contextmanager
 def _deferred_interrupts():
-    """Let cleanup finish before a Ctrl-C arriving during it is raised."""
+    """Let cleanup finish before a Ctrl-C or SIGTERM arriving during it is acted on."""
     import threading
 
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    received = []
+    received: list[tuple] = []
+    previous = {}
     try:
-        previous = signal.signal(signal.SIGINT, lambda *a: received.append(a))
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, lambda *a: received.append(a))
     except ValueError:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         yield
         return
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
-        if received and callable(previous):
-            previous(*received[0])
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if received:
+            signum = received[0][0]
+            handler = previous.get(signum)
+            if callable(handler):
+                handler(*received[0])
+            elif handler == signal.SIG_DFL:
+                signal.raise_signal(signum)

@@ -357,10 +357,11 @@ class Scheduler:
         self._pending.sort(key=lambda p: p[0].seq)  # oldest frame first: frames finish in order
         while self._pending:
             frame, task_id, task = self._pending[0]
+            self._tasks[task_id] = (frame, task)  # before sending: an interrupt mid-send still sees it
             if not self.pool.send(task_id, lambda chains: self._message(frame, task_id, task, chains)):
+                del self._tasks[task_id]
                 return
             self._pending.pop(0)
-            self._tasks[task_id] = (frame, task)
 
     def _message(self, frame: Frame, task_id: int, task: Any, chains: set):
         if isinstance(task, Call):

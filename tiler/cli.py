@@ -21,7 +21,8 @@ from filters import FilterError
 from tiler.engine import Engine, resolve_chain
 from tiler.errors import TileprocError
 from tiler.io.images import DEFAULT_MAX_PIXELS
-from tiler.pipeline import FileResult, default_output, is_supported, is_video
+from tiler.io.files import output_name
+from tiler.pipeline import FileResult, is_supported, is_video
 from tiler.scheduler import Progress
 
 __all__ = ["main", "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_INTERRUPTED", "EXIT_TERMINATED"]
@@ -185,7 +186,7 @@ def _jobs(inputs: list[Path], output: str | None, ext: str | None) -> list[tuple
             jobs.append((src, target, True))
         else:
             if out is None:
-                target = default_output(src) if is_video(src) or not ext else default_output(src).with_suffix(ext)
+                target = output_name(src, ext=None if is_video(src) else ext)
             elif to_folder:
                 target = out / src.name
                 if ext and not is_video(src):

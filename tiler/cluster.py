@@ -47,7 +47,7 @@ from tiler import pipeline
 from tiler.engine import Engine, resolve_chain
 from tiler.errors import InputError, OutputExists, TileprocError, VideoError, WorkerDied, WorkerError
 from tiler.io import video
-from tiler.io.files import atomic_output, check_input, check_output, sweep_stale_temps
+from tiler.io.files import atomic_output, check_input, check_output, output_name, sweep_stale_temps
 from tiler.io.images import DEFAULT_MAX_PIXELS
 from tiler.pipeline import FileResult, Report
 
@@ -419,7 +419,7 @@ def process_file(client, src, dst=None, chain: Any = None, *, workers: int | Non
         return process_video(client, src, dst, chain, workers=workers, overwrite=overwrite,
                              max_pixels=max_pixels, task_retries=task_retries, **video_options,
                              **engine_options)
-    dst = dst if dst is not None else pipeline.default_output(src)
+    dst = dst if dst is not None else output_name(src)
     chain = _checked_chain(chain)
     spec = _engine_spec(workers, engine_options)
     sweep_stale_temps(dst.parent)
@@ -493,7 +493,7 @@ def process_video(client, src, dst=None, chain: Any = None, *, workers: int | No
     PosixPath('clip.blur.mp4')
     """
     src = _local_path(src)
-    dst = _local_path(dst) if dst is not None else video.output_name(src)
+    dst = _local_path(dst) if dst is not None else output_name(src)
     chain = _checked_chain(chain)
     spec = _engine_spec(workers, engine_options)
     if segment_frames is not None and segment_frames < 1:

@@ -24,12 +24,12 @@ import numpy as np
 
 from tiler.errors import InputError, OutputError, TileprocError
 from tiler.io import images, video
-from tiler.io.files import check_input, inside, sweep_stale_temps
+from tiler.io.files import check_input, inside, output_name, sweep_stale_temps
 from tiler.scheduler import Frame, IOThread, OnPool, OnThread
 
 __all__ = ["process_file", "process_folder", "process_video", "plan_folder", "prepare_folder", "filter_stream",
            "video_dtype", "FileResult", "Report", "is_video",
-           "is_supported", "default_output"]
+           "is_supported"]
 
 
 @dataclass(frozen=True)
@@ -67,11 +67,6 @@ def is_supported(path: Path) -> bool:
 
 def is_video(path: Path) -> bool:
     return path.suffix.lower() in video.VIDEO_EXTENSIONS and path.suffix.lower() != ".gif"
-
-
-def default_output(src: Path) -> Path:
-    """``photo.jpg`` -> ``photo.tileproc.jpg`` beside it (never the input itself)."""
-    return images.output_name(src)
 
 
 # -- one image -------------------------------------------------------------------
@@ -161,7 +156,7 @@ def process_video(engine, src, dst, chain: Any, *, overwrite: bool = False,
     driver sweeps, since another machine's process ids mean nothing here).
     """
     src = Path(src)
-    dst = Path(dst) if dst is not None else video.output_name(src)
+    dst = Path(dst) if dst is not None else output_name(src)
     if sweep:
         sweep_stale_temps(dst.parent)
     check_input(src)
@@ -233,7 +228,7 @@ def process_file(engine, src, dst, chain: Any, *, overwrite: bool = False,
     if is_video(src):
         return process_video(engine, src, dst, chain, overwrite=overwrite, max_pixels=max_pixels,
                              sweep=sweep, **video_options)
-    dst = Path(dst) if dst is not None else default_output(src)
+    dst = Path(dst) if dst is not None else output_name(src)
     if sweep:
         sweep_stale_temps(dst.parent)
     results: list[FileResult] = []
@@ -280,7 +275,7 @@ def plan_folder(src: Path, dst: Path | None, *, ext: str | None = None
                 if ext:
                     target = target.with_suffix(ext)
             else:
-                target = images.output_name(path, ext=ext)
+                target = output_name(path, ext=ext)
             pairs.append((path, target))
     by_output: dict[str, list[Path]] = {}
     for s, d in pairs:

@@ -102,12 +102,23 @@ def marked_processes(mark: str) -> set[int]:
         try:
             with open(f"/proc/{name}/environ", "rb") as f:
                 if needle in f.read() + b"\0":
-                    with open(f"/proc/{name}/stat", "rb") as st:
-                        if st.read().rsplit(b")", 1)[1].split()[0] != b"Z":
-                            found.add(int(name))
+                    found.add(int(name))
         except OSError:
             continue
-    return found - helper_processes()
+    return alive(found) - helper_processes()
+
+
+def alive(pids) -> set[int]:
+    """Those of ``pids`` that still run (gone and zombie processes are not alive)."""
+    running = set()
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                if f.read().rsplit(b")", 1)[1].split()[0] != b"Z":
+                    running.add(pid)
+        except OSError:
+            pass
+    return running
 
 
 def wait_until(predicate, timeout: float = 5.0, interval: float = 0.05) -> bool:

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from tiler.cli import main
-from leaks import descendants, shm_entries, wait_until
+from leaks import alive, descendants, shm_entries, wait_until
 
 TESTS = Path(__file__).resolve().parent
 SLOW = f"{TESTS / 'faultfilters.py'}:slow:seconds=0.3"
@@ -186,8 +186,7 @@ def test_killed_master_workers_exit_and_next_run_sweeps(tmp_path):
     children = descendants(proc.pid)
     proc.kill()
     proc.wait()
-    assert wait_until(lambda: not any(os.path.exists(f"/proc/{p}") and
-                                      open(f"/proc/{p}/stat").read().split()[2] != "Z" for p in children), 10)
+    assert wait_until(lambda: not alive(children), 10)
     # A later run removes what the killed one left (segments, temporaries) and completes.
     assert main([str(src), "-f", "invert", "-o", str(out), "-q", "--overwrite"]) == 0
     assert not [p for p in out.rglob(".*")]

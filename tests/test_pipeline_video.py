@@ -16,7 +16,7 @@ from filters.registry import resolve
 from tiler.engine import Engine
 from tiler.errors import FilterFailed, OutputExists, WorkerDied
 from tiler.io.video import VideoReader, ffmpeg_exe, probe_video
-from leaks import cmdline, descendants, wait_until
+from leaks import alive, cmdline, descendants, wait_until
 
 TESTS = Path(__file__).resolve().parent
 BEAR = TESTS / "data" / "bear_vp9_odd_161x121.webm"
@@ -158,20 +158,9 @@ def test_killed_master_mid_video_leaves_no_process_and_next_run_sweeps(tmp_path)
     tree = descendants(proc.pid)
     proc.kill()
     proc.wait()
-    assert wait_until(lambda: not (alive(tree)), 10), f"still running: {[cmdline(p) for p in alive(tree)]}"
+    assert wait_until(lambda: not alive(tree), 10), f"still running: {[cmdline(p) for p in alive(tree)]}"
     # The encoder may have flushed a temporary before it exited; the next run in that folder sweeps it.
     assert not dst.exists()
     assert tiler.process_video(BEAR, dst, "invert", workers=2) == dst
     assert sorted(os.listdir(tmp_path)) == ["out.mp4"]
 
-
-def alive(pids):
-    out = set()
-    for p in pids:
-        try:
-            with open(f"/proc/{p}/stat", "rb") as f:
-                if f.read().rsplit(b")", 1)[1].split()[0] != b"Z":
-                    out.add(p)
-        except OSError:
-            pass
-    return out

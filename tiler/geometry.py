@@ -121,7 +121,3 @@ class TileGrid:
 
     def __iter__(self) -> Iterator[Tile]:
         return (self[i] for i in range(len(self)))
-
-    def window_pixels(self) -> int:
-        """Pixels read over all windows (>= the frame's; the excess is halo overhead)."""
-        return sum(t.window.shape[0] * t.window.shape[1] for t in self)

@@ -134,9 +134,6 @@ class WorkerPool:
 
     # -- feeding -------------------------------------------------------------
 
-    def free_capacity(self) -> int:
-        return sum(self.depth - len(w.tasks) for w in self._workers)
-
     def send(self, task_id: int, message_for) -> bool:
         """Give a task to the least loaded worker; ``message_for(has_chain)`` builds the message.
 

@@ -38,12 +38,12 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 import numpy as np  # noqa: E402
+from machine import cpu_model
 from PIL import Image  # noqa: E402
 
 import tiler  # noqa: E402
 from tiler import cluster  # noqa: E402
 from tiler.pool import default_workers  # noqa: E402
-from machine import cpu_model
 
 CHAIN = "blur:sigma=2"
 
@@ -74,7 +74,7 @@ def photo(height: int, width: int, seed: int) -> np.ndarray:
     img[..., 2] = 200 * (1 - 0.5 * y) + 30 * np.cos(7 * x * y)
     for _ in range(30):
         r0, c0 = rng.integers(0, height), rng.integers(0, width)
-        img[r0:r0 + height // 10, c0:c0 + width // 12] = rng.uniform(0, 255, 3)
+        img[r0 : r0 + height // 10, c0 : c0 + width // 12] = rng.uniform(0, 255, 3)
     img += rng.normal(0, 4, img.shape).astype(np.float32)
     return np.clip(img, 0, 255).astype(np.uint8)
 
@@ -111,8 +111,14 @@ def timed(src: Path, out: Path, n: int, chain: str, rounds: int, engine, client)
     for path in (out / "local").iterdir():
         assert path.read_bytes() == (out / "cluster" / path.name).read_bytes(), path.name
     rate = {k: n / statistics.median(v) for k, v in times.items()}
-    return {"images": n, "chain": chain, "seconds": times, "first_job_seconds": first,
-            "images_per_second": rate, "ratio": rate["cluster"] / rate["local"]}
+    return {
+        "images": n,
+        "chain": chain,
+        "seconds": times,
+        "first_job_seconds": first,
+        "images_per_second": rate,
+        "ratio": rate["cluster"] / rate["local"],
+    }
 
 
 def show(title: str, result: dict) -> None:
@@ -120,8 +126,10 @@ def show(title: str, result: dict) -> None:
     print(f"  {'':10}{'images/s':>10}{'median s':>10}{'best s':>8}{'worst s':>9}{'first job s':>13}")
     for k in ("local", "cluster"):
         t = result["seconds"][k]
-        print(f"  {k:10}{result['images_per_second'][k]:10.2f}{statistics.median(t):10.2f}{min(t):8.2f}"
-              f"{max(t):9.2f}{result['first_job_seconds'][k]:13.2f}")
+        print(
+            f"  {k:10}{result['images_per_second'][k]:10.2f}{statistics.median(t):10.2f}{min(t):8.2f}"
+            f"{max(t):9.2f}{result['first_job_seconds'][k]:13.2f}"
+        )
     print(f"  ratio cluster/local throughput: {result['ratio']:.2f}  (outputs identical)")
 
 
@@ -138,8 +146,10 @@ def main(argv: list[str] | None = None) -> int:
     tiny = 50 if args.quick else 200
 
     info = machine()
-    print(f"machine: {info['cpu']}, {info['cores_usable']} usable cores of {info['cores_total']}, "
-          f"Python {info['python']}, distributed {info['distributed']}; load average {info['load_average_1min']}")
+    print(
+        f"machine: {info['cpu']}, {info['cores_usable']} usable cores of {info['cores_total']}, "
+        f"Python {info['python']}, distributed {info['distributed']}; load average {info['load_average_1min']}"
+    )
     work = Path(tempfile.mkdtemp(prefix="bench_cluster_"))
     try:
         make_folder(work / "photos", n, height, width)
@@ -166,10 +176,18 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  extra time per file through the cluster: {per_task:.1f} ms")
     print(f"load average now {os.getloadavg()[0]:.2f}")
     if args.json:
-        Path(args.json).write_text(json.dumps({
-            "machine": info, "rounds": rounds, "cluster_start_seconds": startup,
-            "photos": {"size": [width, height], **photos}, "tiny": small,
-        }, indent=2))
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "machine": info,
+                    "rounds": rounds,
+                    "cluster_start_seconds": startup,
+                    "photos": {"size": [width, height], **photos},
+                    "tiny": small,
+                },
+                indent=2,
+            )
+        )
     return 0
 
 

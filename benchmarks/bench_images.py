@@ -38,9 +38,9 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # benchfilters, importable by every worker
@@ -48,12 +48,12 @@ sys.path.insert(0, str(HERE.parent))
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
+from benchfilters import blur_file, numpy_boxmean, pool_init, strip_task  # noqa: E402
+from machine import cpu_model
 
 import filters  # noqa: E402
-from benchfilters import blur_file, numpy_boxmean, pool_init, strip_task  # noqa: E402
 from tiler import Engine  # noqa: E402
 from tiler.geometry import TileGrid, default_tile_shape  # noqa: E402
-from machine import cpu_model
 
 SIGMA = 2.0  # the blur of cases b and d
 BOX_RADIUS = 2  # boxblur: 5x5
@@ -88,8 +88,14 @@ def synth_frame(height: int, width: int, seed: int = 2024) -> np.ndarray:
         elif kind == 1:
             cv2.circle(img, (cx, cy), size // 2, colour, thick, lineType=cv2.LINE_AA)
         else:
-            cv2.line(img, (cx, cy), (int(rng.integers(0, width)), int(rng.integers(0, height))),
-                     colour, max(1, int(8 * scale)), lineType=cv2.LINE_AA)
+            cv2.line(
+                img,
+                (cx, cy),
+                (int(rng.integers(0, width)), int(rng.integers(0, height))),
+                colour,
+                max(1, int(8 * scale)),
+                lineType=cv2.LINE_AA,
+            )
     # fine texture (foliage-like) and per-pixel noise
     texture = rng.normal(0.0, 1.0, (height // 4 + 1, width // 4 + 1)).astype(np.float32)
     texture = cv2.resize(texture, (width, height), interpolation=cv2.INTER_CUBIC)
@@ -251,33 +257,57 @@ def case_a(frame, frames, engines, n, repeats) -> list[Row]:
 
     check_same("a: tiled in-process", tiled_here(frame), want)
     rows = []
-    stream = interleaved({
-        "direct": lambda: sum(1 for fr in frames if f.apply(fr) is not None),
-        "tiled": lambda: sum(1 for fr in frames if tiled_here(fr) is not None),
-        **{f"tp{w}": (lambda e=e: drain(e.map_frames(frames, f))) for w, e in engines.items()},
-    }, repeats)
-    latency = interleaved({
-        "direct": lambda: f.apply(frame) is not None,
-        **{f"tp{w}": (lambda e=e: e.process(frame, f) is not None) for w, e in engines.items()},
-    }, 2 * repeats)
+    stream = interleaved(
+        {
+            "direct": lambda: sum(1 for fr in frames if f.apply(fr) is not None),
+            "tiled": lambda: sum(1 for fr in frames if tiled_here(fr) is not None),
+            **{f"tp{w}": (lambda e=e: drain(e.map_frames(frames, f))) for w, e in engines.items()},
+        },
+        repeats,
+    )
+    latency = interleaved(
+        {
+            "direct": lambda: f.apply(frame) is not None,
+            **{f"tp{w}": (lambda e=e: e.process(frame, f) is not None) for w, e in engines.items()},
+        },
+        2 * repeats,
+    )
     base = "numpy fn, whole frame, 1 process"
     for kind, times in (("stream", stream), ("latency", latency)):
         for w in engines:
             target = 1 / 1.1 if w == 1 else 1.8
-            rows.append(Row(f"a numpy box5 {kind}, {w} worker{'s' if w > 1 else ''}", base,
-                            med_ms(times["direct"]), med_ms(times[f"tp{w}"]), target,
-                            base_all=times["direct"], tileproc_all=times[f"tp{w}"],
-                            unit="ms/frame" if kind == "stream" else "ms"))
-    rows.append(Row("a numpy box5 stream, same strips in 1 process (info)", base,
-                    med_ms(stream["direct"]), med_ms(stream["tiled"]), None,
-                    note="cache effect of strips alone, no workers",
-                    base_all=stream["direct"], tileproc_all=stream["tiled"]))
+            rows.append(
+                Row(
+                    f"a numpy box5 {kind}, {w} worker{'s' if w > 1 else ''}",
+                    base,
+                    med_ms(times["direct"]),
+                    med_ms(times[f"tp{w}"]),
+                    target,
+                    base_all=times["direct"],
+                    tileproc_all=times[f"tp{w}"],
+                    unit="ms/frame" if kind == "stream" else "ms",
+                )
+            )
+    rows.append(
+        Row(
+            "a numpy box5 stream, same strips in 1 process (info)",
+            base,
+            med_ms(stream["direct"]),
+            med_ms(stream["tiled"]),
+            None,
+            note="cache effect of strips alone, no workers",
+            base_all=stream["direct"],
+            tileproc_all=stream["tiled"],
+        )
+    )
     # Where the time goes: CPU and minor page faults per frame, once more over the stream.
     parts = []
     for label, run, pids in (
         ("in-process function", lambda: sum(1 for fr in frames if f.apply(fr) is not None), []),
-        *((f"tileproc {w} worker{'s' if w > 1 else ''}", (lambda e=e: drain(e.map_frames(frames, f))),
-           e.pool.pids) for w, e in engines.items()),
+        *(
+            (f"tileproc {w} worker{'s' if w > 1 else ''}", (lambda e=e: drain(e.map_frames(frames, f))), e.pool.pids)
+            for w, e in engines.items()
+        ),
     ):
         before = [proc_stats(p) for p in (os.getpid(), *pids)]
         run()
@@ -308,15 +338,30 @@ def case_b(frame, frames, engine, n, repeats) -> list[Row]:
     kb = 2 * BOX_RADIUS + 1
     med = filters.Median(size=MEDIAN_SIZE)
     cases = [
-        ("blur", f"blur:sigma={SIGMA:g}", blur,
-         lambda fr: cv2.GaussianBlur(fr, (k, k), SIGMA, sigmaY=SIGMA, borderType=cv2.BORDER_REFLECT_101),
-         f"cv2.GaussianBlur {k}x{k}, {n} threads", 0.8),
-        ("boxblur", f"boxblur:radius={BOX_RADIUS}", box,
-         lambda fr: cv2.blur(fr, (kb, kb), borderType=cv2.BORDER_REFLECT_101),
-         f"cv2.blur {kb}x{kb}, {n} threads", 1.0),
-        ("median", f"median:size={MEDIAN_SIZE}", med,
-         lambda fr: cv2.medianBlur(fr, MEDIAN_SIZE),
-         f"cv2.medianBlur {MEDIAN_SIZE}, {n} threads", 1.0),
+        (
+            "blur",
+            f"blur:sigma={SIGMA:g}",
+            blur,
+            lambda fr: cv2.GaussianBlur(fr, (k, k), SIGMA, sigmaY=SIGMA, borderType=cv2.BORDER_REFLECT_101),
+            f"cv2.GaussianBlur {k}x{k}, {n} threads",
+            0.8,
+        ),
+        (
+            "boxblur",
+            f"boxblur:radius={BOX_RADIUS}",
+            box,
+            lambda fr: cv2.blur(fr, (kb, kb), borderType=cv2.BORDER_REFLECT_101),
+            f"cv2.blur {kb}x{kb}, {n} threads",
+            1.0,
+        ),
+        (
+            "median",
+            f"median:size={MEDIAN_SIZE}",
+            med,
+            lambda fr: cv2.medianBlur(fr, MEDIAN_SIZE),
+            f"cv2.medianBlur {MEDIAN_SIZE}, {n} threads",
+            1.0,
+        ),
     ]
     rows = []
     try:
@@ -325,18 +370,34 @@ def case_b(frame, frames, engine, n, repeats) -> list[Row]:
             check_same(f"b: {name} vs the filter on the whole frame", got, flt.apply(frame))
             check_same(f"b: {name} vs OpenCV", got, ocv(frame))  # the same arithmetic: a fair race
             note = ""
-            stream = interleaved({
-                "cv": lambda: sum(1 for fr in frames if ocv(fr) is not None),
-                "tp": lambda: drain(engine.map_frames(frames, flt)),
-            }, repeats)
-            latency = interleaved({
-                "cv": lambda: ocv(frame) is not None,
-                "tp": lambda: engine.process(frame, flt) is not None,
-            }, 2 * repeats)
+            stream = interleaved(
+                {
+                    "cv": lambda: sum(1 for fr in frames if ocv(fr) is not None),
+                    "tp": lambda: drain(engine.map_frames(frames, flt)),
+                },
+                repeats,
+            )
+            latency = interleaved(
+                {
+                    "cv": lambda: ocv(frame) is not None,
+                    "tp": lambda: engine.process(frame, flt) is not None,
+                },
+                2 * repeats,
+            )
             for kind, times in (("stream", stream), ("latency", latency)):
-                rows.append(Row(f"b {spec} {kind}, {n} workers", base, med_ms(times["cv"]), med_ms(times["tp"]),
-                                target, unit="ms/frame" if kind == "stream" else "ms", note=note,
-                                base_all=times["cv"], tileproc_all=times["tp"]))
+                rows.append(
+                    Row(
+                        f"b {spec} {kind}, {n} workers",
+                        base,
+                        med_ms(times["cv"]),
+                        med_ms(times["tp"]),
+                        target,
+                        unit="ms/frame" if kind == "stream" else "ms",
+                        note=note,
+                        base_all=times["cv"],
+                        tileproc_all=times["tp"],
+                    )
+                )
     finally:
         cv2.setNumThreads(1)
     return rows
@@ -354,24 +415,45 @@ def case_c(frame, frames, engine, pool, n, repeats) -> list[Row]:
         tasks = []
         for r0, r1 in zip(bounds, bounds[1:]):
             w0 = max(0, r0 - halo)
-            tasks.append((f, fr[w0:min(h, r1 + halo)], r0 - w0, r1 - r0))
+            tasks.append((f, fr[w0 : min(h, r1 + halo)], r0 - w0, r1 - r0))
         return np.concatenate(pool.map(strip_task, tasks, chunksize=1), axis=0)
 
     check_same("c: Pool.map vs whole frame", naive(frame), f.apply(frame))
-    stream = interleaved({
-        "pool": lambda: sum(1 for fr in frames if naive(fr) is not None),
-        "tp": lambda: drain(engine.map_frames(frames, f)),
-    }, repeats)
-    latency = interleaved({
-        "pool": lambda: naive(frame) is not None,
-        "tp": lambda: engine.process(frame, f) is not None,
-    }, 2 * repeats)
+    stream = interleaved(
+        {
+            "pool": lambda: sum(1 for fr in frames if naive(fr) is not None),
+            "tp": lambda: drain(engine.map_frames(frames, f)),
+        },
+        repeats,
+    )
+    latency = interleaved(
+        {
+            "pool": lambda: naive(frame) is not None,
+            "tp": lambda: engine.process(frame, f) is not None,
+        },
+        2 * repeats,
+    )
     base = f"mp.Pool({n}).map, {pieces} pickled strips"
     return [
-        Row(f"c numpy box5 stream, {n} workers", base, med_ms(stream["pool"]), med_ms(stream["tp"]), 1.0,
-            base_all=stream["pool"], tileproc_all=stream["tp"]),
-        Row(f"c numpy box5 latency, {n} workers", base, med_ms(latency["pool"]), med_ms(latency["tp"]), 1.0,
-            unit="ms", base_all=latency["pool"], tileproc_all=latency["tp"]),
+        Row(
+            f"c numpy box5 stream, {n} workers",
+            base,
+            med_ms(stream["pool"]),
+            med_ms(stream["tp"]),
+            1.0,
+            base_all=stream["pool"],
+            tileproc_all=stream["tp"],
+        ),
+        Row(
+            f"c numpy box5 latency, {n} workers",
+            base,
+            med_ms(latency["pool"]),
+            med_ms(latency["tp"]),
+            1.0,
+            unit="ms",
+            base_all=latency["pool"],
+            tileproc_all=latency["tp"],
+        ),
     ]
 
 
@@ -401,20 +483,32 @@ def case_d(frame, engine, n, files, repeats, tmp: Path, ctx) -> list[Row]:
         list(ex.map(pool_init, [1] * n))  # started and warm
 
         def pool_run():
-            return len(list(ex.map(blur_file, [str(src / m) for m in names],
-                                   [str(out_pp / m) for m in names], [SIGMA] * len(names))))
+            return len(
+                list(
+                    ex.map(
+                        blur_file, [str(src / m) for m in names], [str(out_pp / m) for m in names], [SIGMA] * len(names)
+                    )
+                )
+            )
 
         times = interleaved({"pool": pool_run, "tp": tileproc_run}, repeats)
-    same = all(np.array_equal(np.asarray(Image.open(out_tp / m)), np.asarray(Image.open(out_pp / m)))
-               for m in names)
+    same = all(np.array_equal(np.asarray(Image.open(out_tp / m)), np.asarray(Image.open(out_pp / m))) for m in names)
     size_tp = sum((out_tp / m).stat().st_size for m in names)
     size_pp = sum((out_pp / m).stat().st_size for m in names)
-    rows.append(Row(
-        f"d folder {files} JPEG {spec}, {n} workers", f"ProcessPoolExecutor({n}) over files",
-        med_ms(times["pool"]), med_ms(times["tp"]), 1.0, unit="ms/image",
-        note=f"images/s: baseline {1e3 / med_ms(times['pool']):.2f}, tileproc {1e3 / med_ms(times['tp']):.2f}; "
-             f"decoded outputs {'identical' if same else 'DIFFER'}; bytes {size_pp} vs {size_tp}",
-        base_all=times["pool"], tileproc_all=times["tp"]))
+    rows.append(
+        Row(
+            f"d folder {files} JPEG {spec}, {n} workers",
+            f"ProcessPoolExecutor({n}) over files",
+            med_ms(times["pool"]),
+            med_ms(times["tp"]),
+            1.0,
+            unit="ms/image",
+            note=f"images/s: baseline {1e3 / med_ms(times['pool']):.2f}, tileproc {1e3 / med_ms(times['tp']):.2f}; "
+            f"decoded outputs {'identical' if same else 'DIFFER'}; bytes {size_pp} vs {size_tp}",
+            base_all=times["pool"],
+            tileproc_all=times["tp"],
+        )
+    )
     return rows
 
 
@@ -427,22 +521,36 @@ def case_s(frame, n, repeats) -> list[dict]:
     """
     from tiler.engine import INLINE_BELOW
 
-    chains = {"numpy box5": numpy_boxmean(radius=2), f"blur:sigma={SIGMA:g}": filters.GaussianBlur(sigma=SIGMA),
-              f"median:size={MEDIAN_SIZE}": filters.Median(size=MEDIAN_SIZE)}
+    chains = {
+        "numpy box5": numpy_boxmean(radius=2),
+        f"blur:sigma={SIGMA:g}": filters.GaussianBlur(sigma=SIGMA),
+        f"median:size={MEDIAN_SIZE}": filters.Median(size=MEDIAN_SIZE),
+    }
     results = []
     cv2.setNumThreads(n)
     pool, inline = Engine(workers=n, inline_below=0), Engine(workers=n, inline_below=1 << 62)
     try:
         for side in (128, 192, 256, 384, 512):
-            crops = [np.ascontiguousarray(frame[7 * i:7 * i + side, 11 * i:11 * i + side]) for i in range(8)]
+            crops = [np.ascontiguousarray(frame[7 * i : 7 * i + side, 11 * i : 11 * i + side]) for i in range(8)]
             for name, c in chains.items():
                 for e in (pool, inline):
                     drain(e.map_frames(crops[:2], c))
-                t = interleaved({"pool": lambda: drain(pool.map_frames(crops, c)),
-                                 "inline": lambda: drain(inline.map_frames(crops, c))}, repeats)
-                results.append({"side": side, "chain": name, "pool_ms": med_ms(t["pool"]),
-                                "inline_ms": med_ms(t["inline"]),
-                                "default": "inline" if side * side < INLINE_BELOW else "pool"})
+                t = interleaved(
+                    {
+                        "pool": lambda: drain(pool.map_frames(crops, c)),
+                        "inline": lambda: drain(inline.map_frames(crops, c)),
+                    },
+                    repeats,
+                )
+                results.append(
+                    {
+                        "side": side,
+                        "chain": name,
+                        "pool_ms": med_ms(t["pool"]),
+                        "inline_ms": med_ms(t["inline"]),
+                        "default": "inline" if side * side < INLINE_BELOW else "pool",
+                    }
+                )
     finally:
         pool.close()
         inline.close()
@@ -453,11 +561,15 @@ def case_s(frame, n, repeats) -> list[dict]:
 def small_table(results: list[dict]) -> str:
     from tiler.engine import INLINE_BELOW
 
-    out = [f"small frames, ms/frame over a stream of 8 (INLINE_BELOW = {INLINE_BELOW} px):",
-           f"  {'frame':9} {'chain':15} {'tiles on workers':>16} {'in the parent':>14} {'parent faster by':>16}  default"]
+    out = [
+        f"small frames, ms/frame over a stream of 8 (INLINE_BELOW = {INLINE_BELOW} px):",
+        f"  {'frame':9} {'chain':15} {'tiles on workers':>16} {'in the parent':>14} {'parent faster by':>16}  default",
+    ]
     for r in results:
-        out.append(f"  {r['side']}x{r['side']:<5} {r['chain']:15} {r['pool_ms']:16.2f} {r['inline_ms']:14.2f} "
-                   f"{r['pool_ms'] / r['inline_ms']:15.2f}x  {r['default']}")
+        out.append(
+            f"  {r['side']}x{r['side']:<5} {r['chain']:15} {r['pool_ms']:16.2f} {r['inline_ms']:14.2f} "
+            f"{r['pool_ms'] / r['inline_ms']:15.2f}x  {r['default']}"
+        )
     return "\n".join(out)
 
 
@@ -468,14 +580,19 @@ def table(rows: list[Row]) -> str:
     head = ("case", "baseline", "baseline ms", "tileproc ms", "ratio", "target", "met?")
     lines = []
     for r in rows:
-        lines.append((
-            r.case, r.baseline, f"{r.base_ms:.1f}", f"{r.tileproc_ms:.1f}", f"{r.ratio:.2f}x",
-            "-" if r.target is None else f">= {r.target:.2f}x",
-            "-" if r.met is None else ("yes" if r.met else "NO"),
-        ))
+        lines.append(
+            (
+                r.case,
+                r.baseline,
+                f"{r.base_ms:.1f}",
+                f"{r.tileproc_ms:.1f}",
+                f"{r.ratio:.2f}x",
+                "-" if r.target is None else f">= {r.target:.2f}x",
+                "-" if r.met is None else ("yes" if r.met else "NO"),
+            )
+        )
     widths = [max(len(h), *(len(l[i]) for l in lines)) for i, h in enumerate(head)]
-    fmt = lambda cells: " | ".join(c.ljust(w) if i < 2 else c.rjust(w)
-                                   for i, (c, w) in enumerate(zip(cells, widths)))
+    fmt = lambda cells: " | ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
     out = [fmt(head), "-+-".join("-" * w for w in widths)]
     out += [fmt(l) for l in lines]
     return "\n".join(out)
@@ -499,11 +616,24 @@ def main(argv: list[str] | None = None) -> int:
 
     info = machine()
     say("tileproc benchmark: bench_images.py" + (" --quick (ratios not meaningful)" if args.quick else ""))
-    for k in ("cpu", "cores_usable", "cores_total", "python", "numpy", "opencv", "pillow", "platform", "date",
-              "loadavg_start", "OPENBLAS_CORETYPE"):
+    for k in (
+        "cpu",
+        "cores_usable",
+        "cores_total",
+        "python",
+        "numpy",
+        "opencv",
+        "pillow",
+        "platform",
+        "date",
+        "loadavg_start",
+        "OPENBLAS_CORETYPE",
+    ):
         say(f"  {k:18} {info[k]}")
-    say(f"  frame {height}x{width}x3 uint8 (synthetic, seed 2024); stream of {n_frames} frames; "
-        f"N = {n}; medians of {repeats} repeats (latency: {2 * repeats})")
+    say(
+        f"  frame {height}x{width}x3 uint8 (synthetic, seed 2024); stream of {n_frames} frames; "
+        f"N = {n}; medians of {repeats} repeats (latency: {2 * repeats})"
+    )
     say()
 
     t_start = time.perf_counter()
@@ -539,8 +669,10 @@ def main(argv: list[str] | None = None) -> int:
             load = OtherLoad()
             small = case_s(frame, n, max(3, repeats // 2))
             loads["s"] = load.cores()
-            say(f"s. small frames, in the parent or on the workers: done "
-                f"(other processes used {loads['s']:.2f} of {n} cores meanwhile)")
+            say(
+                f"s. small frames, in the parent or on the workers: done "
+                f"(other processes used {loads['s']:.2f} of {n} cores meanwhile)"
+            )
     finally:
         for e in engines.values():
             e.close()
@@ -562,18 +694,32 @@ def main(argv: list[str] | None = None) -> int:
         say(small_table(small))
     targets = [r for r in rows if r.met is not None]
     others = ", ".join(f"{k} {v:.2f}" for k, v in loads.items())
-    say(f"\ntargets met: {sum(r.met for r in targets)}/{len(targets)}; {info['seconds']} s; "
+    say(
+        f"\ntargets met: {sum(r.met for r in targets)}/{len(targets)}; {info['seconds']} s; "
         f"cores used by other processes per case: {others} (of {n}); "
-        f"load average {info['loadavg_start']:.2f} -> {info['loadavg_end']:.2f}")
+        f"load average {info['loadavg_start']:.2f} -> {info['loadavg_end']:.2f}"
+    )
     if args.json:
-        args.json.write_text(json.dumps({
-            "machine": info,
-            "config": {"height": height, "width": width, "frames": n_frames, "files": files,
-                       "repeats": repeats, "workers": n, "quick": args.quick},
-            "rows": [{**asdict(r), "ratio": r.ratio, "met": r.met} for r in rows],
-            "small_frames": small,
-            "others_cores": loads,
-        }, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "machine": info,
+                    "config": {
+                        "height": height,
+                        "width": width,
+                        "frames": n_frames,
+                        "files": files,
+                        "repeats": repeats,
+                        "workers": n,
+                        "quick": args.quick,
+                    },
+                    "rows": [{**asdict(r), "ratio": r.ratio, "met": r.met} for r in rows],
+                    "small_frames": small,
+                    "others_cores": loads,
+                },
+                indent=2,
+            )
+        )
     return 0
 
 

@@ -72,10 +72,10 @@ sys.path.insert(0, str(HERE.parent))
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
+from machine import cpu_model
 
 from filters.blur import GaussianBlur  # noqa: E402
 from tiler.io import video  # noqa: E402
-from machine import cpu_model
 
 FPS = "30000/1001"
 LOOPS = 10  # the long clip is the short one this many times over
@@ -122,8 +122,12 @@ def machine() -> dict:
 
 
 def _ffmpeg(*args: str) -> None:
-    proc = subprocess.run([video.ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y", *args],
-                          stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    proc = subprocess.run(
+        [video.ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y", *args],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"ffmpeg failed: {proc.stderr.strip()[-500:]}")
 
@@ -136,15 +140,59 @@ def make_clips(folder: Path, width: int, height: int, seconds: float) -> tuple[P
     separate loop of the short clip.
     """
     short, video_only, long = folder / "short.mp4", folder / "short_v.mp4", folder / "long.mp4"
-    _ffmpeg("-f", "lavfi", "-i", f"testsrc2=size={width}x{height}:rate={FPS}:duration={seconds},"
-            "noise=alls=8:allf=t+u",
-            "-f", "lavfi", "-i", f"sine=frequency=440:sample_rate=48000:duration={seconds}",
-            "-c:v", "libx264", "-preset", "veryfast", "-crf", "18", "-pix_fmt", "yuv420p",
-            "-colorspace", "bt709", "-color_primaries", "bt709", "-color_trc", "bt709",
-            "-c:a", "aac", "-b:a", "128k", "-shortest", "-movflags", "+faststart", str(short))
+    _ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        f"testsrc2=size={width}x{height}:rate={FPS}:duration={seconds},noise=alls=8:allf=t+u",
+        "-f",
+        "lavfi",
+        "-i",
+        f"sine=frequency=440:sample_rate=48000:duration={seconds}",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "veryfast",
+        "-crf",
+        "18",
+        "-pix_fmt",
+        "yuv420p",
+        "-colorspace",
+        "bt709",
+        "-color_primaries",
+        "bt709",
+        "-color_trc",
+        "bt709",
+        "-c:a",
+        "aac",
+        "-b:a",
+        "128k",
+        "-shortest",
+        "-movflags",
+        "+faststart",
+        str(short),
+    )
     _ffmpeg("-i", str(short), "-map", "0:v", "-c", "copy", str(video_only))
-    _ffmpeg("-stream_loop", str(LOOPS - 1), "-i", str(video_only), "-stream_loop", str(LOOPS - 1), "-i", str(short),
-            "-map", "0:v", "-map", "1:a", "-c", "copy", "-shortest", "-movflags", "+faststart", str(long))
+    _ffmpeg(
+        "-stream_loop",
+        str(LOOPS - 1),
+        "-i",
+        str(video_only),
+        "-stream_loop",
+        str(LOOPS - 1),
+        "-i",
+        str(short),
+        "-map",
+        "0:v",
+        "-map",
+        "1:a",
+        "-c",
+        "copy",
+        "-shortest",
+        "-movflags",
+        "+faststart",
+        str(long),
+    )
     video_only.unlink()
     return short, long
 
@@ -163,7 +211,7 @@ def _read(path: str) -> str | None:
 def _stat_fields(text: str) -> tuple[str, list[str]]:
     """(comm, fields after comm) of a /proc/.../stat line."""
     i, j = text.index("("), text.rindex(")")
-    return text[i + 1:j], text[j + 2:].split()
+    return text[i + 1 : j], text[j + 2 :].split()
 
 
 def _ppids() -> dict[int, int]:
@@ -315,8 +363,11 @@ class TreeSampler:
                 elif comm.startswith("vf#"):
                     # ffmpeg's filter-graph thread opens the encoder: x264's threads and the
                     # filter graph's slice threads are created by it and inherit its name
-                    label = "filter graph" if tid == first_vf else (
-                        "filter slice threads" if p.role == "ffmpeg decoder" else "x264 + filter slice threads")
+                    label = (
+                        "filter graph"
+                        if tid == first_vf
+                        else ("filter slice threads" if p.role == "ffmpeg decoder" else "x264 + filter slice threads")
+                    )
                 elif comm.startswith("av:h264:df"):
                     label = "h264 decode threads"
                 key = f"{p.role}: {label}"
@@ -389,10 +440,23 @@ def watch(cmd: list[str], case: str, frames: int, root_role: str, result: Path |
         names, seconds = {int(k): v for k, v in data["threads"].items()}, data["seconds"]
     by_role = sampler.cpu_by_role()
     cpu = sum(by_role.values())
-    return Run(case, frames, wall, seconds, cpu, max(0.0, busy - cpu) / wall, sampler.peak_rss,
-               sampler.peak_anon, sampler.peak_shm, sampler.peak_unique, by_role,
-               sampler.cpu_by_thread(names), sampler.threads_by_role(), sampler.rss_at_peak_by_role(),
-               sampler.samples)
+    return Run(
+        case,
+        frames,
+        wall,
+        seconds,
+        cpu,
+        max(0.0, busy - cpu) / wall,
+        sampler.peak_rss,
+        sampler.peak_anon,
+        sampler.peak_shm,
+        sampler.peak_unique,
+        by_role,
+        sampler.cpu_by_thread(names),
+        sampler.threads_by_role(),
+        sampler.rss_at_peak_by_role(),
+        sampler.samples,
+    )
 
 
 def ffmpeg_case(info: video.VideoInfo, dst: Path, vf: str | None, case: str) -> Run:
@@ -410,17 +474,44 @@ def encoder_args(info: video.VideoInfo, dst: Path) -> list[str]:
 
 def ffmpeg_plain_case(info: video.VideoInfo, dst: Path, case: str) -> Run:
     """What a user would type: no RGB round trip, the same encoder arguments."""
-    cmd = [video.ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-i", str(info.path),
-           "-map", "0:v:0", "-map", "0:a?", *encoder_args(info, dst), "-c:a", "copy",
-           "-movflags", "+faststart", "-y", str(dst)]
+    cmd = [
+        video.ffmpeg_exe(),
+        "-hide_banner",
+        "-nostdin",
+        "-loglevel",
+        "error",
+        "-i",
+        str(info.path),
+        "-map",
+        "0:v:0",
+        "-map",
+        "0:a?",
+        *encoder_args(info, dst),
+        "-c:a",
+        "copy",
+        "-movflags",
+        "+faststart",
+        "-y",
+        str(dst),
+    ]
     return watch(cmd, case, info.frame_count, "ffmpeg")
 
 
-def tileproc_case(src: Path, dst: Path, chain: str, workers: int, frames: int, case: str, tmp: Path,
-                  tile_rows: int | None = None) -> Run:
+def tileproc_case(
+    src: Path, dst: Path, chain: str, workers: int, frames: int, case: str, tmp: Path, tile_rows: int | None = None
+) -> Run:
     result = tmp / f"result-{os.getpid()}.json"
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", str(src), str(dst), chain, str(workers),
-           str(tile_rows or 0), str(result)]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--child",
+        str(src),
+        str(dst),
+        chain,
+        str(workers),
+        str(tile_rows or 0),
+        str(result),
+    ]
     return watch(cmd, case, frames, "python parent", result)
 
 
@@ -472,12 +563,15 @@ def _median_run(runs: list[Run]) -> Run:
 
 
 def _breakdown(run: Run, top: int = 12) -> list[str]:
-    lines = [f"  {run.case}: {run.seconds:.1f} s, {run.cpu:.1f} CPU s "
-             f"({run.cpu / run.seconds:.2f} cores busy; other processes {run.other_cores:.2f} cores)"]
+    lines = [
+        f"  {run.case}: {run.seconds:.1f} s, {run.cpu:.1f} CPU s "
+        f"({run.cpu / run.seconds:.2f} cores busy; other processes {run.other_cores:.2f} cores)"
+    ]
     for key, sec in sorted(run.cpu_by_thread.items(), key=lambda kv: -kv[1])[:top]:
         if sec >= 0.05:
-            lines.append(f"    {key:<44} {sec:7.2f} CPU s {100 * sec / run.cpu:5.1f} %  "
-                         f"{1000 * sec / run.frames:6.1f} ms/frame")
+            lines.append(
+                f"    {key:<44} {sec:7.2f} CPU s {100 * sec / run.cpu:5.1f} %  {1000 * sec / run.frames:6.1f} ms/frame"
+            )
     threads = ", ".join(f"{k} {v}" for k, v in sorted(run.threads_by_role.items()))
     lines.append(f"    threads (max seen): {threads}")
     return lines
@@ -500,10 +594,14 @@ def main(argv: list[str] | None = None) -> int:
     repeats = args.repeats or (1 if args.quick else 5)
     workers = args.workers or len(os.sched_getaffinity(0))
     info_m = machine()
-    print(f"machine: {info_m['cpu']}, {info_m['cores_usable']} usable cores of {info_m['cores_total']}, "
-          f"{info_m['memory_gib']} GiB")
-    print(f"  Python {info_m['python']}, numpy {info_m['numpy']}, OpenCV {info_m['opencv']}, "
-          f"{info_m['ffmpeg']} (imageio-ffmpeg {info_m['imageio_ffmpeg']})")
+    print(
+        f"machine: {info_m['cpu']}, {info_m['cores_usable']} usable cores of {info_m['cores_total']}, "
+        f"{info_m['memory_gib']} GiB"
+    )
+    print(
+        f"  Python {info_m['python']}, numpy {info_m['numpy']}, OpenCV {info_m['opencv']}, "
+        f"{info_m['ffmpeg']} (imageio-ffmpeg {info_m['imageio_ffmpeg']})"
+    )
     print(f"  {info_m['platform']}, {info_m['date']}, load average {info_m['loadavg_start']}")
 
     tmp = Path(tempfile.mkdtemp(prefix="tileproc-bench-video-"))
@@ -515,35 +613,54 @@ def main(argv: list[str] | None = None) -> int:
         assert info_long.frame_count == LOOPS * info.frame_count
         enc_args = encoder_args(info, tmp / "x.mp4")
         pix_fmt = enc_args[enc_args.index("-pix_fmt") + 1]
-        enc = " ".join(enc_args[:enc_args.index("-pix_fmt")])
-        print(f"clip: {info.width}x{info.height} H.264 {info.pix_fmt}, {info.fps} fps, {info.frame_count} frames, "
-              f"AAC audio; long clip {info_long.frame_count} frames (made in {time.perf_counter() - t0:.1f} s)")
-        print(f"encoder (tileproc's default, both sides): {enc} -pix_fmt {pix_fmt}; "
-              f"gblur sigma={BLUR_SIGMA:g} vs tileproc blur (sigma={BLUR_SIGMA:g}, truncate={GaussianBlur().truncate:g}, "
-              f"halo {GaussianBlur().halo}); tileproc workers={workers}; {repeats} round(s)\n")
+        enc = " ".join(enc_args[: enc_args.index("-pix_fmt")])
+        print(
+            f"clip: {info.width}x{info.height} H.264 {info.pix_fmt}, {info.fps} fps, {info.frame_count} frames, "
+            f"AAC audio; long clip {info_long.frame_count} frames (made in {time.perf_counter() - t0:.1f} s)"
+        )
+        print(
+            f"encoder (tileproc's default, both sides): {enc} -pix_fmt {pix_fmt}; "
+            f"gblur sigma={BLUR_SIGMA:g} vs tileproc blur (sigma={BLUR_SIGMA:g}, truncate={GaussianBlur().truncate:g}, "
+            f"halo {GaussianBlur().halo}); tileproc workers={workers}; {repeats} round(s)\n"
+        )
 
         cases = {
             "ffmpeg passthrough": lambda: ffmpeg_case(info, tmp / "ff_pass.mp4", None, "ffmpeg passthrough"),
-            "ffmpeg gblur": lambda: ffmpeg_case(info, tmp / "ff_gblur.mp4", f"gblur=sigma={BLUR_SIGMA:g}",
-                                                "ffmpeg gblur"),
-            "tileproc invert": lambda: tileproc_case(short, tmp / "tp_invert.mp4", "invert", workers,
-                                                     info.frame_count, "tileproc invert", tmp),
-            "tileproc blur": lambda: tileproc_case(short, tmp / "tp_blur.mp4", "blur", workers,
-                                                   info.frame_count, "tileproc blur", tmp),
+            "ffmpeg gblur": lambda: ffmpeg_case(
+                info, tmp / "ff_gblur.mp4", f"gblur=sigma={BLUR_SIGMA:g}", "ffmpeg gblur"
+            ),
+            "tileproc invert": lambda: tileproc_case(
+                short, tmp / "tp_invert.mp4", "invert", workers, info.frame_count, "tileproc invert", tmp
+            ),
+            "tileproc blur": lambda: tileproc_case(
+                short, tmp / "tp_blur.mp4", "blur", workers, info.frame_count, "tileproc blur", tmp
+            ),
             "ffmpeg yuv passthrough": lambda: ffmpeg_plain_case(info, tmp / "ff_plain.mp4", "ffmpeg yuv passthrough"),
-            STRIPS: lambda: tileproc_case(short, tmp / "tp_blur_strips.mp4", "blur", workers, info.frame_count,
-                                          STRIPS, tmp, tile_rows=math.ceil(info.height / workers)),
+            STRIPS: lambda: tileproc_case(
+                short,
+                tmp / "tp_blur_strips.mp4",
+                "blur",
+                workers,
+                info.frame_count,
+                STRIPS,
+                tmp,
+                tile_rows=math.ceil(info.height / workers),
+            ),
         }
         runs: dict[str, list[Run]] = {k: [] for k in cases}
         for r in range(repeats):
             for name, fn in cases.items():
                 run = fn()
                 runs[name].append(run)
-                print(f"  round {r + 1}: {name:<24} {run.fps:6.2f} fps  ({run.seconds:.2f} s, "
-                      f"other processes {run.other_cores:.2f} cores)", flush=True)
+                print(
+                    f"  round {r + 1}: {name:<24} {run.fps:6.2f} fps  ({run.seconds:.2f} s, "
+                    f"other processes {run.other_cores:.2f} cores)",
+                    flush=True,
+                )
         # memory: the long clip in a child of its own; the short clip's runs are the timed ones above
-        mem_long = tileproc_case(long, tmp / "tp_long.mp4", "blur", workers, info_long.frame_count,
-                                 "tileproc blur (long clip)", tmp)
+        mem_long = tileproc_case(
+            long, tmp / "tp_long.mp4", "blur", workers, info_long.frame_count, "tileproc blur (long clip)", tmp
+        )
         print(f"  long clip: tileproc blur {mem_long.fps:6.2f} fps ({mem_long.seconds:.1f} s)\n", flush=True)
 
         print(f"{'case':<40}{'fps':>7}{'s':>7}{'CPU ms/frame':>13}{'peak RSS':>10}{'anon+shm':>10}{'others':>8}")
@@ -552,67 +669,93 @@ def main(argv: list[str] | None = None) -> int:
             fps = statistics.median(r.fps for r in rs)
             label = name + (" (context)" if name in ("ffmpeg yuv passthrough", STRIPS) else "")
             rows[name] = {
-                "fps": fps, "seconds": _med(rs, "seconds"), "wall": _med(rs, "wall"),
+                "fps": fps,
+                "seconds": _med(rs, "seconds"),
+                "wall": _med(rs, "wall"),
                 "cpu_ms_per_frame": 1000 * _med(rs, "cpu") / rs[0].frames,
                 "peak_rss_mib": _med(rs, "peak_rss") / MIB,
                 "peak_anon_shm_mib": _med(rs, "peak_unique") / MIB,
                 "peak_shm_mib": _med(rs, "peak_shm") / MIB,
-                "other_cores": _med(rs, "other_cores"), "frames": rs[0].frames,
+                "other_cores": _med(rs, "other_cores"),
+                "frames": rs[0].frames,
                 "fps_each": [round(r.fps, 3) for r in rs],
                 "other_cores_each": [round(r.other_cores, 2) for r in rs],
             }
             row = rows[name]
-            print(f"{label:<40}{fps:7.2f}{row['seconds']:7.2f}{row['cpu_ms_per_frame']:13.1f}"
-                  f"{row['peak_rss_mib']:9.0f}M{row['peak_anon_shm_mib']:9.0f}M{row['other_cores']:8.2f}")
+            print(
+                f"{label:<40}{fps:7.2f}{row['seconds']:7.2f}{row['cpu_ms_per_frame']:13.1f}"
+                f"{row['peak_rss_mib']:9.0f}M{row['peak_anon_shm_mib']:9.0f}M{row['other_cores']:8.2f}"
+            )
         tp = [r for n in ("tileproc blur", "tileproc invert") for r in runs[n]]
         start = statistics.median(r.wall - r.seconds for r in tp)
-        print(f"(medians of {repeats} round(s). tileproc: fps from the process_video call; the child's interpreter "
-              f"start and imports add {start:.2f} s.\n 'others': cores' worth of CPU used meanwhile by processes "
-              "outside the run (other work on this machine); it slows whichever case it overlaps.)\n")
+        print(
+            f"(medians of {repeats} round(s). tileproc: fps from the process_video call; the child's interpreter "
+            f"start and imports add {start:.2f} s.\n 'others': cores' worth of CPU used meanwhile by processes "
+            "outside the run (other work on this machine); it slows whichever case it overlaps.)\n"
+        )
 
         verdict = {True: "met", False: "MISSED"}
         ratios = {}
-        for key, num, den, target in (("blur_vs_gblur", "tileproc blur", "ffmpeg gblur", 0.8),
-                                      ("invert_vs_passthrough", "tileproc invert", "ffmpeg passthrough", None),
-                                      ("blur_strips_vs_gblur", STRIPS, "ffmpeg gblur", None)):
+        for key, num, den, target in (
+            ("blur_vs_gblur", "tileproc blur", "ffmpeg gblur", 0.8),
+            ("invert_vs_passthrough", "tileproc invert", "ffmpeg passthrough", None),
+            ("blur_strips_vs_gblur", STRIPS, "ffmpeg gblur", None),
+        ):
             wall = rows[num]["fps"] / rows[den]["fps"]
             cpu = rows[den]["cpu_ms_per_frame"] / rows[num]["cpu_ms_per_frame"]
             quiet_num = [r.fps for r in runs[num] if r.other_cores < QUIET]
             quiet_den = [r.fps for r in runs[den] if r.other_cores < QUIET]
-            quiet = (statistics.median(quiet_num) / statistics.median(quiet_den)
-                     if quiet_num and quiet_den else None)
+            quiet = statistics.median(quiet_num) / statistics.median(quiet_den) if quiet_num and quiet_den else None
             ratios[key] = {"fps": wall, "cpu": cpu, "quiet_fps": quiet}
             goal = f"  (target >= {target}: {verdict[wall >= target]})" if target else ""
             print(f"{num} / {den}:")
             print(f"  fps, medians of all rounds:          {wall:.2f}x{goal}")
-            print(f"  fps, rounds with others < {QUIET} cores:  "
-                  + (f"{quiet:.2f}x ({len(quiet_num)} and {len(quiet_den)} runs)" if quiet else "no such runs"))
-            print(f"  CPU per frame, {den} / {num}: {cpu:.2f}x (what the fps ratio tends to when both keep "
-                  "every core busy)")
+            print(
+                f"  fps, rounds with others < {QUIET} cores:  "
+                + (f"{quiet:.2f}x ({len(quiet_num)} and {len(quiet_den)} runs)" if quiet else "no such runs")
+            )
+            print(
+                f"  CPU per frame, {den} / {num}: {cpu:.2f}x (what the fps ratio tends to when both keep "
+                "every core busy)"
+            )
         mem_short = {k: _med(runs["tileproc blur"], k) for k in ("peak_rss", "peak_unique", "peak_shm")}
         short_roles = _median_run(runs["tileproc blur"]).rss_at_peak_by_role
         rss_ratio = mem_long.peak_rss / mem_short["peak_rss"]
         unique_ratio = mem_long.peak_unique / mem_short["peak_unique"]
         ratios["memory_long_vs_short_rss"], ratios["memory_long_vs_short_anon_shm"] = rss_ratio, unique_ratio
-        print(f"peak memory of the tree, tileproc blur, {info.frame_count} vs {info_long.frame_count} frames "
-              "(same frame size):")
-        print(f"  VmRSS sum:       {mem_short['peak_rss'] / MIB:5.0f} MiB vs {mem_long.peak_rss / MIB:5.0f} MiB "
-              f"= {rss_ratio:.2f}x  (target <= 1.1: {verdict[rss_ratio <= 1.1]})")
-        print(f"  anon + /dev/shm: {mem_short['peak_unique'] / MIB:5.0f} MiB vs {mem_long.peak_unique / MIB:5.0f} MiB "
-              f"= {unique_ratio:.2f}x  (/dev/shm: {mem_short['peak_shm'] / MIB:.0f} vs {mem_long.peak_shm / MIB:.0f} MiB)")
-        roles = sorted(set(short_roles) | set(mem_long.rss_at_peak_by_role),
-                       key=lambda k: -mem_long.rss_at_peak_by_role.get(k, 0))
-        print("  VmRSS by process at the peak (short / long): " + ", ".join(
-            f"{k} {short_roles.get(k, 0) / MIB:.0f}/{mem_long.rss_at_peak_by_role.get(k, 0) / MIB:.0f}"
-            for k in roles))
+        print(
+            f"peak memory of the tree, tileproc blur, {info.frame_count} vs {info_long.frame_count} frames "
+            "(same frame size):"
+        )
+        print(
+            f"  VmRSS sum:       {mem_short['peak_rss'] / MIB:5.0f} MiB vs {mem_long.peak_rss / MIB:5.0f} MiB "
+            f"= {rss_ratio:.2f}x  (target <= 1.1: {verdict[rss_ratio <= 1.1]})"
+        )
+        print(
+            f"  anon + /dev/shm: {mem_short['peak_unique'] / MIB:5.0f} MiB vs {mem_long.peak_unique / MIB:5.0f} MiB "
+            f"= {unique_ratio:.2f}x  (/dev/shm: {mem_short['peak_shm'] / MIB:.0f} vs {mem_long.peak_shm / MIB:.0f} MiB)"
+        )
+        roles = sorted(
+            set(short_roles) | set(mem_long.rss_at_peak_by_role), key=lambda k: -mem_long.rss_at_peak_by_role.get(k, 0)
+        )
+        print(
+            "  VmRSS by process at the peak (short / long): "
+            + ", ".join(
+                f"{k} {short_roles.get(k, 0) / MIB:.0f}/{mem_long.rss_at_peak_by_role.get(k, 0) / MIB:.0f}"
+                for k in roles
+            )
+        )
 
-        x264 = {name: x264_options(tmp / f) for name, f in (("ffmpeg gblur", "ff_gblur.mp4"),
-                                                            ("tileproc blur", "tp_blur.mp4"))}
+        x264 = {
+            name: x264_options(tmp / f)
+            for name, f in (("ffmpeg gblur", "ff_gblur.mp4"), ("tileproc blur", "tp_blur.mp4"))
+        }
         same = x264["ffmpeg gblur"] == x264["tileproc blur"] and x264["ffmpeg gblur"] is not None
         threads = re.search(r"\bthreads=(\d+) lookahead_threads=(\d+)", x264["tileproc blur"] or "")
-        print(f"\nx264 settings written in the two outputs (SEI): {'identical' if same else 'DIFFERENT'}"
-              + (f"; threads={threads.group(1)} lookahead_threads={threads.group(2)} on both" if same and threads
-                 else ""))
+        print(
+            f"\nx264 settings written in the two outputs (SEI): {'identical' if same else 'DIFFERENT'}"
+            + (f"; threads={threads.group(1)} lookahead_threads={threads.group(2)} on both" if same and threads else "")
+        )
         if not same:
             for name, opts in x264.items():
                 print(f"  {name}: {opts}")
@@ -625,11 +768,21 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             out = {
                 "machine": info_m,
-                "clip": {"width": info.width, "height": info.height, "fps": str(info.fps),
-                         "frames": info.frame_count, "long_frames": info_long.frame_count},
-                "encoder": " ".join(enc_args), "pix_fmt": pix_fmt, "gblur_sigma": BLUR_SIGMA, "workers": workers,
-                "repeats": repeats, "rows": rows,
-                "ratios": ratios, "x264_options": x264,
+                "clip": {
+                    "width": info.width,
+                    "height": info.height,
+                    "fps": str(info.fps),
+                    "frames": info.frame_count,
+                    "long_frames": info_long.frame_count,
+                },
+                "encoder": " ".join(enc_args),
+                "pix_fmt": pix_fmt,
+                "gblur_sigma": BLUR_SIGMA,
+                "workers": workers,
+                "repeats": repeats,
+                "rows": rows,
+                "ratios": ratios,
+                "x264_options": x264,
                 "memory": {"short_median": mem_short, "long": dataclasses.asdict(mem_long)},
                 "runs": {k: [dataclasses.asdict(r) for r in v] for k, v in runs.items()},
             }

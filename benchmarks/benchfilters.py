@@ -35,10 +35,10 @@ def numpy_boxmean(tile: np.ndarray, *, radius: int = 2) -> np.ndarray:
     x = np.pad(tile.astype(np.float32), pad, mode="reflect")
     rows = x[0:h].copy()
     for d in range(1, k):
-        rows += x[d:d + h]
+        rows += x[d : d + h]
     acc = rows[:, 0:w].copy()
     for d in range(1, k):
-        acc += rows[:, d:d + w]
+        acc += rows[:, d : d + w]
     acc *= np.float32(1.0 / (k * k))
     if tile.dtype.kind == "f":
         return acc
@@ -50,7 +50,7 @@ def numpy_boxmean(tile: np.ndarray, *, radius: int = 2) -> np.ndarray:
 def strip_task(task: tuple) -> np.ndarray:
     """One strip of the naive ``Pool.map`` baseline: (filter, window, core rows) -> core."""
     f, window, top, rows = task
-    return f.apply(window)[top:top + rows]
+    return f.apply(window)[top : top + rows]
 
 
 def pool_init(threads: int) -> None:

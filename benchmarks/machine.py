@@ -14,4 +14,3 @@ def cpu_model() -> str:
     except OSError:
         pass
     return "unknown"
-

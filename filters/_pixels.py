@@ -15,7 +15,7 @@ which agree for any pad width.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import cv2
 import numpy as np
@@ -54,14 +54,9 @@ def check_tile(name: str, tile: np.ndarray) -> None:
     if not isinstance(tile, np.ndarray):
         raise FilterError(f"{name}: expected a numpy array, got {type(tile).__name__}")
     if tile.ndim not in (2, 3) or (tile.ndim == 3 and not 1 <= tile.shape[2] <= 4):
-        raise FilterError(
-            f"{name}: expected shape (H, W) or (H, W, C) with C in 1..4, got {tile.shape}"
-        )
+        raise FilterError(f"{name}: expected shape (H, W) or (H, W, C) with C in 1..4, got {tile.shape}")
     if tile.dtype not in DTYPES:
-        raise FilterError(
-            f"{name}: dtype must be uint8, uint16 or float32, got {tile.dtype}; "
-            "convert the frame first"
-        )
+        raise FilterError(f"{name}: dtype must be uint8, uint16 or float32, got {tile.dtype}; convert the frame first")
 
 
 def map_color(tile: np.ndarray, fn: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
@@ -208,9 +203,7 @@ def check_number(
     return v
 
 
-def check_int(
-    name: str, param: str, value: object, *, low: int, high: int, odd: bool = False
-) -> int:
+def check_int(name: str, param: str, value: object, *, low: int, high: int, odd: bool = False) -> int:
     """``value`` as an int, or :class:`FilterError` naming the filter, param and range."""
     what = "an odd integer" if odd else "an integer"
     integral = isinstance(value, (int, np.integer)) and not isinstance(value, bool)

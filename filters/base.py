@@ -29,7 +29,8 @@ import importlib.util
 import inspect
 import pickle
 import sys
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -102,7 +103,7 @@ class Filter:
         return (_rebuild_filter, (cls.__module__, cls.__qualname__, path, self.params))
 
 
-def _rebuild_filter(module: str, qualname: str, path: str | None, params: dict[str, Any]) -> "Filter":
+def _rebuild_filter(module: str, qualname: str, path: str | None, params: dict[str, Any]) -> Filter:
     cls = _import_factory(module, qualname, path)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     obj = cls(**{k: v for k, v in params.items() if fields[k].init})
@@ -150,7 +151,7 @@ def load_file_module(path: str, module: str | None = None):
     return mod
 
 
-def _import_factory(module: str, qualname: str, path: str | None) -> "FilterFunction":
+def _import_factory(module: str, qualname: str, path: str | None) -> FilterFunction:
     obj = _load_module(module, path)
     for part in qualname.split("."):
         obj = getattr(obj, part)
@@ -177,17 +178,13 @@ class FilterFunction:
         self.__doc__ = func.__doc__
         self.__wrapped__ = func
         sig = inspect.signature(func)
-        self._defaults = {
-            p.name: p.default
-            for p in sys_params(sig)
-            if p.default is not inspect.Parameter.empty
-        }
+        self._defaults = {p.name: p.default for p in sys_params(sig) if p.default is not inspect.Parameter.empty}
         self._accepts_any = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
 
     def param_types(self) -> dict[str, tuple[type, Any]]:
         return {k: (type(v) if v is not None else str, v) for k, v in self._defaults.items()}
 
-    def __call__(self, **params: Any) -> "FunctionFilter":
+    def __call__(self, **params: Any) -> FunctionFilter:
         unknown = set(params) - set(self._defaults)
         if unknown and not self._accepts_any:
             raise FilterError(
@@ -228,13 +225,10 @@ class FilterFunction:
         try:
             found = _import_factory(module, qualname, path)
         except Exception as exc:
-            raise FilterError(
-                f"{self.name}: worker processes cannot import {module}.{qualname} ({exc})"
-            ) from None
+            raise FilterError(f"{self.name}: worker processes cannot import {module}.{qualname} ({exc})") from None
         if found is not self:
             raise FilterError(
-                f"{self.name}: {module}.{qualname} is not this filter; "
-                "define each filter once, at module level"
+                f"{self.name}: {module}.{qualname} is not this filter; define each filter once, at module level"
             )
 
     def __reduce__(self):
@@ -273,11 +267,7 @@ class FunctionFilter:
         return (FunctionFilter, (self.factory, self._params))
 
     def __eq__(self, other: object) -> bool:
-        return (
-            isinstance(other, FunctionFilter)
-            and other.factory is self.factory
-            and other._params == self._params
-        )
+        return isinstance(other, FunctionFilter) and other.factory is self.factory and other._params == self._params
 
     def __hash__(self) -> int:
         return hash((id(self.factory), tuple(sorted(map(repr, self._params.items())))))

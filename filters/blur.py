@@ -59,9 +59,7 @@ class GaussianBlur(Filter):
 
     def __post_init__(self) -> None:
         sigma = px.check_number(self.name, "sigma", self.sigma, low=0, high=100, low_open=True)
-        truncate = px.check_number(
-            self.name, "truncate", self.truncate, low=0, high=10, low_open=True
-        )
+        truncate = px.check_number(self.name, "truncate", self.truncate, low=0, high=10, low_open=True)
         object.__setattr__(self, "sigma", sigma)
         object.__setattr__(self, "truncate", truncate)
 

@@ -30,8 +30,9 @@ import difflib
 import importlib
 import importlib.metadata
 import os
+from collections.abc import Mapping, Sequence
 from types import MappingProxyType
-from typing import Any, Mapping, Sequence, Union
+from typing import Any, Union
 
 from filters.base import (
     Chain,
@@ -81,8 +82,8 @@ BUILTINS: Mapping[str, type[Filter]] = MappingProxyType(
     }
 )
 
-AnyFilter = Union[Filter, FunctionFilter]
-Spec = Union[str, Filter, FilterFunction, FunctionFilter, Chain, type, Sequence[Any]]
+AnyFilter = Union[Filter, FunctionFilter]  # noqa: UP007 - runtime aliases on Python 3.10
+Spec = Union[str, Filter, FilterFunction, FunctionFilter, Chain, type, Sequence[Any]]  # noqa: UP007
 
 _TRUE = frozenset({"true", "yes", "on", "1"})
 _FALSE = frozenset({"false", "no", "off", "0"})
@@ -194,8 +195,7 @@ def parse(text: str) -> list[tuple[str, dict[str, str]]]:
         owner, params = items[-1]
         if not key.isidentifier():
             raise FilterError(
-                f"{owner}: {key!r} is not a parameter name (in {token!r}); "
-                "write parameters as name=value"
+                f"{owner}: {key!r} is not a parameter name (in {token!r}); write parameters as name=value"
             )
         if key in params:
             raise FilterError(f"{owner}: parameter {key} is given twice ({key}={params[key]}, {token})")
@@ -248,13 +248,10 @@ def _from_module(name: str, module: str, attr: str) -> Any:
         mod = importlib.import_module(module)
     except ImportError as exc:
         raise FilterError(
-            f"filter {name!r}: cannot import module {module!r} ({exc}); "
-            "check the module is installed or on PYTHONPATH"
+            f"filter {name!r}: cannot import module {module!r} ({exc}); check the module is installed or on PYTHONPATH"
         ) from exc
     except Exception as exc:
-        raise FilterError(
-            f"filter {name!r}: importing {module!r} failed: {type(exc).__name__}: {exc}"
-        ) from exc
+        raise FilterError(f"filter {name!r}: importing {module!r} failed: {type(exc).__name__}: {exc}") from exc
     return _attribute(name, mod, attr)
 
 
@@ -267,9 +264,7 @@ def _from_file(name: str, path: str, attr: str) -> Any:
     except FilterError:
         raise
     except Exception as exc:
-        raise FilterError(
-            f"filter {name!r}: loading {path} failed: {type(exc).__name__}: {exc}"
-        ) from exc
+        raise FilterError(f"filter {name!r}: loading {path} failed: {type(exc).__name__}: {exc}") from exc
     return _attribute(name, mod, attr)
 
 
@@ -313,9 +308,7 @@ def _configure(obj: Any, name: str, raw: dict[str, str]) -> list[AnyFilter]:
         return [factory(**{**obj.params, **params})]
     if isinstance(obj, Chain):
         if raw:
-            raise FilterError(
-                f"{name} is a chain ({obj.name}) and takes no parameters; got {', '.join(raw)}"
-            )
+            raise FilterError(f"{name} is a chain ({obj.name}) and takes no parameters; got {', '.join(raw)}")
         return list(obj.filters)
     try:
         return [as_filter(obj)]
@@ -332,9 +325,7 @@ def _construct(cls: type[Filter], label: str, params: dict[str, Any]) -> Filter:
         raise FilterError(f"{label}: {exc}") from None
 
 
-def _convert(
-    label: str, types: dict[str, tuple[type, Any]], raw: dict[str, str], accepts_any: bool
-) -> dict[str, Any]:
+def _convert(label: str, types: dict[str, tuple[type, Any]], raw: dict[str, str], accepts_any: bool) -> dict[str, Any]:
     params: dict[str, Any] = {}
     for key, text in raw.items():
         if key in types:
@@ -346,8 +337,7 @@ def _convert(
             close = difflib.get_close_matches(key, list(types), n=2)
             hint = f" (did you mean {' or '.join(close)}?)" if close else ""
             raise FilterError(
-                f"{label}: unknown parameter {key!r}{hint}; "
-                f"known: {', '.join(types) or 'none, it takes no parameters'}"
+                f"{label}: unknown parameter {key!r}{hint}; known: {', '.join(types) or 'none, it takes no parameters'}"
             )
     return params
 
@@ -417,16 +407,14 @@ def available() -> list[FilterInfo]:
         source = f"plugin {dist.name if dist is not None else '?'} ({ep.value})"
         if name in BUILTINS:
             infos.append(
-                FilterInfo(name, "", {}, None, False, source,
-                           error="hidden by the built-in filter of the same name")
+                FilterInfo(name, "", {}, None, False, source, error="hidden by the built-in filter of the same name")
             )
             continue
         try:
             infos.append(_info(name, ep.load(), source))
         except Exception as exc:
             infos.append(
-                FilterInfo(name, "", {}, None, False, source,
-                           error=f"failed to load: {type(exc).__name__}: {exc}")
+                FilterInfo(name, "", {}, None, False, source, error=f"failed to load: {type(exc).__name__}: {exc}")
             )
     return infos
 

@@ -14,7 +14,8 @@ filter run on the whole frame, bit for bit. Use it in your own tests::
 from __future__ import annotations
 
 import pickle
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -111,9 +112,7 @@ def check_filter(
                 for j in range(i + 1, len(cases)):
                     more = _random_frame(rng, cases[j][1], cases[j][0])
                     checked.append((more, _apply(chain, more, label), _tile_sizes(cases[j][1], j)))
-                raise AssertionError(
-                    _seam_message(chain, label, frame, whole, tiled, tile, checked)
-                )
+                raise AssertionError(_seam_message(chain, label, frame, whole, tiled, tile, checked))
 
 
 def _describe(f: Any) -> str:
@@ -201,9 +200,7 @@ def _failed(label: str, frame: np.ndarray, exc: Exception) -> AssertionError:
     )
 
 
-def _tiled(
-    chain: Chain, frame: np.ndarray, halo: int, tile: tuple[int, int], label: str
-) -> np.ndarray:
+def _tiled(chain: Chain, frame: np.ndarray, halo: int, tile: tuple[int, int], label: str) -> np.ndarray:
     """The engine's way: each tile computed from its window, the core kept."""
     rows, cols = frame.shape[:2]
     th, tw = tile
@@ -248,8 +245,13 @@ def _whole_frame_halo(shape: tuple[int, ...], tile: tuple[int, int]) -> int:
 
 
 def _seam_message(
-    chain: Chain, label: str, frame: np.ndarray, whole: np.ndarray, tiled: np.ndarray,
-    tile: tuple[int, int], checked: list[tuple[np.ndarray, np.ndarray, list[tuple[int, int]]]],
+    chain: Chain,
+    label: str,
+    frame: np.ndarray,
+    whole: np.ndarray,
+    tiled: np.ndarray,
+    tile: tuple[int, int],
+    checked: list[tuple[np.ndarray, np.ndarray, list[tuple[int, int]]]],
 ) -> str:
     differ = _bits(whole) != _bits(tiled)
     if differ.ndim == 3:
@@ -258,9 +260,7 @@ def _seam_message(
     halo = chain.halo
 
     def passes(h: int) -> bool:
-        return all(
-            _bits_equal(w, _tiled(chain, f, h, t, label)) for f, w, ts in checked for t in ts
-        )
+        return all(_bits_equal(w, _tiled(chain, f, h, t, label)) for f, w, ts in checked for t in ts)
 
     needed = next((h for h in range(halo + 1, halo + _MAX_EXTRA_HALO + 1) if passes(h)), None)
     if needed is not None and needed < _whole_frame_halo(frame.shape, tile):
@@ -269,8 +269,7 @@ def _seam_message(
             f"halo >= {needed} here. Declare a larger halo."
         )
     else:
-        reach = "windows as large as the whole frame" if needed else (
-            f"no halo up to {halo + _MAX_EXTRA_HALO}")
+        reach = "windows as large as the whole frame" if needed else (f"no halo up to {halo + _MAX_EXTRA_HALO}")
         cause = (
             f"Only {reach} make the tiles match, so the result seems to "
             "depend on the whole frame (a global mean, min or max?), on the frame size or "

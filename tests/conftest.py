@@ -39,7 +39,8 @@ def no_leaks():
     leaked_procs = strays()
     assert not leaked_shm, f"leaked shared memory segments: {sorted(leaked_shm)}"
     assert not leaked_procs, "leaked processes: " + "; ".join(
-        f"{pid} {cmdline(pid)[:100]}" for pid in sorted(leaked_procs))
+        f"{pid} {cmdline(pid)[:100]}" for pid in sorted(leaked_procs)
+    )
 
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"

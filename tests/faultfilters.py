@@ -33,7 +33,7 @@ def numpy_boxsum(tile, *, radius=1):
     h, w = tile.shape[:2]
     for dr in range(2 * radius + 1):
         for dc in range(2 * radius + 1):
-            acc += padded[dr:dr + h, dc:dc + w]
+            acc += padded[dr : dr + h, dc : dc + w]
     acc /= (2 * radius + 1) ** 2
     if tile.dtype.kind == "f":
         return acc.astype(tile.dtype)

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from leaks import alive, descendants, shm_entries, wait_until
 from PIL import Image
 
 from tiler.cli import main
-from leaks import alive, descendants, shm_entries, wait_until
 
 TESTS = Path(__file__).resolve().parent
 SLOW = f"{TESTS / 'faultfilters.py'}:slow:seconds=0.3"
@@ -85,7 +85,9 @@ def test_folder_goes_on_past_bad_files_and_exits_1(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1
     assert sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.png")) == [
-        "a.png", "sub/b.png"]
+        "a.png",
+        "sub/b.png",
+    ]
     bad = [line for line in err if line.startswith("tileproc: error:")]
     assert len(bad) == 2 and any("empty.png" in line for line in bad) and any("noise.jpg" in line for line in bad)
     assert err[-1] == "tileproc: 2 written, 2 failed"
@@ -111,8 +113,19 @@ def test_missing_input_exits_1(tmp_path, capsys):
 def test_filters_listing(capsys):
     assert main(["filters"]) == 0
     out = capsys.readouterr().out
-    for name in ["blur", "boxblur", "sharpen", "edges", "emboss", "median", "grayscale", "invert",
-                 "contrast", "gamma", "threshold"]:
+    for name in [
+        "blur",
+        "boxblur",
+        "sharpen",
+        "edges",
+        "emboss",
+        "median",
+        "grayscale",
+        "invert",
+        "contrast",
+        "gamma",
+        "threshold",
+    ]:
         assert f"\n{name} " in "\n" + out
 
 
@@ -122,7 +135,8 @@ def test_custom_filter_from_file_and_module(tmp_path):
     mine = tmp_path / "my_filters.py"
     mine.write_text(
         "import numpy as np\nfrom filters import filter\n\n"
-        "@filter(halo=0, pointwise=True)\ndef halve(tile, *, by=2):\n    return (tile // by).astype(tile.dtype)\n")
+        "@filter(halo=0, pointwise=True)\ndef halve(tile, *, by=2):\n    return (tile // by).astype(tile.dtype)\n"
+    )
     assert main([str(src), "-f", f"{mine}:halve:by=4", "-o", str(tmp_path / "b.png"), "-q"]) == 0
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "b.png")), a // 4)
     assert main([str(src), "-f", "faultfilters:negate", "-o", str(tmp_path / "c.png"), "-q"]) == 0
@@ -132,16 +146,24 @@ def test_custom_filter_from_file_and_module(tmp_path):
 def test_python_dash_m_tiler(tmp_path):
     src = tmp_path / "a.png"
     png(src)
-    r = subprocess.run([sys.executable, "-m", "tiler", str(src), "-f", "invert", "-q"],
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "tiler", str(src), "-f", "invert", "-q"], capture_output=True, text=True, timeout=60
+    )
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "a.tileproc.png").exists()
 
 
 def start_cli(args, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(TESTS))
-    return subprocess.Popen([sys.executable, "-m", "tiler", *args], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "tiler", *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def slow_folder(tmp_path, n=6):

@@ -36,8 +36,10 @@ CHAIN = "blur:sigma=1.5,invert"
 @pytest.fixture
 def client():
     distributed = pytest.importorskip("distributed")
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=None) as local, distributed.Client(local) as c:
+    with (
+        distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as local,
+        distributed.Client(local) as c,
+    ):
         yield c
 
 
@@ -62,16 +64,42 @@ def same_tree(a: Path, b: Path) -> None:
 
 
 def make_clip(path: Path, *, seconds=3.0, rate="24000/1001", gop=10) -> Path:
-    subprocess.run([ffmpeg_exe(), "-v", "error", "-f", "lavfi", "-i", f"testsrc2=size=96x64:rate={rate}:duration={seconds}",
-                    "-f", "lavfi", "-i", f"sine=frequency=440:duration={seconds}", "-c:a", "aac", "-shortest",
-                    "-c:v", "libx264", "-g", str(gop), "-pix_fmt", "yuv420p", str(path)], check=True)
+    subprocess.run(
+        [
+            ffmpeg_exe(),
+            "-v",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            f"testsrc2=size=96x64:rate={rate}:duration={seconds}",
+            "-f",
+            "lavfi",
+            "-i",
+            f"sine=frequency=440:duration={seconds}",
+            "-c:a",
+            "aac",
+            "-shortest",
+            "-c:v",
+            "libx264",
+            "-g",
+            str(gop),
+            "-pix_fmt",
+            "yuv420p",
+            str(path),
+        ],
+        check=True,
+    )
     return path
 
 
 def stream_seconds(path: Path, stream: str) -> float:
     """Seconds a stream spans, from its packets' timestamps."""
-    out = subprocess.run([ffmpeg_exe(), "-v", "error", "-i", str(path), "-map", stream, "-c", "copy",
-                          "-f", "framecrc", "-"], capture_output=True, check=True).stdout.decode()
+    out = subprocess.run(
+        [ffmpeg_exe(), "-v", "error", "-i", str(path), "-map", stream, "-c", "copy", "-f", "framecrc", "-"],
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
     tb = Fraction(next(line for line in out.splitlines() if line.startswith("#tb")).split()[-1])
     packets = [[int(v) for v in line.split(",")[1:4]] for line in out.splitlines() if not line.startswith("#")]
     return float((max(p[1] + p[2] for p in packets) - min(p[1] for p in packets)) * tb)
@@ -94,8 +122,9 @@ def test_folder_on_the_cluster_equals_a_local_run(client, tmp_path):
     pngs(src, 7)
     tiler.process_folder(src, tmp_path / "local", CHAIN, workers=1)
     planned, seen = [], []
-    report = cluster.process_folder(client, f"file://{src}", tmp_path / "remote", CHAIN,
-                                    on_plan=planned.append, on_result=seen.append)
+    report = cluster.process_folder(
+        client, f"file://{src}", tmp_path / "remote", CHAIN, on_plan=planned.append, on_result=seen.append
+    )
     assert report.ok and planned == [7] and len(seen) == 7
     assert {r.src for r in report.results} == set(src.rglob("*.png"))
     same_tree(tmp_path / "local", tmp_path / "remote")
@@ -113,8 +142,9 @@ def test_api_dispatches_to_the_cluster_and_a_bad_file_fails_alone(client, tmp_pa
     assert len(list((tmp_path / "out").rglob("*.png"))) == 3
     again = cluster.process_folder(client, src, tmp_path / "out", "invert")  # outputs from before: kept
     assert sorted(type(r.error).__name__ for r in again.results) == ["InputError"] + ["OutputExists"] * 3
-    assert [r.src for r in cluster.process_folder(client, src, tmp_path / "out", "invert", overwrite=True).failed] \
-        == [bad.src]
+    assert [r.src for r in cluster.process_folder(client, src, tmp_path / "out", "invert", overwrite=True).failed] == [
+        bad.src
+    ]
     out = tiler.process_file(src / "img00.png", tmp_path / "one.png", "invert", client=client)
     assert out == tmp_path / "one.png"
     assert np.array_equal(np.asarray(Image.open(out)), 255 - np.asarray(Image.open(src / "img00.png")))
@@ -184,15 +214,20 @@ def test_video_on_the_cluster_matches_a_local_run(client, tmp_path):
     lossless = dict(crf=0, preset="ultrafast")
     tiler.process_video(src, local, CHAIN, workers=2, **lossless)
     done = []
-    assert cluster.process_video(client, src, remote, CHAIN, segment_frames=20, on_segment=done.append,
-                                 **lossless) == remote
+    assert (
+        cluster.process_video(client, src, remote, CHAIN, segment_frames=20, on_segment=done.append, **lossless)
+        == remote
+    )
     a, b = probe_video(local), probe_video(remote)
     assert len(done) >= 3 and sum(done) == a.frame_count == probe_video(src).frame_count
     assert (b.frame_count, b.fps, b.duration) == (a.frame_count, a.fps, a.duration)
     assert b.fps == Fraction(24000, 1001)
     assert abs(stream_seconds(remote, "0:v") - stream_seconds(local, "0:v")) < 1 / b.fps
-    assert [(s.codec, s.sample_rate, s.channels) for s in b.audio] == \
-           [(s.codec, s.sample_rate, s.channels) for s in a.audio] == [("aac", 44100, 1)]
+    assert (
+        [(s.codec, s.sample_rate, s.channels) for s in b.audio]
+        == [(s.codec, s.sample_rate, s.channels) for s in a.audio]
+        == [("aac", 44100, 1)]
+    )
     assert abs(stream_seconds(remote, "0:a") - stream_seconds(local, "0:a")) < 1 / b.fps
     got, want = frames_of(remote), frames_of(local)
     assert all(np.array_equal(g, w) for g, w in zip(got, want))  # lossless: the very same frames
@@ -214,8 +249,14 @@ def test_webm_and_gif_on_the_cluster(client, tmp_path):
 def test_a_failing_segment_fails_the_video_and_leaves_nothing(client, tmp_path):
     src = make_clip(tmp_path / "in.mp4", seconds=2.0)
     with pytest.raises(tiler.FilterFailed, match="raises"):
-        cluster.process_video(client, src, tmp_path / "out.mp4", f"{TESTS / 'faultfilters.py'}:raises",
-                              segment_frames=10, preset="ultrafast")
+        cluster.process_video(
+            client,
+            src,
+            tmp_path / "out.mp4",
+            f"{TESTS / 'faultfilters.py'}:raises",
+            segment_frames=10,
+            preset="ultrafast",
+        )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4"]
 
 
@@ -238,8 +279,10 @@ def test_a_scheduler_without_workers_is_an_error_not_a_hang(tmp_path, monkeypatc
     distributed = pytest.importorskip("distributed")
     monkeypatch.setattr(cluster, "CONNECT_TIMEOUT", 1.0)
     pngs(tmp_path / "in", 1)
-    with distributed.LocalCluster(n_workers=0, processes=True, dashboard_address=None) as local, \
-            distributed.Client(local) as client:
+    with (
+        distributed.LocalCluster(n_workers=0, processes=True, dashboard_address=None) as local,
+        distributed.Client(local) as client,
+    ):
         with pytest.raises(cluster.ClusterError, match="no workers.*dask worker tcp://"):
             cluster.process_folder(client, tmp_path / "in", tmp_path / "out", "invert")
 
@@ -271,10 +314,26 @@ def test_cli_runs_a_folder_and_a_video_on_a_local_cluster(tmp_path):
     src = tmp_path / "in"
     pngs(src, 4)
     make_clip(src / "clip.mp4", seconds=1.0)
-    assert main([str(src), "-f", "invert", "-o", str(tmp_path / "remote"), "--cluster", "local:2", "-q",
-                 "--preset", "ultrafast"]) == 0
-    assert main([str(src), "-f", "invert", "-o", str(tmp_path / "local"), "-w", "1", "-q",
-                 "--preset", "ultrafast"]) == 0
+    assert (
+        main(
+            [
+                str(src),
+                "-f",
+                "invert",
+                "-o",
+                str(tmp_path / "remote"),
+                "--cluster",
+                "local:2",
+                "-q",
+                "--preset",
+                "ultrafast",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main([str(src), "-f", "invert", "-o", str(tmp_path / "local"), "-w", "1", "-q", "--preset", "ultrafast"]) == 0
+    )
     for png in (tmp_path / "local").rglob("*.png"):
         assert png.read_bytes() == (tmp_path / "remote" / png.relative_to(tmp_path / "local")).read_bytes()
     a, b = probe_video(tmp_path / "local" / "clip.mp4"), probe_video(tmp_path / "remote" / "clip.mp4")

@@ -2,11 +2,12 @@
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from faultfilters import boxmean, jittery_boxmean, negate, numpy_boxsum
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from filters import Chain, FilterError, filter
 from tiler.engine import Engine, check_frame
-from faultfilters import boxmean, jittery_boxmean, negate, numpy_boxsum
 
 
 def frame_of(rng, shape, dtype):
@@ -23,10 +24,13 @@ def engine2():
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
-    h=st.integers(1, 40), w=st.integers(1, 40),
+    h=st.integers(1, 40),
+    w=st.integers(1, 40),
     channels=st.sampled_from([None, 1, 3, 4]),
     dtype=st.sampled_from([np.uint8, np.uint16, np.float32]),
-    tile=st.integers(1, 50), r1=st.integers(0, 4), r2=st.integers(0, 3),
+    tile=st.integers(1, 50),
+    r1=st.integers(0, 4),
+    r2=st.integers(0, 3),
 )
 def test_chain_over_tiles_equals_chain_on_whole_frame(engine2, h, w, channels, dtype, tile, r1, r2):
     rng = np.random.default_rng(h * 1000 + w)
@@ -72,8 +76,15 @@ def test_map_frames_keeps_order_and_bounds_look_ahead():
 
 def test_frames_of_changing_size_and_dtype_in_one_stream():
     rng = np.random.default_rng(3)
-    frames = [frame_of(rng, s, d) for s, d in [((10, 10), np.uint8), ((80, 33, 4), np.uint16),
-                                                 ((5, 200, 3), np.float32), ((80, 33, 4), np.uint16)]]
+    frames = [
+        frame_of(rng, s, d)
+        for s, d in [
+            ((10, 10), np.uint8),
+            ((80, 33, 4), np.uint16),
+            ((5, 200, 3), np.float32),
+            ((80, 33, 4), np.uint16),
+        ]
+    ]
     with Engine(workers=2, frames_in_flight=2, inline_below=0) as e:
         outs = list(e.map_frames(frames, [boxmean(radius=2), negate]))
     for f, o in zip(frames, outs):

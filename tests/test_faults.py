@@ -4,13 +4,13 @@ import os
 import signal
 import time
 
+import faultfilters as ff
 import numpy as np
 import pytest
 
 from filters import Chain
 from tiler.engine import Engine
 from tiler.errors import FilterFailed, TileTimeout, WorkerDied
-import faultfilters as ff
 
 FRAME = np.random.default_rng(0).integers(0, 255, (200, 160, 3), dtype=np.uint8)
 
@@ -37,10 +37,14 @@ def test_exception_that_cannot_be_pickled_is_reported():
         run(ff.raises_unpicklable)
 
 
-@pytest.mark.parametrize("bad, text", [
-    (ff.wrong_shape, "expected uint8"), (ff.wrong_dtype, "float64"),
-    (ff.not_an_array, "not a numpy array"),
-])
+@pytest.mark.parametrize(
+    "bad, text",
+    [
+        (ff.wrong_shape, "expected uint8"),
+        (ff.wrong_dtype, "float64"),
+        (ff.not_an_array, "not a numpy array"),
+    ],
+)
 def test_invalid_results_are_named(bad, text):
     with pytest.raises(FilterFailed, match=f"{bad.name}' returned an invalid result.*{text}"):
         run(bad)
@@ -111,8 +115,10 @@ def test_only_the_poisoned_frame_fails_not_the_ones_queued_behind_it():
     good = np.zeros((64, 64), np.uint8)
     # One worker, one tile per frame: the good frame's task waits on the same worker behind the poison.
     with Engine(workers=1, frames_in_flight=2, tile_size=64, inline_below=0) as e:
-        jobs = [Frame(f"f{i}", f.shape, f.dtype, load=Inline(_copy_from(f)), store=Inline(_copy_out))
-                for i, f in enumerate([poison, good, good])]
+        jobs = [
+            Frame(f"f{i}", f.shape, f.dtype, load=Inline(_copy_from(f)), store=Inline(_copy_out))
+            for i, f in enumerate([poison, good, good])
+        ]
         done = [(frame.label, frame.error) for frame in e.run(jobs, ff.kill_if_marked)]
     assert [label for label, _ in done] == ["f0", "f1", "f2"]
     assert isinstance(done[0][1], WorkerDied) and "2 times" in str(done[0][1])

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import re
 
+import filterdefs
 import numpy as np
 import pytest
 
-import filterdefs
 from filters import BoxBlur, Chain, FunctionFilter, filter, resolve
 from filters.registry import BUILTINS
 from filters.testing import check_filter
@@ -55,7 +55,9 @@ def test_fails_a_halo_that_is_one_short_of_a_chain():
 
 
 def test_fails_a_global_statistic():
-    with pytest.raises(AssertionError, match=r"is not seamless: .*depend on the whole frame \(a global mean, min or max\?\)"):
+    with pytest.raises(
+        AssertionError, match=r"is not seamless: .*depend on the whole frame \(a global mean, min or max\?\)"
+    ):
         check_filter(filterdefs.global_mean)
 
 
@@ -70,12 +72,16 @@ def test_fails_nondeterminism():
 
 
 def test_fails_the_wrong_dtype():
-    with pytest.raises(AssertionError, match=r"wrong_dtype failed on a uint8 frame .*returned float64\[.*\], expected uint8"):
+    with pytest.raises(
+        AssertionError, match=r"wrong_dtype failed on a uint8 frame .*returned float64\[.*\], expected uint8"
+    ):
         check_filter(filterdefs.wrong_dtype)
 
 
 def test_dtypes_and_channels_can_be_narrowed():
-    with pytest.raises(AssertionError, match=r"uint8_only failed on a uint16 frame .*pass dtypes=\.\.\. or channels=\.\.\."):
+    with pytest.raises(
+        AssertionError, match=r"uint8_only failed on a uint16 frame .*pass dtypes=\.\.\. or channels=\.\.\."
+    ):
         check_filter(filterdefs.uint8_only)
     check_filter(filterdefs.uint8_only, dtypes=[np.uint8])
     check_filter(BoxBlur(radius=2), dtypes=["float32"], channels=[3], shapes=[(40, 30)], seed=5)

@@ -163,9 +163,7 @@ NEIGHBOURHOOD = [
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("layout", LAYOUTS, ids=lambda c: f"c{c}")
-@pytest.mark.parametrize(
-    "f, ref, params, clip, tol", NEIGHBOURHOOD, ids=[c[0].describe() for c in NEIGHBOURHOOD]
-)
+@pytest.mark.parametrize("f, ref, params, clip, tol", NEIGHBOURHOOD, ids=[c[0].describe() for c in NEIGHBOURHOOD])
 def test_neighbourhood_filter_matches_reference(f, ref, params, clip, tol, dtype, layout):
     rng = np.random.default_rng(7)
     frame = random_frame(rng, shape_of(layout), dtype)

@@ -29,12 +29,13 @@ import signal
 import struct
 import tempfile
 import zlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
-from hypothesis import Phase, example, given, settings, strategies as st
+from hypothesis import Phase, example, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 import tiler
@@ -213,8 +214,9 @@ def _gif_trns(h, w, s):
 @_seed("GIF", "animated")
 def _gif_anim(h, w, s):
     frames = [_pil_image("P", h, w, s + k) for k in range(3)]
-    return _save(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=[40, 50, 60], loop=0,
-                 disposal=[1, 2, 1])
+    return _save(
+        frames[0], "GIF", save_all=True, append_images=frames[1:], duration=[40, 50, 60], loop=0, disposal=[1, 2, 1]
+    )
 
 
 @_seed("WEBP", "RGB lossy")
@@ -235,8 +237,9 @@ def _webp_exif(h, w, s):
 @_seed("WEBP", "animated")
 def _webp_anim(h, w, s):
     frames = [_pil_image("RGBA", h, w, s + k) for k in range(3)]
-    return _save(frames[0], "WEBP", save_all=True, append_images=frames[1:], duration=[40, 50, 60], loop=0,
-                 lossless=True)
+    return _save(
+        frames[0], "WEBP", save_all=True, append_images=frames[1:], duration=[40, 50, 60], loop=0, lossless=True
+    )
 
 
 @functools.cache
@@ -262,8 +265,14 @@ def _png_metadata(h, w, s):
     text.add_text("Comment", "fuzz")
     text.add_text("Title", "z" * 40, zip=True)
     text.add_itxt("XML:com.adobe.xmp", meta["xmp"].decode())
-    return _save(_pil_image("RGB", h, w, s), "PNG", pnginfo=text, exif=meta["exif"], icc_profile=meta["icc_profile"],
-                 dpi=meta["dpi"])
+    return _save(
+        _pil_image("RGB", h, w, s),
+        "PNG",
+        pnginfo=text,
+        exif=meta["exif"],
+        icc_profile=meta["icc_profile"],
+        dpi=meta["dpi"],
+    )
 
 
 @_seed("JPEG", "RGB+metadata")
@@ -274,22 +283,34 @@ def _jpeg_metadata(h, w, s):
 @_seed("TIFF", "RGB+metadata")
 def _tiff_metadata(h, w, s):
     meta = _metadata()
-    return _save(_pil_image("RGB", h, w, s), "TIFF", exif=meta["exif"], icc_profile=meta["icc_profile"],
-                 dpi=meta["dpi"], xmp=meta["xmp"])
+    return _save(
+        _pil_image("RGB", h, w, s),
+        "TIFF",
+        exif=meta["exif"],
+        icc_profile=meta["icc_profile"],
+        dpi=meta["dpi"],
+        xmp=meta["xmp"],
+    )
 
 
 @_seed("WEBP", "RGB+metadata")
 def _webp_metadata(h, w, s):
     meta = _metadata()
-    return _save(_pil_image("RGB", h, w, s), "WEBP", lossless=True, exif=meta["exif"], icc_profile=meta["icc_profile"],
-                 xmp=meta["xmp"])
+    return _save(
+        _pil_image("RGB", h, w, s),
+        "WEBP",
+        lossless=True,
+        exif=meta["exif"],
+        icc_profile=meta["icc_profile"],
+        xmp=meta["xmp"],
+    )
 
 
 SEED_KEYS = sorted(SEEDS)
 SIZES = [(1, 1), (1, 9), (7, 1), (5, 7), (16, 16), (13, 31), (131, 140)]  # the last one is tiled on workers
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def seed_file(fmt: str, variant: str, h: int, w: int, seed: int) -> bytes:
     return SEEDS[(fmt, variant)](h, w, seed)
 
@@ -432,7 +453,7 @@ def png_chunk_flip(data: bytes, index: int, offset: int, xor: int) -> bytes:
     start, n = chunks[index % len(chunks)]
     out = bytearray(data)
     out[start + offset % n] ^= xor
-    struct.pack_into(">I", out, start + n, zlib.crc32(bytes(out[start - 4:start + n])))
+    struct.pack_into(">I", out, start + n, zlib.crc32(bytes(out[start - 4 : start + n])))
     return bytes(out)
 
 
@@ -470,8 +491,9 @@ MAGIC = {
     "WEBP": [b"RIFF\x00\x00\x00\x00WEBP", b"RIFF\xff\xff\xff\xffWEBPVP8X", b"RIFF\x00\x10\x00\x00WEBPVP8L"],
 }
 FORMATS = sorted(MAGIC)
-DIM_VALUES = st.sampled_from([0, 1, 2, 255, 256, 2000, 2001, 16383, 16384, 65535, 65536, 2**31 - 1, 2**31,
-                              2**32 - 1]) | st.integers(0, 3000)
+DIM_VALUES = st.sampled_from(
+    [0, 1, 2, 255, 256, 2000, 2001, 16383, 16384, 65535, 65536, 2**31 - 1, 2**31, 2**32 - 1]
+) | st.integers(0, 3000)
 
 
 @st.composite
@@ -509,11 +531,11 @@ def mutated_file(draw):
             data = data[:pos]
         elif op == "flip":
             if data:
-                data = data[:pos] + bytes([data[pos] ^ draw(st.integers(1, 255))]) + data[pos + 1:]
+                data = data[:pos] + bytes([data[pos] ^ draw(st.integers(1, 255))]) + data[pos + 1 :]
         elif op == "insert":
             data = data[:pos] + draw(st.binary(min_size=1, max_size=16)) + data[pos:]
         else:
-            data = data[:pos] + data[pos + draw(st.integers(1, 16)):]
+            data = data[:pos] + data[pos + draw(st.integers(1, 16)) :]
         steps.append(f"{op} at {pos}")
     return fmt, "; ".join(steps), data
 
@@ -552,8 +574,9 @@ def broken_exif_png() -> bytes:
 
 def broken_exif_webp() -> bytes:
     """A 2x1 lossless WebP with an EXIF chunk that does not start with a TIFF header."""
-    data = _save(Image.fromarray(np.array([[[10, 20, 30], [200, 100, 0]]], np.uint8)), "WEBP", lossless=True,
-                 exif=BROKEN_EXIF)
+    data = _save(
+        Image.fromarray(np.array([[[10, 20, 30], [200, 100, 0]]], np.uint8)), "WEBP", lossless=True, exif=BROKEN_EXIF
+    )
     assert b"EXIF" in data and BROKEN_EXIF in data
     return data
 
@@ -643,8 +666,12 @@ def in_process(src: Path, out: Path) -> Path:
 
 
 # Derandomized: the same examples on every run, so CI is stable. TILEPROC_FUZZ_EXPLORE=1 draws new ones.
-FUZZ = dict(database=None, deadline=None, derandomize=not os.environ.get("TILEPROC_FUZZ_EXPLORE"),
-            phases=(Phase.explicit, Phase.generate, Phase.shrink))
+FUZZ = dict(
+    database=None,
+    deadline=None,
+    derandomize=not os.environ.get("TILEPROC_FUZZ_EXPLORE"),
+    phases=(Phase.explicit, Phase.generate, Phase.shrink),
+)
 
 
 def found_cases(f):

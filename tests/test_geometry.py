@@ -1,14 +1,18 @@
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tiler.geometry import Rect, TileGrid, default_tile_shape
 
 
 @settings(max_examples=200, deadline=None)
 @given(
-    h=st.integers(1, 60), w=st.integers(1, 60),
-    th=st.integers(1, 70), tw=st.integers(1, 70), halo=st.integers(0, 80),
+    h=st.integers(1, 60),
+    w=st.integers(1, 60),
+    th=st.integers(1, 70),
+    tw=st.integers(1, 70),
+    halo=st.integers(0, 80),
 )
 def test_cores_cover_frame_exactly_once_and_windows_contain_them(h, w, th, tw, halo):
     grid = TileGrid(h, w, (th, tw), halo)

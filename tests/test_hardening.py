@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import faultfilters as ff
 import numpy as np
 import pytest
 from PIL import Image
@@ -19,7 +20,6 @@ from filters import Chain, FilterError
 from tiler.cli import main
 from tiler.engine import Engine
 from tiler.errors import TileprocError
-import faultfilters as ff
 
 TESTS = Path(__file__).resolve().parent
 BEAR = TESTS / "data" / "bear_vp9_odd_161x121.webm"
@@ -128,8 +128,15 @@ def run_limited(args, limit_bytes, cwd):
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
 
     env = dict(os.environ, PYTHONPATH=str(TESTS))
-    return subprocess.run([sys.executable, "-m", "tiler", *args], preexec_fn=limit, cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "tiler", *args],
+        preexec_fn=limit,
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_file_size_limit_below_a_frame_slot_is_refused_cleanly(tmp_path):
@@ -143,8 +150,7 @@ def test_file_size_limit_below_a_frame_slot_is_refused_cleanly(tmp_path):
 
 def noisy_gif(path, frames=20, side=64):
     rng = np.random.default_rng(0)
-    ims = [Image.fromarray(rng.integers(0, 255, (side, side, 3), dtype=np.uint8)).quantize(64)
-           for _ in range(frames)]
+    ims = [Image.fromarray(rng.integers(0, 255, (side, side, 3), dtype=np.uint8)).quantize(64) for _ in range(frames)]
     ims[0].save(path, save_all=True, append_images=ims[1:], duration=100, loop=0)
 
 
@@ -173,8 +179,10 @@ def test_video_write_error_leaves_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("name", ["-dash.png", "a:b.png", "new\nline.png", "émoji 🎞.png",
-                                  os.fsdecode(b"bytes\xff\xfe.png"), "x" * 200 + ".png"])
+@pytest.mark.parametrize(
+    "name",
+    ["-dash.png", "a:b.png", "new\nline.png", "émoji 🎞.png", os.fsdecode(b"bytes\xff\xfe.png"), "x" * 200 + ".png"],
+)
 def test_odd_names_in_a_folder(tmp_path, name, capsys):
     src = tmp_path / "in"
     src.mkdir()
@@ -228,8 +236,9 @@ def test_symlinks_in_the_input_tree_are_not_followed(tmp_path):
     (src / "dangling.png").symlink_to(tmp_path / "nope.png")
     (src / "linked.png").symlink_to(outside / "secret.png")
     assert main([str(src), "-f", "invert", "-o", str(tmp_path / "out"), "-q"]) == 0
-    assert sorted(p.relative_to(tmp_path / "out").as_posix()
-                  for p in (tmp_path / "out").rglob("*") if p.is_file()) == ["sub/a.png"]
+    assert sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*") if p.is_file()) == [
+        "sub/a.png"
+    ]
 
 
 def test_nothing_written_through_a_symlink_planted_in_the_output(tmp_path, capsys):
@@ -259,11 +268,34 @@ def test_output_name_collisions_detected_before_any_work(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "a.jpg" in err and "a.png" in err
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["c.png"]
-    assert main([str(src / "a.png"), str(tmp_path / "tmp.png"), str(src / "c.png"), "-f", "invert",
-                 "-o", str(tmp_path / "o2") + "/"]) == 0
+    assert (
+        main(
+            [
+                str(src / "a.png"),
+                str(tmp_path / "tmp.png"),
+                str(src / "c.png"),
+                "-f",
+                "invert",
+                "-o",
+                str(tmp_path / "o2") + "/",
+            ]
+        )
+        == 0
+    )
     (tmp_path / "o3").mkdir()
-    assert main([str(src / "a.png"), str(tmp_path / "in" / ".." / "in" / "a.png"), "-f", "invert",
-                 "-o", str(tmp_path / "o3")]) == 2
+    assert (
+        main(
+            [
+                str(src / "a.png"),
+                str(tmp_path / "in" / ".." / "in" / "a.png"),
+                "-f",
+                "invert",
+                "-o",
+                str(tmp_path / "o3"),
+            ]
+        )
+        == 2
+    )
 
 
 def test_output_folder_inside_input_folder_is_never_read_back(tmp_path):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
 import pickle
 import struct
 import zlib
@@ -324,7 +323,7 @@ def test_alpha_kept_where_the_format_allows(tmp_path):
         write_image(a, tmp_path / f"o{ext}", info)
         np.testing.assert_array_equal(read_image(probe_image(tmp_path / f"o{ext}")), a)
     # JPEG and BMP: composited over white
-    expected = ((a[..., :3].astype(np.uint32) * a[..., 3:] + 255 * (255 - a[..., 3:].astype(np.uint32)) + 127) // 255)
+    expected = (a[..., :3].astype(np.uint32) * a[..., 3:] + 255 * (255 - a[..., 3:].astype(np.uint32)) + 127) // 255
     write_image(a, tmp_path / "o.bmp", info)
     np.testing.assert_array_equal(read_image(probe_image(tmp_path / "o.bmp")), expected.astype(np.uint8))
     write_image(a, tmp_path / "o.jpg", info)
@@ -633,8 +632,16 @@ def test_animation_keeps_identical_frames_and_holes(ext, tmp_path):
             f[5:10, 5:10, 3] = 0  # a hole that must not show frame 2
             f[5:10, 5:10, :3] = 0
         frames.append(f)
-    src_info = ImageInfo(path=tmp_path / "none.gif", format="GIF", shape=(H, W, 4), dtype=np.dtype(np.uint8),
-                         n_frames=5, mode="P", durations=(50, 60, 70, 80, 90), loop=2)
+    src_info = ImageInfo(
+        path=tmp_path / "none.gif",
+        format="GIF",
+        shape=(H, W, 4),
+        dtype=np.dtype(np.uint8),
+        n_frames=5,
+        mode="P",
+        durations=(50, 60, 70, 80, 90),
+        loop=2,
+    )
     dst = tmp_path / f"o{ext}"
     write_animation(frames, dst, src_info)
     out = probe_image(dst)
@@ -741,9 +748,7 @@ def test_bomb_refused_before_allocation(tmp_path, monkeypatch):
     monkeypatch.setattr(Image.Image, "load", lambda self: pytest.fail("decoded a bomb"))
     with pytest.raises(InputError) as err:
         probe_image(p)
-    assert str(err.value) == (
-        f"{p}: 40000x40000 = 1600000000 pixels exceeds the limit of 178956970 (--max-pixels)"
-    )
+    assert str(err.value) == (f"{p}: 40000x40000 = 1600000000 pixels exceeds the limit of 178956970 (--max-pixels)")
 
 
 def test_gif_and_webp_bombs_refused_from_their_headers(tmp_path):

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from leaks import alive, cmdline, descendants, wait_until
 
 import tiler
 from filters.registry import resolve
 from tiler.engine import Engine
 from tiler.errors import FilterFailed, OutputExists, WorkerDied
 from tiler.io.video import VideoReader, ffmpeg_exe, probe_video
-from leaks import alive, cmdline, descendants, wait_until
 
 TESTS = Path(__file__).resolve().parent
 BEAR = TESTS / "data" / "bear_vp9_odd_161x121.webm"
@@ -71,11 +71,38 @@ def test_odd_sized_webm_to_mp4_is_padded_not_stretched(tmp_path):
 def test_rotated_clip_comes_out_upright(tmp_path):
     # top half bright, bottom dark, stored rotated by 90 degrees with display metadata
     src = tmp_path / "rot.mp4"
-    subprocess.run([ffmpeg_exe(), "-v", "error", "-f", "lavfi", "-i",
-                    "color=white:size=64x48:rate=10:duration=0.5,drawbox=y=24:h=24:w=64:color=black:t=fill",
-                    "-c:v", "libx264", "-pix_fmt", "yuv420p", str(tmp_path / "plain.mp4")], check=True)
-    subprocess.run([ffmpeg_exe(), "-v", "error", "-display_rotation", "90", "-i", str(tmp_path / "plain.mp4"),
-                    "-c", "copy", str(src)], check=True)
+    subprocess.run(
+        [
+            ffmpeg_exe(),
+            "-v",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "color=white:size=64x48:rate=10:duration=0.5,drawbox=y=24:h=24:w=64:color=black:t=fill",
+            "-c:v",
+            "libx264",
+            "-pix_fmt",
+            "yuv420p",
+            str(tmp_path / "plain.mp4"),
+        ],
+        check=True,
+    )
+    subprocess.run(
+        [
+            ffmpeg_exe(),
+            "-v",
+            "error",
+            "-display_rotation",
+            "90",
+            "-i",
+            str(tmp_path / "plain.mp4"),
+            "-c",
+            "copy",
+            str(src),
+        ],
+        check=True,
+    )
     assert probe_video(src).rotation in (90, 270)
     dst = tmp_path / "out.mp4"
     tiler.process_video(src, dst, "invert", workers=2)
@@ -125,12 +152,23 @@ def test_killed_worker_mid_video_fails_cleanly(tmp_path):
 def test_ctrl_c_mid_video(tmp_path):
     dst = tmp_path / "out.mp4"
     env = dict(os.environ, PYTHONPATH=str(TESTS))
-    proc = subprocess.Popen([sys.executable, "-m", "tiler", str(BEAR), "-f", "faultfilters:slow:seconds=0.05",
-                             "-o", str(dst), "-w", "2"], env=env, cwd=tmp_path, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tiler", str(BEAR), "-f", "faultfilters:slow:seconds=0.05", "-o", str(dst), "-w", "2"],
+        env=env,
+        cwd=tmp_path,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
-        assert wait_until(lambda: any("ffmpeg" in open(f"/proc/{p}/cmdline").read()
-                                      for p in descendants(proc.pid) if os.path.exists(f"/proc/{p}")), 20)
+        assert wait_until(
+            lambda: any(
+                "ffmpeg" in open(f"/proc/{p}/cmdline").read()
+                for p in descendants(proc.pid)
+                if os.path.exists(f"/proc/{p}")
+            ),
+            20,
+        )
         time.sleep(0.5)
         os.killpg(proc.pid, signal.SIGINT)
         _, err = proc.communicate(timeout=15)
@@ -146,9 +184,25 @@ def test_ctrl_c_mid_video(tmp_path):
 def test_killed_master_mid_video_leaves_no_process_and_next_run_sweeps(tmp_path):
     dst = tmp_path / "out.mp4"
     env = dict(os.environ, PYTHONPATH=str(TESTS))
-    proc = subprocess.Popen([sys.executable, "-m", "tiler", str(BEAR), "-f", "faultfilters:slow:seconds=0.05",
-                             "-o", str(dst), "-w", "2", "-q"], env=env, cwd=tmp_path,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tiler",
+            str(BEAR),
+            "-f",
+            "faultfilters:slow:seconds=0.05",
+            "-o",
+            str(dst),
+            "-w",
+            "2",
+            "-q",
+        ],
+        env=env,
+        cwd=tmp_path,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
 
     def ffmpegs():
         return [p for p in descendants(proc.pid) if "ffmpeg" in cmdline(p)]
@@ -163,4 +217,3 @@ def test_killed_master_mid_video_leaves_no_process_and_next_run_sweeps(tmp_path)
     assert not dst.exists()
     assert tiler.process_video(BEAR, dst, "invert", workers=2) == dst
     assert sorted(os.listdir(tmp_path)) == ["out.mp4"]
-

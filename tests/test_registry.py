@@ -9,10 +9,10 @@ import sys
 import textwrap
 from pathlib import Path
 
+import filterdefs
 import numpy as np
 import pytest
 
-import filterdefs
 from filters import (
     BoxBlur,
     Chain,
@@ -115,8 +115,16 @@ def test_bool_int_float_str_params_parse_by_default_type():
     (f,) = resolve("filterdefs:Levels:gain=2,steps=4,clip=no,mode=square").filters
     assert f == filterdefs.Levels(gain=2.0, steps=4, clip=False, mode="square")
     assert isinstance(f.gain, float)
-    for text, value in [("true", True), ("Yes", True), ("1", True), ("on", True),
-                        ("FALSE", False), ("no", False), ("0", False), ("off", False)]:
+    for text, value in [
+        ("true", True),
+        ("Yes", True),
+        ("1", True),
+        ("on", True),
+        ("FALSE", False),
+        ("no", False),
+        ("0", False),
+        ("off", False),
+    ]:
         assert resolve(f"filterdefs:Levels:clip={text}").filters[0].clip is value
     with pytest.raises(FilterError, match=r"^levels: clip must be true or false \(or yes/no, 1/0\), got 'maybe'$"):
         resolve("filterdefs:Levels:clip=maybe")
@@ -177,7 +185,9 @@ def test_module_attr_errors():
         resolve("filterdefs:boxmean_nq")
     with pytest.raises(FilterError, match=r"SOFTEN is a chain .* takes no parameters; got radius"):
         resolve("filterdefs:SOFTEN:radius=1")
-    with pytest.raises(FilterError, match=r"^boxmean_np: unknown parameter 'radiu' \(did you mean radius\?\); known: radius$"):
+    with pytest.raises(
+        FilterError, match=r"^boxmean_np: unknown parameter 'radiu' \(did you mean radius\?\); known: radius$"
+    ):
         resolve("filterdefs:boxmean_np:radiu=2")
 
 
@@ -248,7 +258,11 @@ def test_file_attr_filters_unpickle_in_a_fresh_process(plugin_file):
         """
     )
     done = subprocess.run(
-        [sys.executable, "-c", code], input=blob, capture_output=True, cwd="/", timeout=60,
+        [sys.executable, "-c", code],
+        input=blob,
+        capture_output=True,
+        cwd="/",
+        timeout=60,
         env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
     )
     assert done.returncode == 0, done.stderr.decode()

@@ -18,8 +18,13 @@ DTYPES = [np.uint8, np.uint16, np.float32]
 CHANNELS = [None, 1, 3, 4]
 TILES = [1, 5, 16, 1000]
 VARIANTS = [
-    "median:size=7", "blur:sigma=2.5", "boxblur:radius=4", "sharpen:sigma=1.5,amount=2,threshold=0.1",
-    "blur:sigma=1.5,median:size=5,sharpen", "edges,invert,gamma:gamma=2.2", "emboss,contrast:contrast=1.5",
+    "median:size=7",
+    "blur:sigma=2.5",
+    "boxblur:radius=4",
+    "sharpen:sigma=1.5,amount=2,threshold=0.1",
+    "blur:sigma=1.5,median:size=5,sharpen",
+    "edges,invert,gamma:gamma=2.2",
+    "emboss,contrast:contrast=1.5",
 ]
 
 
@@ -35,8 +40,19 @@ def frame_of(rng, shape, dtype):
 
 def test_every_builtin_is_covered():
     names = {info.name for info in available() if info.source == "built-in"}
-    assert {"blur", "boxblur", "sharpen", "edges", "emboss", "median", "grayscale", "invert",
-            "contrast", "gamma", "threshold"} <= names
+    assert {
+        "blur",
+        "boxblur",
+        "sharpen",
+        "edges",
+        "emboss",
+        "median",
+        "grayscale",
+        "invert",
+        "contrast",
+        "gamma",
+        "threshold",
+    } <= names
 
 
 @pytest.mark.parametrize("workers", [1, 2])

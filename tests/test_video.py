@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from leaks import descendants
+
 from tiler.errors import InputError, OutputError, OutputExists, VideoError
 from tiler.io.video import (
     VIDEO_EXTENSIONS,
@@ -45,32 +45,113 @@ def ff(*args: str) -> None:
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("clips")
-    c = {name: d / name for name in (
-        "ntsc24.mp4", "ntsc30.mkv", "upright.mp4", "rotated.mp4", "vfr.mp4", "tenbit.mp4", "fullrange.mp4")}
+    c = {
+        name: d / name
+        for name in ("ntsc24.mp4", "ntsc30.mkv", "upright.mp4", "rotated.mp4", "vfr.mp4", "tenbit.mp4", "fullrange.mp4")
+    }
     x264 = ["-c:v", "libx264", "-preset", "ultrafast", "-crf", "12"]
     # 24000/1001 with two audio streams that run past the video
-    ff("-f", "lavfi", "-i", "testsrc2=s=96x64:r=24000/1001:d=1,gblur=sigma=1.5",
-       "-f", "lavfi", "-i", "sine=f=440:sample_rate=48000:d=1.6",
-       "-f", "lavfi", "-i", "sine=f=880:sample_rate=44100:d=1.6",
-       "-map", "0", "-map", "1", "-map", "2", *x264, "-pix_fmt", "yuv420p", "-c:a", "aac", str(c["ntsc24.mp4"]))
+    ff(
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=s=96x64:r=24000/1001:d=1,gblur=sigma=1.5",
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=f=440:sample_rate=48000:d=1.6",
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=f=880:sample_rate=44100:d=1.6",
+        "-map",
+        "0",
+        "-map",
+        "1",
+        "-map",
+        "2",
+        *x264,
+        "-pix_fmt",
+        "yuv420p",
+        "-c:a",
+        "aac",
+        str(c["ntsc24.mp4"]),
+    )
     # 30000/1001 in Matroska, whose timestamps are rounded to milliseconds
-    ff("-f", "lavfi", "-i", "testsrc2=s=96x64:r=30000/1001:d=1,gblur=sigma=1.5", *x264, "-pix_fmt", "yuv420p",
-       str(c["ntsc30.mkv"]))
+    ff(
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=s=96x64:r=30000/1001:d=1,gblur=sigma=1.5",
+        *x264,
+        "-pix_fmt",
+        "yuv420p",
+        str(c["ntsc30.mkv"]),
+    )
     # top half bright, bottom half dark; then rotated by metadata only
-    ff("-f", "lavfi", "-i", "color=c=white:s=64x48:r=25:d=0.4,drawbox=x=0:y=24:w=64:h=24:c=black:t=fill",
-       *x264, "-pix_fmt", "yuv420p", str(c["upright.mp4"]))
+    ff(
+        "-f",
+        "lavfi",
+        "-i",
+        "color=c=white:s=64x48:r=25:d=0.4,drawbox=x=0:y=24:w=64:h=24:c=black:t=fill",
+        *x264,
+        "-pix_fmt",
+        "yuv420p",
+        str(c["upright.mp4"]),
+    )
     ff("-display_rotation", "90", "-i", str(c["upright.mp4"]), "-c", "copy", str(c["rotated.mp4"]))
     # variable frame rate: one frame in four dropped, timestamps kept
-    ff("-f", "lavfi", "-i", "testsrc2=s=64x48:r=30:d=2,gblur=sigma=1.5", "-f", "lavfi", "-i", "sine=d=2.5",
-       "-vf", r"select=not(eq(mod(n\,4)\,1))", "-fps_mode", "vfr", *x264, "-pix_fmt", "yuv420p",
-       "-c:a", "aac", str(c["vfr.mp4"]))
-    ff("-f", "lavfi", "-i", "testsrc2=s=96x64:r=25:d=0.4,gblur=sigma=1.5", *x264, "-pix_fmt", "yuv420p10le",
-       str(c["tenbit.mp4"]))
+    ff(
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=s=64x48:r=30:d=2,gblur=sigma=1.5",
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=d=2.5",
+        "-vf",
+        r"select=not(eq(mod(n\,4)\,1))",
+        "-fps_mode",
+        "vfr",
+        *x264,
+        "-pix_fmt",
+        "yuv420p",
+        "-c:a",
+        "aac",
+        str(c["vfr.mp4"]),
+    )
+    ff(
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=s=96x64:r=25:d=0.4,gblur=sigma=1.5",
+        *x264,
+        "-pix_fmt",
+        "yuv420p10le",
+        str(c["tenbit.mp4"]),
+    )
     # full range, BT.709 tags: dark grey (16) left, light grey (235) right
-    ff("-f", "lavfi", "-i", "color=c=0x101010:s=64x48:r=25:d=0.4,drawbox=x=32:y=0:w=32:h=48:c=0xEBEBEB:t=fill",
-       "-vf", "setparams=color_primaries=bt709:color_trc=bt709", *x264, "-pix_fmt", "yuv420p",
-       "-color_range", "pc", "-colorspace", "bt709",
-       "-color_primaries", "bt709", "-color_trc", "bt709", str(c["fullrange.mp4"]))
+    ff(
+        "-f",
+        "lavfi",
+        "-i",
+        "color=c=0x101010:s=64x48:r=25:d=0.4,drawbox=x=32:y=0:w=32:h=48:c=0xEBEBEB:t=fill",
+        "-vf",
+        "setparams=color_primaries=bt709:color_trc=bt709",
+        *x264,
+        "-pix_fmt",
+        "yuv420p",
+        "-color_range",
+        "pc",
+        "-colorspace",
+        "bt709",
+        "-color_primaries",
+        "bt709",
+        "-color_trc",
+        "bt709",
+        str(c["fullrange.mp4"]),
+    )
     return {k.split(".")[0]: v for k, v in c.items()} | {"bear": BEAR}
 
 
@@ -87,8 +168,11 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 def stream_seconds(path: Path, index: int) -> float:
     """Duration of one stream from its packets' timestamps."""
-    out = subprocess.run([ffmpeg_exe(), "-v", "error", "-i", str(path), "-map", f"0:{index}", "-c", "copy",
-                          "-f", "framecrc", "-"], capture_output=True, check=True).stdout.decode()
+    out = subprocess.run(
+        [ffmpeg_exe(), "-v", "error", "-i", str(path), "-map", f"0:{index}", "-c", "copy", "-f", "framecrc", "-"],
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
     tb = Fraction(next(line for line in out.splitlines() if line.startswith("#tb")).split()[-1])
     packets = [[int(v) for v in line.split(",")[1:4]] for line in out.splitlines() if not line.startswith("#")]
     start = min(p[1] for p in packets)
@@ -254,8 +338,11 @@ def test_reader_ten_bit_as_uint16_and_uint8(clips):
 def test_reader_rejects_a_wrong_buffer(clips):
     info = probe_video(clips["ntsc24"])
     with VideoReader(info) as r:
-        for bad in (np.zeros((64, 96, 3), np.uint16), np.zeros((64, 96, 4), np.uint8),
-                    np.zeros((96, 64, 3), np.uint8).T):
+        for bad in (
+            np.zeros((64, 96, 3), np.uint16),
+            np.zeros((64, 96, 4), np.uint8),
+            np.zeros((96, 64, 3), np.uint8).T,
+        ):
             with pytest.raises(ValueError):
                 r.readinto(bad)
 
@@ -336,8 +423,19 @@ def test_reader_dropped_without_close_is_reaped(clips):
 
 def test_truncated_file_is_never_silently_short(tmp_path):
     whole = tmp_path / "whole.mp4"
-    ff("-f", "lavfi", "-i", "testsrc2=s=320x240:r=25:d=2", "-c:v", "libx264", "-preset", "ultrafast",
-       "-movflags", "+faststart", str(whole))
+    ff(
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=s=320x240:r=25:d=2",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-movflags",
+        "+faststart",
+        str(whole),
+    )
     data = whole.read_bytes()
     cut = tmp_path / "cut.mp4"
     cut.write_bytes(data[: len(data) * 6 // 10])
@@ -364,11 +462,22 @@ def test_file_cut_before_its_index_is_refused(tmp_path):
 # round trips
 
 
-@pytest.mark.parametrize("name, ext", [
-    ("ntsc24", ".mp4"), ("vfr", ".webm"), ("ntsc30", ".mkv"), ("ntsc24", ".mov"),
-    ("bear", ".mp4"), ("bear", ".webm"), ("rotated", ".mp4"), ("vfr", ".mp4"),
-    ("tenbit", ".mp4"), ("tenbit", ".webm"), ("fullrange", ".mp4"),
-])
+@pytest.mark.parametrize(
+    "name, ext",
+    [
+        ("ntsc24", ".mp4"),
+        ("vfr", ".webm"),
+        ("ntsc30", ".mkv"),
+        ("ntsc24", ".mov"),
+        ("bear", ".mp4"),
+        ("bear", ".webm"),
+        ("rotated", ".mp4"),
+        ("vfr", ".mp4"),
+        ("tenbit", ".mp4"),
+        ("tenbit", ".webm"),
+        ("fullrange", ".mp4"),
+    ],
+)
 def test_roundtrip_keeps_count_rate_size_and_pixels(clips, tmp_path, name, ext):
     info = probe_video(clips[name])
     frames = read_all(info)
@@ -387,7 +496,10 @@ def test_roundtrip_keeps_count_rate_size_and_pixels(clips, tmp_path, name, ext):
     assert out.full_range == info.full_range
     if info.color_matrix:
         assert (out.color_matrix, out.color_primaries, out.color_transfer) == (
-            info.color_matrix, info.color_primaries, info.color_transfer)
+            info.color_matrix,
+            info.color_primaries,
+            info.color_transfer,
+        )
 
 
 def test_odd_size_padded_by_repeating_the_edge_for_h264(tmp_path):

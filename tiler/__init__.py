@@ -15,23 +15,55 @@ PosixPath('photo.tileproc.jpg')
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 import numpy as np
 
 from tiler.engine import Engine
-from tiler.errors import (FilterFailed, InputError, OutputError, OutputExists, TileprocError, TileTimeout,
-                          VideoError, WorkerDied, WorkerError)
+from tiler.errors import (
+    FilterFailed,
+    InputError,
+    OutputError,
+    OutputExists,
+    TileprocError,
+    TileTimeout,
+    VideoError,
+    WorkerDied,
+    WorkerError,
+)
 from tiler.pipeline import FileResult, Report
 
 __all__ = [
-    "process", "map_frames", "process_file", "process_folder", "process_video", "Engine",
-    "FileResult", "Report", "TileprocError", "InputError", "OutputError", "OutputExists",
-    "WorkerError", "FilterFailed", "WorkerDied", "TileTimeout", "VideoError",
+    "process",
+    "map_frames",
+    "process_file",
+    "process_folder",
+    "process_video",
+    "Engine",
+    "FileResult",
+    "Report",
+    "TileprocError",
+    "InputError",
+    "OutputError",
+    "OutputExists",
+    "WorkerError",
+    "FilterFailed",
+    "WorkerDied",
+    "TileTimeout",
+    "VideoError",
 ]
 
-_ENGINE_OPTIONS = ("tile_size", "frames_in_flight", "threads", "start_method", "retries",
-                   "tile_timeout", "progress", "inline_below")
+_ENGINE_OPTIONS = (
+    "tile_size",
+    "frames_in_flight",
+    "threads",
+    "start_method",
+    "retries",
+    "tile_timeout",
+    "progress",
+    "inline_below",
+)
 
 
 def _split(options: dict) -> tuple[dict, dict]:
@@ -39,8 +71,14 @@ def _split(options: dict) -> tuple[dict, dict]:
     return engine, options
 
 
-def process(frame: np.ndarray, chain: Any, *, workers: int | None = None,
-            tile_size: int | tuple[int, int] | None = None, **options: Any) -> np.ndarray:
+def process(
+    frame: np.ndarray,
+    chain: Any,
+    *,
+    workers: int | None = None,
+    tile_size: int | tuple[int, int] | None = None,
+    **options: Any,
+) -> np.ndarray:
     """Filter one numpy frame; returns a new array of the same shape and dtype.
 
     Parameters
@@ -64,8 +102,9 @@ def process(frame: np.ndarray, chain: Any, *, workers: int | None = None,
         return engine.process(frame, chain)
 
 
-def map_frames(frames: Iterable[np.ndarray], chain: Any, *, workers: int | None = None,
-               **options: Any) -> Iterator[np.ndarray]:
+def map_frames(
+    frames: Iterable[np.ndarray], chain: Any, *, workers: int | None = None, **options: Any
+) -> Iterator[np.ndarray]:
     """Filter an iterable of frames, yielding results in order, several in flight.
 
     Examples
@@ -99,8 +138,7 @@ def process_file(src, dst, chain: Any, *, workers: int | None = None, client: An
         return engine.process_file(src, dst, chain, **job)
 
 
-def process_folder(src, dst, chain: Any, *, workers: int | None = None, client: Any = None,
-                   **options: Any) -> Report:
+def process_folder(src, dst, chain: Any, *, workers: int | None = None, client: Any = None, **options: Any) -> Report:
     """Filter every image and video under ``src`` into ``dst`` (None: beside each input).
 
     A bad file fails alone; the returned :class:`Report` lists each file's outcome.

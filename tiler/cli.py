@@ -14,14 +14,14 @@ import argparse
 import os
 import signal
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from filters import FilterError
 from tiler.engine import Engine, resolve_chain
 from tiler.errors import TileprocError
-from tiler.io.images import DEFAULT_MAX_PIXELS
 from tiler.io.files import output_name
+from tiler.io.images import DEFAULT_MAX_PIXELS
 from tiler.pipeline import FileResult, is_supported, is_video
 from tiler.scheduler import Progress
 
@@ -63,7 +63,8 @@ def _extension(text: str) -> str:
     ext = "." + text.lower().lstrip(".")
     if ext not in IMAGE_EXTENSIONS:
         raise argparse.ArgumentTypeError(
-            f"unknown image format {text!r}; one of {', '.join(sorted(e[1:] for e in IMAGE_EXTENSIONS))}")
+            f"unknown image format {text!r}; one of {', '.join(sorted(e[1:] for e in IMAGE_EXTENSIONS))}"
+        )
     return ext
 
 
@@ -89,31 +90,60 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="tileproc",
         description="Filter images, folders and videos in parallel by overlapping tiles.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("inputs", nargs="+", metavar="IN", help="image, video or folder (recursive)")
-    p.add_argument("-f", "--filter", dest="filters", action="append", metavar="SPEC", default=[],
-                   help="filter spec, e.g. blur:sigma=3 or mod:func:radius=2; repeat to chain")
-    p.add_argument("-o", "--output", metavar="OUT",
-                   help="output file, or folder (for a folder or several inputs); "
-                        "default: NAME.tileproc.EXT beside each input")
-    p.add_argument("-w", "--workers", type=int, metavar="N",
-                   help="worker processes (default: one per available CPU)")
-    p.add_argument("--tile-size", type=_tile_size, metavar="N|RxC",
-                   help="core tile size in pixels (default: full-width strips)")
-    p.add_argument("--frames-in-flight", type=int, metavar="K", help="frames read, filtered and written at once (default 4)")
+    p.add_argument(
+        "-f",
+        "--filter",
+        dest="filters",
+        action="append",
+        metavar="SPEC",
+        default=[],
+        help="filter spec, e.g. blur:sigma=3 or mod:func:radius=2; repeat to chain",
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        metavar="OUT",
+        help="output file, or folder (for a folder or several inputs); default: NAME.tileproc.EXT beside each input",
+    )
+    p.add_argument("-w", "--workers", type=int, metavar="N", help="worker processes (default: one per available CPU)")
+    p.add_argument(
+        "--tile-size", type=_tile_size, metavar="N|RxC", help="core tile size in pixels (default: full-width strips)"
+    )
+    p.add_argument(
+        "--frames-in-flight", type=int, metavar="K", help="frames read, filtered and written at once (default 4)"
+    )
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no summary")
-    p.add_argument("--max-pixels", type=_positive(int), default=DEFAULT_MAX_PIXELS, metavar="N",
-                   help=f"refuse inputs with more pixels per frame (default {DEFAULT_MAX_PIXELS})")
-    p.add_argument("--tile-timeout", type=_positive(float), metavar="S",
-                   help="fail a tile that takes longer than S seconds (default: no limit)")
+    p.add_argument(
+        "--max-pixels",
+        type=_positive(int),
+        default=DEFAULT_MAX_PIXELS,
+        metavar="N",
+        help=f"refuse inputs with more pixels per frame (default {DEFAULT_MAX_PIXELS})",
+    )
+    p.add_argument(
+        "--tile-timeout",
+        type=_positive(float),
+        metavar="S",
+        help="fail a tile that takes longer than S seconds (default: no limit)",
+    )
     p.add_argument("--quality", type=int, metavar="Q", help="JPEG/WebP quality 1-100 (default: the input's)")
-    p.add_argument("--format", metavar="EXT", type=_extension,
-                   help="write images in this format (png, jpg, tif, webp, bmp, gif) instead of the input's")
-    p.add_argument("--cluster", metavar="ADDRESS",
-                   help="run on a Dask cluster: tcp://HOST:8786, or local[:N] for N worker processes here "
-                        "(pip install 'tileproc[dask]'); -w is then each Dask worker's engine size")
+    p.add_argument(
+        "--format",
+        metavar="EXT",
+        type=_extension,
+        help="write images in this format (png, jpg, tif, webp, bmp, gif) instead of the input's",
+    )
+    p.add_argument(
+        "--cluster",
+        metavar="ADDRESS",
+        help="run on a Dask cluster: tcp://HOST:8786, or local[:N] for N worker processes here "
+        "(pip install 'tileproc[dask]'); -w is then each Dask worker's engine size",
+    )
     v = p.add_argument_group("video")
     v.add_argument("--codec", help="ffmpeg encoder (default by container: libx264, libvpx-vp9, gif)")
     v.add_argument("--crf", type=float, help="constant quality (default: 18 for H.264, 31 for VP9)")
@@ -200,8 +230,9 @@ def _jobs(inputs: list[Path], output: str | None, ext: str | None) -> list[tuple
             continue
         key = os.path.normcase(os.path.abspath(target))
         if key in seen:
-            raise ValueError(f"{src} and {seen[key]} would both be written to {target}; "
-                             "give them different names or outputs")
+            raise ValueError(
+                f"{src} and {seen[key]} would both be written to {target}; give them different names or outputs"
+            )
         seen[key] = src
     return jobs
 
@@ -238,8 +269,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             Path(args.output).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            print(f"tileproc: error: {_one_line(args.output)}: cannot create the output folder "
-                  f"({exc.strerror or exc})", file=sys.stderr)
+            print(
+                f"tileproc: error: {_one_line(args.output)}: cannot create the output folder ({exc.strerror or exc})",
+                file=sys.stderr,
+            )
             return EXIT_FAILED
     bars = _Bars(args.quiet)
     try:
@@ -259,14 +292,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     failures = 0
     written = 0
     try:
-        with on_cluster or Engine(args.workers, tile_size=args.tile_size, frames_in_flight=args.frames_in_flight,
-                                  tile_timeout=args.tile_timeout, progress=lambda e: _on_progress(bars, e)) as engine:
+        with on_cluster or Engine(
+            args.workers,
+            tile_size=args.tile_size,
+            frames_in_flight=args.frames_in_flight,
+            tile_timeout=args.tile_timeout,
+            progress=lambda e: _on_progress(bars, e),
+        ) as engine:
             options = dict(overwrite=args.overwrite, max_pixels=args.max_pixels, quality=args.quality)
             video_options = dict(codec=args.codec, crf=args.crf, preset=args.preset, pix_fmt=args.pix_fmt)
             for src, dst, is_folder in jobs:
                 if is_folder:
-                    n_ok, n_bad = _run_folder(engine, src, dst, chain, bars, options, video_options,
-                                              args.format)
+                    n_ok, n_bad = _run_folder(engine, src, dst, chain, bars, options, video_options, args.format)
                 else:
                     n_ok, n_bad = _run_file(engine, src, dst, chain, bars, options, video_options)
                 written += n_ok
@@ -310,12 +347,12 @@ def _run_file(engine, src: Path, dst: Path | None, chain, bars: _Bars, options, 
         return 0, 1
     try:
         if is_video(src):
+
             def started(info):
                 bars.counts = "frame"
                 bars.open(info.frame_count, "frame", src.name)
 
-            engine.process_video(src, dst, chain, on_start=started, **options_for_video(options),
-                                       **video_options)
+            engine.process_video(src, dst, chain, on_start=started, **options_for_video(options), **video_options)
         else:
             bars.counts = "tiles"
             bars.open(None, "tile", src.name)
@@ -332,8 +369,9 @@ def options_for_video(options: dict) -> dict:
     return {k: v for k, v in options.items() if k != "quality"}
 
 
-def _run_folder(engine, src: Path, dst: Path | None, chain, bars: _Bars, options, video_options,
-                ext: str | None) -> tuple[int, int]:
+def _run_folder(
+    engine, src: Path, dst: Path | None, chain, bars: _Bars, options, video_options, ext: str | None
+) -> tuple[int, int]:
     counts = [0, 0]
     bars.counts = None  # the bar counts files, as they finish
 
@@ -349,8 +387,7 @@ def _run_folder(engine, src: Path, dst: Path | None, chain, bars: _Bars, options
             _fail_line(bars, result.error)
 
     try:
-        engine.process_folder(src, dst, chain, on_result=done, on_plan=planned, ext=ext,
-                              **options, **video_options)
+        engine.process_folder(src, dst, chain, on_result=done, on_plan=planned, ext=ext, **options, **video_options)
     except TileprocError as exc:
         _fail_line(bars, exc)
         counts[1] += 1
@@ -367,11 +404,15 @@ class _OnCluster:
         if args.workers == 0:
             raise ValueError("--workers must be >= 1 with --cluster (each Dask worker's engine size)")
         self._cluster, self._bars = cluster, bars
-        self._options = dict(workers=args.workers, tile_size=args.tile_size,
-                             frames_in_flight=args.frames_in_flight, tile_timeout=args.tile_timeout)
+        self._options = dict(
+            workers=args.workers,
+            tile_size=args.tile_size,
+            frames_in_flight=args.frames_in_flight,
+            tile_timeout=args.tile_timeout,
+        )
         self.client = cluster.connect(args.cluster)
 
-    def __enter__(self) -> "_OnCluster":
+    def __enter__(self) -> _OnCluster:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -381,8 +422,9 @@ class _OnCluster:
         return self._cluster.process_file(self.client, src, dst, chain, **self._options, **options)
 
     def process_video(self, src, dst, chain, **options):
-        return self._cluster.process_video(self.client, src, dst, chain, on_segment=self._bars.advance,
-                                           **self._options, **options)
+        return self._cluster.process_video(
+            self.client, src, dst, chain, on_segment=self._bars.advance, **self._options, **options
+        )
 
     def process_folder(self, src, dst, chain, **options):
         return self._cluster.process_folder(self.client, src, dst, chain, **self._options, **options)

@@ -38,10 +38,10 @@ import shutil
 import subprocess
 import threading
 import urllib.parse
+from collections.abc import Callable, Iterable, Iterator
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, TypeVar
-
+from typing import Any, TypeVar
 
 from tiler import pipeline
 from tiler.engine import Engine, resolve_chain
@@ -51,8 +51,16 @@ from tiler.io.files import atomic_output, check_input, check_output, output_name
 from tiler.io.images import DEFAULT_MAX_PIXELS
 from tiler.pipeline import FileResult, Report
 
-__all__ = ["connect", "process_file", "process_folder", "process_video", "ClusterError", "DaskMissing",
-           "CONNECT_TIMEOUT", "LOCAL_WORKERS"]
+__all__ = [
+    "connect",
+    "process_file",
+    "process_folder",
+    "process_video",
+    "ClusterError",
+    "DaskMissing",
+    "CONNECT_TIMEOUT",
+    "LOCAL_WORKERS",
+]
 
 CONNECT_TIMEOUT = 10.0
 """Seconds :func:`connect` waits for a scheduler before giving up."""
@@ -60,8 +68,15 @@ LOCAL_WORKERS = 2
 """Worker processes of ``connect("local")``."""
 
 _INSTALL = "pip install 'tileproc[dask]'"
-_ENGINE_OPTIONS = ("tile_size", "frames_in_flight", "threads", "start_method", "retries",
-                   "tile_timeout", "inline_below")
+_ENGINE_OPTIONS = (
+    "tile_size",
+    "frames_in_flight",
+    "threads",
+    "start_method",
+    "retries",
+    "tile_timeout",
+    "inline_below",
+)
 _T = TypeVar("_T")
 
 
@@ -112,10 +127,9 @@ def connect(address: str = "local", *, timeout: float = CONNECT_TIMEOUT):
     """
     address = str(address).strip()
     if address == "local" or address.startswith("local:"):
-        n = LOCAL_WORKERS if address == "local" else _count(address[len("local:"):], address)
+        n = LOCAL_WORKERS if address == "local" else _count(address[len("local:") :], address)
         distributed = _distributed()
-        return distributed.Client(n_workers=n, threads_per_worker=1, processes=True,
-                                  dashboard_address=None)
+        return distributed.Client(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None)
     scheme, sep, rest = address.rpartition("://")
     host, colon, port = rest.rpartition(":")
     if not rest or (colon and not port.isdigit()) or (sep and not scheme):
@@ -125,8 +139,10 @@ def connect(address: str = "local", *, timeout: float = CONNECT_TIMEOUT):
         return distributed.Client(address, timeout=timeout)
     except (OSError, TimeoutError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ClusterError(f"{address}: no Dask scheduler answered within {timeout:g} s ({reason}); "
-                           "start one with 'dask scheduler', or check the address") from None
+        raise ClusterError(
+            f"{address}: no Dask scheduler answered within {timeout:g} s ({reason}); "
+            "start one with 'dask scheduler', or check the address"
+        ) from None
 
 
 def _count(text: str, address: str) -> int:
@@ -166,8 +182,10 @@ def _local_path(path: Any) -> Path:
     if "://" in text:
         scheme = text.split("://", 1)[0]
         if scheme.lower() != "file":
-            raise ValueError(f"{text}: {scheme}:// is not supported; inputs and outputs must be paths "
-                             "on a file system every worker sees (or file:// URLs)")
+            raise ValueError(
+                f"{text}: {scheme}:// is not supported; inputs and outputs must be paths "
+                "on a file system every worker sees (or file:// URLs)"
+            )
         return Path(urllib.parse.unquote(urllib.parse.urlparse(text).path))
     return Path(text)
 
@@ -197,8 +215,10 @@ def _hosts(client) -> dict[str, int]:
             client.wait_for_workers(1, timeout=CONNECT_TIMEOUT)
         except TimeoutError:
             address = getattr(client.scheduler, "address", "the scheduler")
-            raise ClusterError(f"{address}: the Dask scheduler has no workers after {CONNECT_TIMEOUT:g} s; "
-                               f"start some with 'dask worker {address}'") from None
+            raise ClusterError(
+                f"{address}: the Dask scheduler has no workers after {CONNECT_TIMEOUT:g} s; "
+                f"start some with 'dask worker {address}'"
+            ) from None
         hosts = ask()
     return hosts
 
@@ -265,8 +285,9 @@ def _outcome(future, label: str) -> Any:
     try:
         return future.result()
     except distributed.KilledWorker:
-        return WorkerDied(f"{label}: each Dask worker that ran it died (allowed-failures reached; "
-                          "see the workers' logs)")
+        return WorkerDied(
+            f"{label}: each Dask worker that ran it died (allowed-failures reached; see the workers' logs)"
+        )
     except TileprocError as exc:
         return exc
     except Exception as exc:  # noqa: BLE001 - a failure after Dask's retries
@@ -305,13 +326,27 @@ def _sweep_workers(client) -> None:
         client.run(_sweep_segments)
 
 
-def process_folder(client, src, dst=None, chain: Any = None, *, workers: int | None = None,
-                   overwrite: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS,
-                   quality: int | None = None, on_result: Callable[[FileResult], None] | None = None,
-                   on_plan: Callable[[int], None] | None = None, task_retries: int = 2,
-                   window: int | None = None, codec: str | None = None, crf: float | None = None,
-                   preset: str = "medium", pix_fmt: str | None = None, ext: str | None = None,
-                   **engine_options: Any) -> Report:
+def process_folder(
+    client,
+    src,
+    dst=None,
+    chain: Any = None,
+    *,
+    workers: int | None = None,
+    overwrite: bool = False,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    quality: int | None = None,
+    on_result: Callable[[FileResult], None] | None = None,
+    on_plan: Callable[[int], None] | None = None,
+    task_retries: int = 2,
+    window: int | None = None,
+    codec: str | None = None,
+    crf: float | None = None,
+    preset: str = "medium",
+    pix_fmt: str | None = None,
+    ext: str | None = None,
+    **engine_options: Any,
+) -> Report:
     """Filter every image and video under ``src`` into ``dst`` on a Dask cluster, one task per file.
 
     Same inputs, outputs and report as :func:`tiler.process_folder`. Each task
@@ -357,8 +392,15 @@ def process_folder(client, src, dst=None, chain: Any = None, *, workers: int | N
         raise InputError(f"{src}: not a folder")
     chain = _checked_chain(chain)
     spec = _engine_spec(workers, engine_options)
-    options = dict(overwrite=overwrite, max_pixels=max_pixels, quality=quality, codec=codec, crf=crf,
-                   preset=preset, pix_fmt=pix_fmt)
+    options = dict(
+        overwrite=overwrite,
+        max_pixels=max_pixels,
+        quality=quality,
+        codec=codec,
+        crf=crf,
+        preset=preset,
+        pix_fmt=pix_fmt,
+    )
     report = Report()
 
     def record(result: FileResult) -> None:
@@ -378,8 +420,18 @@ def process_folder(client, src, dst=None, chain: Any = None, *, workers: int | N
 
     def submit(item):
         i, s, d = item
-        return client.submit(_file_task, str(s), str(d), chain, spec, hosts, options,
-                             key=f"tileproc-file-{job}-{i}", retries=task_retries, pure=False)
+        return client.submit(
+            _file_task,
+            str(s),
+            str(d),
+            chain,
+            spec,
+            hosts,
+            options,
+            key=f"tileproc-file-{job}-{i}",
+            retries=task_retries,
+            pure=False,
+        )
 
     tasks = _Window(client, numbered, submit, _window(hosts, window))
     try:
@@ -397,11 +449,23 @@ def process_folder(client, src, dst=None, chain: Any = None, *, workers: int | N
     return report
 
 
-def process_file(client, src, dst=None, chain: Any = None, *, workers: int | None = None,
-                 overwrite: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 quality: int | None = None, task_retries: int = 2, codec: str | None = None,
-                 crf: float | None = None, preset: str = "medium", pix_fmt: str | None = None,
-                 **engine_options: Any) -> Path:
+def process_file(
+    client,
+    src,
+    dst=None,
+    chain: Any = None,
+    *,
+    workers: int | None = None,
+    overwrite: bool = False,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    quality: int | None = None,
+    task_retries: int = 2,
+    codec: str | None = None,
+    crf: float | None = None,
+    preset: str = "medium",
+    pix_fmt: str | None = None,
+    **engine_options: Any,
+) -> Path:
     """Filter one image (one task) or video (:func:`process_video`) on a Dask cluster.
 
     ``dst`` None means ``name.tileproc.ext`` beside it. Returns the output path.
@@ -416,9 +480,18 @@ def process_file(client, src, dst=None, chain: Any = None, *, workers: int | Non
     dst = _local_path(dst) if dst is not None else None
     video_options = dict(codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt)
     if pipeline.is_video(src):
-        return process_video(client, src, dst, chain, workers=workers, overwrite=overwrite,
-                             max_pixels=max_pixels, task_retries=task_retries, **video_options,
-                             **engine_options)
+        return process_video(
+            client,
+            src,
+            dst,
+            chain,
+            workers=workers,
+            overwrite=overwrite,
+            max_pixels=max_pixels,
+            task_retries=task_retries,
+            **video_options,
+            **engine_options,
+        )
     dst = dst if dst is not None else output_name(src)
     chain = _checked_chain(chain)
     spec = _engine_spec(workers, engine_options)
@@ -427,21 +500,45 @@ def process_file(client, src, dst=None, chain: Any = None, *, workers: int | Non
     _register(client)
     options = dict(overwrite=overwrite, max_pixels=max_pixels, quality=quality, **video_options)
     try:
-        _whole_file_task(client, _file_task, src, dst, chain, spec, hosts, options, overwrite=overwrite,
-                         key=f"tileproc-file-{secrets.token_hex(4)}-0", task_retries=task_retries)
+        _whole_file_task(
+            client,
+            _file_task,
+            src,
+            dst,
+            chain,
+            spec,
+            hosts,
+            options,
+            overwrite=overwrite,
+            key=f"tileproc-file-{secrets.token_hex(4)}-0",
+            task_retries=task_retries,
+        )
     finally:
         _sweep_workers(client)
         sweep_stale_temps(dst.parent)
     return dst
 
 
-def _whole_file_task(client, task, src: Path, dst: Path, chain, spec, hosts, options: dict, *,
-                     overwrite: bool, key: str, task_retries: int) -> None:
+def _whole_file_task(
+    client,
+    task,
+    src: Path,
+    dst: Path,
+    chain,
+    spec,
+    hosts,
+    options: dict,
+    *,
+    overwrite: bool,
+    key: str,
+    task_retries: int,
+) -> None:
     """Run ``task`` for one whole file on some worker; raise its error unless a rerun
     (after a worker died) found the output its first attempt had already completed."""
     existed = set() if overwrite else _existing([dst])
-    future = client.submit(task, str(src), str(dst), chain, spec, hosts, options,
-                           key=key, retries=task_retries, pure=False)
+    future = client.submit(
+        task, str(src), str(dst), chain, spec, hosts, options, key=key, retries=task_retries, pure=False
+    )
     try:
         value = _outcome(future, str(src))
     finally:
@@ -453,13 +550,26 @@ def _whole_file_task(client, task, src: Path, dst: Path, chain, spec, hosts, opt
         raise value
 
 
-def process_video(client, src, dst=None, chain: Any = None, *, workers: int | None = None,
-                  overwrite: bool = False, codec: str | None = None, crf: float | None = None,
-                  preset: str = "medium", pix_fmt: str | None = None,
-                  max_pixels: int | None = DEFAULT_MAX_PIXELS, segment_frames: int | None = None,
-                  on_start: Callable[[video.VideoInfo], None] | None = None,
-                  on_segment: Callable[[int], None] | None = None, task_retries: int = 2,
-                  window: int | None = None, **engine_options: Any) -> Path:
+def process_video(
+    client,
+    src,
+    dst=None,
+    chain: Any = None,
+    *,
+    workers: int | None = None,
+    overwrite: bool = False,
+    codec: str | None = None,
+    crf: float | None = None,
+    preset: str = "medium",
+    pix_fmt: str | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    segment_frames: int | None = None,
+    on_start: Callable[[video.VideoInfo], None] | None = None,
+    on_segment: Callable[[int], None] | None = None,
+    task_retries: int = 2,
+    window: int | None = None,
+    **engine_options: Any,
+) -> Path:
     """Filter a video on a Dask cluster: segments on different workers, joined into one file.
 
     The video is cut at keyframes into segments of at least ``segment_frames``
@@ -517,21 +627,62 @@ def process_video(client, src, dst=None, chain: Any = None, *, workers: int | No
     try:
         if len(segments) == 1:
             options = dict(overwrite=overwrite, max_pixels=max_pixels, **writer)
-            _whole_file_task(client, _video_task, src, dst, chain, spec, hosts, options, overwrite=overwrite,
-                             key=f"tileproc-video-{job}", task_retries=task_retries)
+            _whole_file_task(
+                client,
+                _video_task,
+                src,
+                dst,
+                chain,
+                spec,
+                hosts,
+                options,
+                overwrite=overwrite,
+                key=f"tileproc-video-{job}",
+                task_retries=task_retries,
+            )
             if on_segment is not None:
                 on_segment(info.frame_count)
             return dst
-        return _segments(client, info, dst, chain, spec, hosts, segments, plan, dtype, writer,
-                         overwrite=overwrite, job=job, on_segment=on_segment,
-                         task_retries=task_retries, window=_window(hosts, window))
+        return _segments(
+            client,
+            info,
+            dst,
+            chain,
+            spec,
+            hosts,
+            segments,
+            plan,
+            dtype,
+            writer,
+            overwrite=overwrite,
+            job=job,
+            on_segment=on_segment,
+            task_retries=task_retries,
+            window=_window(hosts, window),
+        )
     finally:
         _sweep_workers(client)
         sweep_stale_temps(dst.parent)
 
 
-def _segments(client, info, dst: Path, chain, spec, hosts, segments, plan, dtype, writer, *,
-              overwrite: bool, job: str, on_segment, task_retries: int, window: int) -> Path:
+def _segments(
+    client,
+    info,
+    dst: Path,
+    chain,
+    spec,
+    hosts,
+    segments,
+    plan,
+    dtype,
+    writer,
+    *,
+    overwrite: bool,
+    job: str,
+    on_segment,
+    task_retries: int,
+    window: int,
+) -> Path:
     """Filter ``segments`` on the workers into a folder beside ``dst``, then join them."""
     folder = dst.parent / f".{dst.stem[:80]}.tileproc-segments-{job}"
     folder.mkdir()
@@ -540,9 +691,21 @@ def _segments(client, info, dst: Path, chain, spec, hosts, segments, plan, dtype
 
         def submit(item):
             i, (first, count, seek) = item
-            return client.submit(_segment_task, info, first, count, seek, str(folder / names[i]), chain,
-                                 spec, hosts, writer, key=f"tileproc-segment-{job}-{i}",
-                                 retries=task_retries, pure=False)
+            return client.submit(
+                _segment_task,
+                info,
+                first,
+                count,
+                seek,
+                str(folder / names[i]),
+                chain,
+                spec,
+                hosts,
+                writer,
+                key=f"tileproc-segment-{job}-{i}",
+                retries=task_retries,
+                pure=False,
+            )
 
         tasks = _Window(client, enumerate(segments), submit, window)
         try:
@@ -567,12 +730,28 @@ def _keyframes(info: video.VideoInfo) -> list[tuple[int, Fraction]] | None:
     One demux pass, no decoding. None when the packets do not map one to one
     onto the frames the reader delivers (then the video is not cut).
     """
-    cmd = [video.ffmpeg_exe(), "-hide_banner", "-nostdin", "-nostats", "-loglevel", "error",
-           "-i", video.ffmpeg_path(info.path), "-map", f"0:{info.stream_index}", "-c", "copy"]
+    cmd = [
+        video.ffmpeg_exe(),
+        "-hide_banner",
+        "-nostdin",
+        "-nostats",
+        "-loglevel",
+        "error",
+        "-i",
+        video.ffmpeg_path(info.path),
+        "-map",
+        f"0:{info.stream_index}",
+        "-c",
+        "copy",
+    ]
     if info.codec == "vp9":
         cmd += ["-bsf:v", "vp9_superframe"]  # as probe_video counts frames
-    proc = subprocess.run(cmd + ["-f", "framecrc", "pipe:1"], stdin=subprocess.DEVNULL,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    proc = subprocess.run(
+        cmd + ["-f", "framecrc", "pipe:1"],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        start_new_session=True,
+    )
     if proc.returncode != 0:
         return None
     tb = None
@@ -619,26 +798,44 @@ def _seek_point(seconds: Fraction, fps: Fraction) -> float:
     return max(0.0, math.floor((seconds - 1 / (2 * fps)) * 1_000_000) / 1_000_000)
 
 
-def _join(info: video.VideoInfo, folder: Path, names: list[str], segments: list, dst: Path, plan, *,
-          overwrite: bool) -> None:
+def _join(
+    info: video.VideoInfo, folder: Path, names: list[str], segments: list, dst: Path, plan, *, overwrite: bool
+) -> None:
     """Concatenate the segment files (no re-encoding), mux the source's audio once, write ``dst`` atomically."""
     # Each segment's exact duration (ends rounded to microseconds, so errors never add up):
     # the concat demuxer starts the next segment there, and timestamps stay on the frame grid.
     ends = list(itertools.accumulate(count for _, count, _ in segments))
     micros = [0] + [round(Fraction(end) / info.fps * 1_000_000) for end in ends]
     listing = folder / "segments.ffconcat"
-    listing.write_text("ffconcat version 1.0\n" + "".join(
-        f"file '{name}'\nduration {(b - a) / 1_000_000:.6f}\n" for name, a, b in zip(names, micros, micros[1:])))
+    listing.write_text(
+        "ffconcat version 1.0\n"
+        + "".join(
+            f"file '{name}'\nduration {(b - a) / 1_000_000:.6f}\n" for name, a, b in zip(names, micros, micros[1:])
+        )
+    )
     copy = dataclasses.replace(plan, filters="", video_args=["-c:v", "copy"])
     audio = info.audio if plan.muxer != "gif" else ()
-    cmd = [video.ffmpeg_exe(), "-hide_banner", "-nostdin", "-nostats", "-loglevel", "error",
-           "-f", "concat", "-safe", "0", "-i", video.ffmpeg_path(listing)]
+    cmd = [
+        video.ffmpeg_exe(),
+        "-hide_banner",
+        "-nostdin",
+        "-nostats",
+        "-loglevel",
+        "error",
+        "-f",
+        "concat",
+        "-safe",
+        "0",
+        "-i",
+        video.ffmpeg_path(listing),
+    ]
     if audio:
         cmd += ["-i", video.ffmpeg_path(info.path)]
     with atomic_output(dst, inputs=[info.path], overwrite=overwrite) as tmp:
         cmd += video.encode_args(copy, video.ffmpeg_path(tmp), audio, 1 if audio else None)
-        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, start_new_session=True)
+        proc = subprocess.run(
+            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+        )
         if proc.returncode != 0:
             said = video.last_lines(proc.stderr.decode("utf-8", "replace")) or f"exit status {proc.returncode}"
             raise VideoError(f"{dst}: joining {len(names)} segments failed ({said})")
@@ -779,8 +976,9 @@ def _portable(exc: BaseException) -> BaseException:
     return exc
 
 
-def _file_task(src: str, dst: str, chain, spec: _EngineSpec, hosts: dict[str, int],
-               options: dict[str, Any]) -> FileResult:
+def _file_task(
+    src: str, dst: str, chain, spec: _EngineSpec, hosts: dict[str, int], options: dict[str, Any]
+) -> FileResult:
     """One file on this worker: read, filter with the local engine, write atomically."""
     try:
         with _engine(spec, hosts) as engine:
@@ -790,8 +988,9 @@ def _file_task(src: str, dst: str, chain, spec: _EngineSpec, hosts: dict[str, in
     return FileResult(Path(src), Path(out), None)
 
 
-def _video_task(src: str, dst: str, chain, spec: _EngineSpec, hosts: dict[str, int],
-                options: dict[str, Any]) -> BaseException | None:
+def _video_task(
+    src: str, dst: str, chain, spec: _EngineSpec, hosts: dict[str, int], options: dict[str, Any]
+) -> BaseException | None:
     """A whole video on this worker, as on one machine."""
     try:
         with _engine(spec, hosts) as engine:
@@ -816,21 +1015,38 @@ class _RangeReader(video.VideoReader):
         return [*cmd[:i], "-ss", f"{self.seek:.6f}", *cmd[i:]]
 
 
-def _segment_task(info: video.VideoInfo, first: int, count: int, seek: Fraction | None, dst: str, chain,
-                  spec: _EngineSpec, hosts: dict[str, int], writer: dict[str, Any]) -> BaseException | None:
+def _segment_task(
+    info: video.VideoInfo,
+    first: int,
+    count: int,
+    seek: Fraction | None,
+    dst: str,
+    chain,
+    spec: _EngineSpec,
+    hosts: dict[str, int],
+    writer: dict[str, Any],
+) -> BaseException | None:
     """Frames ``first .. first+count-1`` of the source, filtered, into a video-only file ``dst``."""
     part = dataclasses.replace(info, frame_count=count, duration=Fraction(count) / info.fps)
     try:
         with _engine(spec, hosts) as engine:
-            _filter_range(engine, part, first, None if seek is None else _seek_point(seek, info.fps),
-                          Path(dst), chain, writer)
+            _filter_range(
+                engine, part, first, None if seek is None else _seek_point(seek, info.fps), Path(dst), chain, writer
+            )
     except TileprocError as exc:
         return _portable(exc)
     return None
 
 
-def _filter_range(engine: Engine, info: video.VideoInfo, first: int, seek: float | None, dst: Path,
-                  chain, writer_options: dict[str, Any]) -> None:
+def _filter_range(
+    engine: Engine,
+    info: video.VideoInfo,
+    first: int,
+    seek: float | None,
+    dst: Path,
+    chain,
+    writer_options: dict[str, Any],
+) -> None:
     """As :func:`tiler.pipeline.process_video`, for a stretch of the source and without audio."""
     dtype = pipeline.video_dtype(info, dst)
     writer = video.VideoWriter(dst, info, dtype=dtype, audio_from=None, overwrite=True, **writer_options)

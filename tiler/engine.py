@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import signal
-from typing import Any, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -141,7 +142,7 @@ class Engine:
                 self._pool = None
             self._ring.close()
 
-    def __enter__(self) -> "Engine":
+    def __enter__(self) -> Engine:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -162,9 +163,15 @@ class Engine:
         """
         blob = chain.check_picklable() if self.workers else b""
         return Scheduler(
-            self.pool, self._ring, chain, chain_blob=blob,
-            tile_shape=self.tile_shape, inline_below=self.inline_below,
-            retries=self.retries, tile_timeout=self.tile_timeout, progress=self.progress,
+            self.pool,
+            self._ring,
+            chain,
+            chain_blob=blob,
+            tile_shape=self.tile_shape,
+            inline_below=self.inline_below,
+            retries=self.retries,
+            tile_timeout=self.tile_timeout,
+            progress=self.progress,
         )
 
     def run(self, frames: Iterable[Frame], chain: Any) -> Iterator[Frame]:
@@ -192,8 +199,9 @@ class Engine:
         def jobs():
             for i, frame in enumerate(frames):
                 frame = check_frame(frame, f"frame {i}")
-                yield Frame(f"frame {i}", frame.shape, frame.dtype, load=Inline(_copy_from(frame)),
-                            store=Inline(_copy_out))
+                yield Frame(
+                    f"frame {i}", frame.shape, frame.dtype, load=Inline(_copy_from(frame)), store=Inline(_copy_out)
+                )
 
         for frame in self.run(jobs(), chain):
             if frame.error is not None:

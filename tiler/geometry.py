@@ -11,8 +11,8 @@ only at the true frame edge, inside the filters, exactly as on the whole frame.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 __all__ = ["Rect", "Tile", "TileGrid", "default_tile_shape", "MAX_STRIP_PIXELS"]
 
@@ -34,7 +34,7 @@ class Rect:
     def slices(self) -> tuple[slice, slice]:
         return (slice(self.r0, self.r1), slice(self.c0, self.c1))
 
-    def relative_to(self, outer: "Rect") -> "Rect":
+    def relative_to(self, outer: Rect) -> Rect:
         """This rectangle in the coordinates of ``outer`` (which contains it)."""
         return Rect(self.r0 - outer.r0, self.r1 - outer.r0, self.c0 - outer.c0, self.c1 - outer.c0)
 
@@ -114,8 +114,10 @@ class TileGrid:
         core = Rect(r0, min(r0 + th, self.height), c0, min(c0 + tw, self.width))
         h = self.halo
         window = Rect(
-            max(core.r0 - h, 0), min(core.r1 + h, self.height),
-            max(core.c0 - h, 0), min(core.c1 + h, self.width),
+            max(core.r0 - h, 0),
+            min(core.r1 + h, self.height),
+            max(core.c0 - h, 0),
+            min(core.c1 + h, self.width),
         )
         return Tile(index, core, window)
 

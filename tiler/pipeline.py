@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from itertools import count
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -27,9 +28,19 @@ from tiler.io import images, video
 from tiler.io.files import check_input, inside, output_name, sweep_stale_temps
 from tiler.scheduler import Frame, IOThread, OnPool, OnThread
 
-__all__ = ["process_file", "process_folder", "process_video", "plan_folder", "prepare_folder", "filter_stream",
-           "video_dtype", "FileResult", "Report", "is_video",
-           "is_supported"]
+__all__ = [
+    "process_file",
+    "process_folder",
+    "process_video",
+    "plan_folder",
+    "prepare_folder",
+    "filter_stream",
+    "video_dtype",
+    "FileResult",
+    "Report",
+    "is_video",
+    "is_supported",
+]
 
 
 @dataclass(frozen=True)
@@ -76,8 +87,9 @@ def _decode(src: np.ndarray, dst: np.ndarray, info: images.ImageInfo) -> None:
     images.read_image(info, out=src)
 
 
-def _encode(src: np.ndarray, dst: np.ndarray, path: Path, info: images.ImageInfo,
-            overwrite: bool, quality: int | None) -> None:
+def _encode(
+    src: np.ndarray, dst: np.ndarray, path: Path, info: images.ImageInfo, overwrite: bool, quality: int | None
+) -> None:
     images.write_image(dst, path, info, overwrite=overwrite, inputs=[info.path], quality=quality)
 
 
@@ -91,23 +103,35 @@ def _image_frame(src: Path, dst: Path, *, overwrite: bool, max_pixels: int, qual
     if info.n_frames > 1:
         return Frame(str(src), info.shape, info.dtype, meta=(src, dst, info))  # an animation: see below
     return Frame(
-        str(src), info.shape, info.dtype,
+        str(src),
+        info.shape,
+        info.dtype,
         load=OnPool(_decode, (info,)),
         store=OnPool(_encode, (dst, info, overwrite, quality)),
         meta=(src, dst),
     )
 
 
-def _animation(engine, src: Path, dst: Path, info: images.ImageInfo, chain: Any, *,
-               overwrite: bool, quality: int | None) -> None:
+def _animation(
+    engine, src: Path, dst: Path, info: images.ImageInfo, chain: Any, *, overwrite: bool, quality: int | None
+) -> None:
     frames = (images.read_image(info, frame=i) for i in range(info.n_frames))
-    images.write_animation(engine.map_frames(frames, chain), dst, info,
-                           overwrite=overwrite, inputs=[src], quality=quality)
+    images.write_animation(
+        engine.map_frames(frames, chain), dst, info, overwrite=overwrite, inputs=[src], quality=quality
+    )
 
 
-def _run_images(engine, pairs: list[tuple[Path, Path]], chain: Any, *, overwrite: bool,
-                max_pixels: int, quality: int | None,
-                on_result: Callable[[FileResult], None], sweep: bool = True) -> None:
+def _run_images(
+    engine,
+    pairs: list[tuple[Path, Path]],
+    chain: Any,
+    *,
+    overwrite: bool,
+    max_pixels: int,
+    quality: int | None,
+    on_result: Callable[[FileResult], None],
+    sweep: bool = True,
+) -> None:
     """Images through the engine, several in flight; animations one at a time after the stills.
 
     ``sweep``: afterwards, remove temporaries of writers that died meanwhile (an encode
@@ -142,10 +166,21 @@ def _run_images(engine, pairs: list[tuple[Path, Path]], chain: Any, *, overwrite
 # -- video -----------------------------------------------------------------------
 
 
-def process_video(engine, src, dst, chain: Any, *, overwrite: bool = False,
-                  codec: str | None = None, crf: float | None = None, preset: str = "medium",
-                  pix_fmt: str | None = None, max_pixels: int | None = images.DEFAULT_MAX_PIXELS,
-                  on_start: Callable[[video.VideoInfo], None] | None = None, sweep: bool = True) -> Path:
+def process_video(
+    engine,
+    src,
+    dst,
+    chain: Any,
+    *,
+    overwrite: bool = False,
+    codec: str | None = None,
+    crf: float | None = None,
+    preset: str = "medium",
+    pix_fmt: str | None = None,
+    max_pixels: int | None = images.DEFAULT_MAX_PIXELS,
+    on_start: Callable[[video.VideoInfo], None] | None = None,
+    sweep: bool = True,
+) -> Path:
     """Filter every frame of a video; decoding, filtering and encoding overlap.
 
     The output keeps the frame rate (an exact fraction), the displayed size and
@@ -164,8 +199,9 @@ def process_video(engine, src, dst, chain: Any, *, overwrite: bool = False,
     if on_start is not None:
         on_start(info)
     dtype = video_dtype(info, dst)
-    writer = video.VideoWriter(dst, info, dtype=dtype, codec=codec, crf=crf, preset=preset,
-                               pix_fmt=pix_fmt, overwrite=overwrite)
+    writer = video.VideoWriter(
+        dst, info, dtype=dtype, codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt, overwrite=overwrite
+    )
     filter_stream(engine, video.VideoReader(info, dtype=dtype), writer, chain)
     return dst
 
@@ -177,8 +213,7 @@ def video_dtype(info: video.VideoInfo, dst: Path) -> np.dtype:
     return info.dtype
 
 
-def filter_stream(engine, reader: video.VideoReader, writer: video.VideoWriter, chain: Any,
-                  first: int = 0) -> None:
+def filter_stream(engine, reader: video.VideoReader, writer: video.VideoWriter, chain: Any, first: int = 0) -> None:
     """Decode -> filter -> encode: the reader fills frame slots on one thread, the workers
     filter, the writer drains slots in order on another. On success the writer's output is
     renamed into place; on any failure both ffmpeg processes are stopped and nothing is left.
@@ -193,8 +228,13 @@ def filter_stream(engine, reader: video.VideoReader, writer: video.VideoWriter, 
         writer.write(slot_dst)
 
     frames = (
-        Frame(f"{info.path} frame {first + i}", info.frame_shape, reader.dtype,
-              load=OnThread(decode, read), store=OnThread(encode, write))
+        Frame(
+            f"{info.path} frame {first + i}",
+            info.frame_shape,
+            reader.dtype,
+            load=OnThread(decode, read),
+            store=OnThread(encode, write),
+        )
         for i in count()
     )
     ok = False
@@ -217,31 +257,50 @@ def filter_stream(engine, reader: video.VideoReader, writer: video.VideoWriter, 
 # -- files and folders -----------------------------------------------------------
 
 
-def process_file(engine, src, dst, chain: Any, *, overwrite: bool = False,
-                 max_pixels: int = images.DEFAULT_MAX_PIXELS, quality: int | None = None,
-                 sweep: bool = True, **video_options: Any) -> Path:
+def process_file(
+    engine,
+    src,
+    dst,
+    chain: Any,
+    *,
+    overwrite: bool = False,
+    max_pixels: int = images.DEFAULT_MAX_PIXELS,
+    quality: int | None = None,
+    sweep: bool = True,
+    **video_options: Any,
+) -> Path:
     """Filter one image or video file into ``dst`` (default: beside it, ``name.tileproc.ext``).
 
     ``sweep=False``: leave stale temporaries in the output folder alone (see :func:`process_video`).
     """
     src = Path(src)
     if is_video(src):
-        return process_video(engine, src, dst, chain, overwrite=overwrite, max_pixels=max_pixels,
-                             sweep=sweep, **video_options)
+        return process_video(
+            engine, src, dst, chain, overwrite=overwrite, max_pixels=max_pixels, sweep=sweep, **video_options
+        )
     dst = Path(dst) if dst is not None else output_name(src)
     if sweep:
         sweep_stale_temps(dst.parent)
     results: list[FileResult] = []
-    _run_images(engine, [(src, dst)], chain, overwrite=overwrite, max_pixels=max_pixels,
-                quality=quality, on_result=results.append, sweep=sweep)
+    _run_images(
+        engine,
+        [(src, dst)],
+        chain,
+        overwrite=overwrite,
+        max_pixels=max_pixels,
+        quality=quality,
+        on_result=results.append,
+        sweep=sweep,
+    )
     (result,) = results
     if result.error is not None:
         raise result.error
     return dst
 
 
-def plan_folder(src: Path, dst: Path | None, *, ext: str | None = None
-                ) -> tuple[list[tuple[Path, Path]], list[FileResult]]:
+def plan_folder(
+    src: Path, dst: Path | None, *, ext: str | None = None
+) -> tuple[list[tuple[Path, Path]], list[FileResult]]:
     """Pair every supported file under ``src`` with its output; refuse collisions up front.
 
     Symbolic links are not followed (so loops end and nothing outside the tree
@@ -259,8 +318,11 @@ def plan_folder(src: Path, dst: Path | None, *, ext: str | None = None
     out_root = Path(os.path.abspath(dst)) if dst is not None else None
     for root, dirs, files in os.walk(src, followlinks=False):
         rootp = Path(root)
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not (
-            out_root is not None and Path(os.path.abspath(rootp / d)) == out_root))
+        dirs[:] = sorted(
+            d
+            for d in dirs
+            if not d.startswith(".") and not (out_root is not None and Path(os.path.abspath(rootp / d)) == out_root)
+        )
         for name in sorted(files):
             path = rootp / name
             if name.startswith(".") or path.is_symlink() or not is_supported(path):
@@ -285,15 +347,24 @@ def plan_folder(src: Path, dst: Path | None, *, ext: str | None = None
         clash = by_output[os.path.normcase(os.path.abspath(d))]
         if len(clash) > 1:
             other = next(c for c in clash if c != s)
-            problems.append(FileResult(s, None, OutputError(
-                f"{s}: its output {d} would also be the output of {other}; rename one of them")))
+            problems.append(
+                FileResult(
+                    s, None, OutputError(f"{s}: its output {d} would also be the output of {other}; rename one of them")
+                )
+            )
         else:
             kept.append((s, d))
     return kept, problems
 
 
-def prepare_folder(src: Path, dst: Path | None, *, ext: str | None, record: Callable[[FileResult], None],
-                   on_plan: Callable[[int], None] | None = None) -> list[tuple[Path, Path]]:
+def prepare_folder(
+    src: Path,
+    dst: Path | None,
+    *,
+    ext: str | None,
+    record: Callable[[FileResult], None],
+    on_plan: Callable[[int], None] | None = None,
+) -> list[tuple[Path, Path]]:
     """Plan a folder job and make its output folders; returns the (input, output) pairs to run.
 
     Problems found up front (collisions, FIFOs, an output folder that a symbolic link leads
@@ -316,21 +387,38 @@ def prepare_folder(src: Path, dst: Path | None, *, ext: str | None, record: Call
         sweep_stale_temps(folder)
     for s, d in pairs:
         if d.parent in unusable:
-            record(FileResult(s, None, OutputError(
-                f"{d}: cannot create the output folder {d.parent} ({unusable[d.parent]})")))
+            record(
+                FileResult(
+                    s, None, OutputError(f"{d}: cannot create the output folder {d.parent} ({unusable[d.parent]})")
+                )
+            )
         elif dst is not None and not inside(d.parent, dst):
-            record(FileResult(s, None, OutputError(
-                f"{d}: {d.parent} leads outside {dst} through a symbolic link; not writing there")))
+            record(
+                FileResult(
+                    s,
+                    None,
+                    OutputError(f"{d}: {d.parent} leads outside {dst} through a symbolic link; not writing there"),
+                )
+            )
         else:
             safe.append((s, d))
     return safe
 
 
-def process_folder(engine, src, dst, chain: Any, *, overwrite: bool = False,
-                   max_pixels: int = images.DEFAULT_MAX_PIXELS, quality: int | None = None,
-                   on_result: Callable[[FileResult], None] | None = None,
-                   on_plan: Callable[[int], None] | None = None, ext: str | None = None,
-                   **video_options: Any) -> Report:
+def process_folder(
+    engine,
+    src,
+    dst,
+    chain: Any,
+    *,
+    overwrite: bool = False,
+    max_pixels: int = images.DEFAULT_MAX_PIXELS,
+    quality: int | None = None,
+    on_result: Callable[[FileResult], None] | None = None,
+    on_plan: Callable[[int], None] | None = None,
+    ext: str | None = None,
+    **video_options: Any,
+) -> Report:
     """Filter every image and video under ``src`` (recursively) into ``dst``, mirroring the tree.
 
     A file that fails (unreadable, corrupt, refused) is reported and the rest
@@ -349,13 +437,11 @@ def process_folder(engine, src, dst, chain: Any, *, overwrite: bool = False,
 
     pairs = prepare_folder(src, dst, ext=ext, record=record, on_plan=on_plan)
     stills = [(s, d) for s, d in pairs if not is_video(s)]
-    _run_images(engine, stills, chain, overwrite=overwrite, max_pixels=max_pixels,
-                quality=quality, on_result=record)
+    _run_images(engine, stills, chain, overwrite=overwrite, max_pixels=max_pixels, quality=quality, on_result=record)
     for s, d in pairs:
         if is_video(s):
             try:
-                process_video(engine, s, d, chain, overwrite=overwrite, max_pixels=max_pixels,
-                              **video_options)
+                process_video(engine, s, d, chain, overwrite=overwrite, max_pixels=max_pixels, **video_options)
             except TileprocError as exc:
                 record(FileResult(s, None, exc))
             else:

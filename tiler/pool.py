@@ -28,8 +28,14 @@ from tiler.worker import worker_main
 
 __all__ = ["WorkerPool", "default_workers", "Lost"]
 
-THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS",
-               "VECLIB_MAXIMUM_THREADS", "BLIS_NUM_THREADS")
+THREAD_VARS = (
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "BLIS_NUM_THREADS",
+)
 _PRELOAD = ["numpy", "cv2", "filters", "filters.base", "tiler.worker"]
 _server_lock = threading.Lock()
 
@@ -90,7 +96,7 @@ def _context(start_method: str | None, threads: int):
 class _Handle:
     process: Any
     conn: Any
-    tasks: "OrderedDict[int, Any]" = field(default_factory=OrderedDict)
+    tasks: OrderedDict[int, Any] = field(default_factory=OrderedDict)
     chains: set = field(default_factory=set)
     busy_since: float = 0.0  # when the task at the head of its queue started
 
@@ -125,7 +131,9 @@ class WorkerPool:
         parent, child = self._ctx.Pipe(duplex=True)
         with _thread_env(self.threads), _sigint_blocked():
             p = self._ctx.Process(
-                target=worker_main, args=(child, os.getpid(), self.threads), daemon=True,
+                target=worker_main,
+                args=(child, os.getpid(), self.threads),
+                daemon=True,
                 name="tileproc-worker",
             )
             p.start()
@@ -226,7 +234,7 @@ class WorkerPool:
     def pids(self) -> list[int]:
         return [w.process.pid for w in self._workers]
 
-    def __enter__(self) -> "WorkerPool":
+    def __enter__(self) -> WorkerPool:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -22,8 +22,9 @@ import os
 import queue
 import threading
 import traceback
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -59,7 +60,7 @@ class OnPool:
 class OnThread:
     """Run ``fn(src, dst)`` on an :class:`IOThread`, in submission order."""
 
-    thread: "IOThread"
+    thread: IOThread
     fn: Callable[[np.ndarray, np.ndarray], Any]
 
 
@@ -300,8 +301,16 @@ class Scheduler:
                 dst[...] = run_chain(self.chain.filters, src)
             except ChainError as exc:
                 cause = exc.__cause__
-                self._fail(frame, _filter_failed(
-                    frame.label, exc.name, exc.kind, describe_exception(cause), "".join(traceback.format_exception(cause))))
+                self._fail(
+                    frame,
+                    _filter_failed(
+                        frame.label,
+                        exc.name,
+                        exc.kind,
+                        describe_exception(cause),
+                        "".join(traceback.format_exception(cause)),
+                    ),
+                )
                 return
             self._emit(Progress("tiles", frame, 1))
             frame.state = "ready"
@@ -316,7 +325,7 @@ class Scheduler:
         per = max(1, -(-len(tiles) // (self.pool.n * (1 if streaming else 4))))
         for start in range(0, len(tiles), per):
             frame.waiting += 1
-            self._pending.append((frame, next(_task_ids), tuple(tiles[start:start + per])))
+            self._pending.append((frame, next(_task_ids), tuple(tiles[start : start + per])))
 
     def _store_in_order(self, inflight: list[Frame]) -> None:
         """Start stores in frame order: a frame is stored only after every earlier one started."""
@@ -358,7 +367,7 @@ class Scheduler:
         while self._pending:
             frame, task_id, task = self._pending[0]
             self._tasks[task_id] = (frame, task)  # before sending: an interrupt mid-send still sees it
-            if not self.pool.send(task_id, lambda chains: self._message(frame, task_id, task, chains)):
+            if not self.pool.send(task_id, lambda chains, f=frame, i=task_id, t=task: self._message(f, i, t, chains)):
                 del self._tasks[task_id]
                 return
             self._pending.pop(0)
@@ -469,15 +478,20 @@ class Scheduler:
                 self._pending.append((frame, task_id, task))
                 continue
             frame.waiting -= 1
-            what = "a file step" if isinstance(task, Call) else (
-                f"tile {task[0].index}" if len(task) == 1 else f"tiles {task[0].index}-{task[-1].index}")
+            what = (
+                "a file step"
+                if isinstance(task, Call)
+                else (f"tile {task[0].index}" if len(task) == 1 else f"tiles {task[0].index}-{task[-1].index}")
+            )
             if gone.timed_out:
                 err: WorkerError = TileTimeout(
-                    f"{frame.label}, {what}: no result after {self.tile_timeout:g} s (tile timeout); worker stopped")
+                    f"{frame.label}, {what}: no result after {self.tile_timeout:g} s (tile timeout); worker stopped"
+                )
             else:
                 err = WorkerDied(
                     f"{frame.label}, {what}: worker process died ({_exit_text(gone.exitcode)})"
-                    + (f" {attempts + 1} times" if attempts else ""))
+                    + (f" {attempts + 1} times" if attempts else "")
+                )
             self._settle(frame, None, err)
 
     def _emit(self, event: Progress) -> None:

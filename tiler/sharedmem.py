@@ -16,9 +16,9 @@ import os
 import re
 import resource
 import secrets
+from collections.abc import Iterator
 from dataclasses import dataclass
 from multiprocessing import shared_memory
-from typing import Iterator
 
 import numpy as np
 
@@ -71,7 +71,8 @@ class FrameSlot:
         except OSError as exc:
             raise TileprocError(
                 f"shared memory: cannot create a {2 * self.capacity / 2**20:.1f} MiB segment "
-                f"in {SHM_DIR} ({exc.strerror or exc})") from None
+                f"in {SHM_DIR} ({exc.strerror or exc})"
+            ) from None
         self.name = self.shm.name.lstrip("/")
         self.ref: SlotRef | None = None
 

@@ -23,9 +23,10 @@ import signal
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing import shared_memory
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -33,7 +34,17 @@ from filters.base import check_result
 from tiler.geometry import Tile
 from tiler.sharedmem import SlotRef, attach_views
 
-__all__ = ["TileBatch", "Call", "Forget", "Done", "Failed", "ChainError", "run_chain", "describe_exception", "worker_main"]
+__all__ = [
+    "TileBatch",
+    "Call",
+    "Forget",
+    "Done",
+    "Failed",
+    "ChainError",
+    "run_chain",
+    "describe_exception",
+    "worker_main",
+]
 
 
 @dataclass(frozen=True)
@@ -155,8 +166,9 @@ class _Worker:
                 chain = exc
             self.chains[msg.chain_key] = chain
         if isinstance(chain, BaseException):  # the same failure for every task of this chain
-            return Failed(msg.task_id, describe_exception(chain), "".join(traceback.format_exception(chain)),
-                          kind="load")
+            return Failed(
+                msg.task_id, describe_exception(chain), "".join(traceback.format_exception(chain)), kind="load"
+            )
         src, dst = self.views(msg.slot)
         for tile in msg.tiles:
             try:
@@ -179,8 +191,13 @@ class _Worker:
         try:
             return Done(msg.task_id, msg.fn(src, dst, *msg.args))
         except BaseException as exc:
-            return Failed(msg.task_id, describe_exception(exc), "".join(traceback.format_exception(exc)),
-                          error_class=type(exc).__name__, text=_text(exc))
+            return Failed(
+                msg.task_id,
+                describe_exception(exc),
+                "".join(traceback.format_exception(exc)),
+                error_class=type(exc).__name__,
+                text=_text(exc),
+            )
 
 
 def _keep_heap() -> None:

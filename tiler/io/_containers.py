@@ -25,7 +25,7 @@ import dataclasses
 import io
 import struct
 import zlib
-from typing import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -397,7 +397,9 @@ def png_metadata_chunks(
     if exif:
         chunks.append(png_chunk(b"eXIf", exif[6:] if exif.startswith(b"Exif\x00\x00") else exif))
     for key, value in text:
-        chunks.append(png_chunk(b"iTXt", key.encode("latin-1", "replace")[:79] + b"\x00\x00\x00\x00\x00" + value.encode()))
+        chunks.append(
+            png_chunk(b"iTXt", key.encode("latin-1", "replace")[:79] + b"\x00\x00\x00\x00\x00" + value.encode())
+        )
     if xmp:
         chunks.append(png_chunk(b"iTXt", b"XML:com.adobe.xmp\x00\x00\x00\x00\x00" + xmp))
     return chunks
@@ -483,6 +485,7 @@ def tiff_clear_orientation(data: bytearray) -> bool:
             struct.pack_into(e + "H", data, at + value_at, 1)
             return True
     return False
+
 
 _SAMPLE_FORMAT = {"u": 1, "i": 2, "f": 3}
 

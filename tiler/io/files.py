@@ -11,15 +11,23 @@ import contextlib
 import os
 import re
 import secrets
-from pathlib import Path
-from typing import Iterable, Iterator
-
 import stat
+from collections.abc import Iterable, Iterator
+from pathlib import Path
 
 from tiler.errors import InputError, OutputError, OutputExists
 
-__all__ = ["atomic_output", "check_input", "check_output", "sweep_stale_temps", "temp_path_for", "same_file",
-           "inside", "output_name", "pid_alive"]
+__all__ = [
+    "atomic_output",
+    "check_input",
+    "check_output",
+    "sweep_stale_temps",
+    "temp_path_for",
+    "same_file",
+    "inside",
+    "output_name",
+    "pid_alive",
+]
 
 _TEMP = re.compile(r"^\..*\.tileproc-(\d+)-[0-9a-f]{8}(\.[^./]*)?$")
 

@@ -94,8 +94,9 @@ import os
 import re
 import threading
 import warnings
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
@@ -303,7 +304,7 @@ def _pillow_orients_tiff() -> bool:
         return im.getpixel((0, 0)) == 255
 
 
-def _oriented_by_pillow(info: "ImageInfo") -> bool:
+def _oriented_by_pillow(info: ImageInfo) -> bool:
     return info.format == "TIFF" and info.orientation != 1 and _pillow_orients_tiff()
 
 
@@ -349,9 +350,7 @@ def _rawmode(im: Image.Image) -> str:
 def _check_pixels(path: Path, width: int, height: int, frames: int, max_pixels: int) -> None:
     pixels = width * height
     if pixels > max_pixels:
-        raise InputError(
-            f"{path}: {width}x{height} = {pixels} pixels exceeds the limit of {max_pixels} (--max-pixels)"
-        )
+        raise InputError(f"{path}: {width}x{height} = {pixels} pixels exceeds the limit of {max_pixels} (--max-pixels)")
     if frames > 1 and pixels * frames > max_pixels:
         raise InputError(
             f"{path}: {frames} frames of {width}x{height} = {pixels * frames} pixels "
@@ -422,10 +421,71 @@ def _plan_mode(path: Path, im: Image.Image, animated: bool, alpha_hint: bool) ->
 
 _NOT_EXIF = frozenset(
     {
-        254, 255, 256, 257, 258, 259, 262, 263, 264, 265, 266, 269, 273, 277, 278, 279, 280, 281,
-        282, 283, 284, 285, 286, 287, 290, 291, 292, 293, 296, 301, 317, 318, 319, 320, 321,
-        322, 323, 324, 325, 330, 332, 338, 339, 340, 341, 347, 351, 512, 513, 514, 515, 517,
-        518, 519, 520, 521, 529, 530, 531, 532, 700, 34377, 34675, 37724, 50706,
+        254,
+        255,
+        256,
+        257,
+        258,
+        259,
+        262,
+        263,
+        264,
+        265,
+        266,
+        269,
+        273,
+        277,
+        278,
+        279,
+        280,
+        281,
+        282,
+        283,
+        284,
+        285,
+        286,
+        287,
+        290,
+        291,
+        292,
+        293,
+        296,
+        301,
+        317,
+        318,
+        319,
+        320,
+        321,
+        322,
+        323,
+        324,
+        325,
+        330,
+        332,
+        338,
+        339,
+        340,
+        341,
+        347,
+        351,
+        512,
+        513,
+        514,
+        515,
+        517,
+        518,
+        519,
+        520,
+        521,
+        529,
+        530,
+        531,
+        532,
+        700,
+        34377,
+        34675,
+        37724,
+        50706,
     }
 )  # layout, colour, resolution (kept as dpi), thumbnails, ICC/XMP (kept apart), Photoshop data
 
@@ -492,10 +552,72 @@ def _orientation(exif: Image.Exif, xmp: bytes | None) -> int:
 
 
 _LUMA = np.array(
-    [16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55,
-     14, 13, 16, 24, 40, 57, 69, 56, 14, 17, 22, 29, 51, 87, 80, 62,
-     18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92,
-     49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99],
+    [
+        16,
+        11,
+        10,
+        16,
+        24,
+        40,
+        51,
+        61,
+        12,
+        12,
+        14,
+        19,
+        26,
+        58,
+        60,
+        55,
+        14,
+        13,
+        16,
+        24,
+        40,
+        57,
+        69,
+        56,
+        14,
+        17,
+        22,
+        29,
+        51,
+        87,
+        80,
+        62,
+        18,
+        22,
+        37,
+        56,
+        68,
+        109,
+        103,
+        77,
+        24,
+        35,
+        55,
+        64,
+        81,
+        104,
+        113,
+        92,
+        49,
+        64,
+        78,
+        87,
+        103,
+        121,
+        120,
+        101,
+        72,
+        92,
+        95,
+        98,
+        112,
+        100,
+        103,
+        99,
+    ],
     np.int64,
 )  # IJG / JPEG Annex K tables, natural order
 _CHROMA = np.full(64, 99, np.int64)
@@ -522,9 +644,7 @@ def _estimate_jpeg_quality(qtables: Sequence[Sequence[int]]) -> int | None:
     if not tables:
         return None
     bases = [_LUMA, _CHROMA, _CHROMA][: len(tables)]
-    errors = [
-        sum(int(np.abs(_ijg_table(b, q) - t).sum()) for b, t in zip(bases, tables)) for q in range(1, 101)
-    ]
+    errors = [sum(int(np.abs(_ijg_table(b, q) - t).sum()) for b, t in zip(bases, tables)) for q in range(1, 101)]
     return int(np.argmin(errors)) + 1
 
 
@@ -1075,7 +1195,9 @@ def _png_save(a: np.ndarray, tmp: Path, info: ImageInfo) -> None:
     channels = _as_hwc(a).shape[2]
     icc = _icc_for(info.icc_profile, channels)
     if a.dtype == np.uint16 and a.ndim == 3:
-        chunks = C.png_metadata_chunks(icc_profile=icc, exif=info.exif, dpi=_dpi_for("PNG", info.dpi), text=info.text, xmp=info.xmp)
+        chunks = C.png_metadata_chunks(
+            icc_profile=icc, exif=info.exif, dpi=_dpi_for("PNG", info.dpi), text=info.text, xmp=info.xmp
+        )
         tmp.write_bytes(C.encode_png16(a, chunks))
         return
     from PIL import PngImagePlugin

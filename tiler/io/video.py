@@ -65,9 +65,10 @@ import subprocess
 import sys
 import threading
 import weakref
+from collections.abc import Iterator, Sequence
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -265,18 +266,71 @@ _SAR = re.compile(r"\bSAR (\d+):(\d+)")
 _TB = re.compile(r"^#tb (\d+): (\d+)/(\d+)")
 _ADDRESS = re.compile(r" @ 0x[0-9a-f]+")  # "[h264 @ 0x55ef81d4f240]" -> "[h264]"
 _COLOR_NAMES = {
-    "bt709", "bt470bg", "smpte170m", "smpte240m", "bt2020nc", "bt2020c", "bt2020", "fcc",
-    "ycgco", "gbr", "bt470m", "film", "smpte428", "smpte431", "smpte432", "jedec-p22",
-    "ebu3213", "linear", "log100", "log316", "iec61966-2-4", "bt1361e", "iec61966-2-1",
-    "bt2020-10", "bt2020-12", "smpte2084", "arib-std-b67", "chroma-derived-nc",
-    "chroma-derived-c", "ictcp", "ipt-c2", "ycgco-re", "ycgco-ro", "gamma22", "gamma28",
+    "bt709",
+    "bt470bg",
+    "smpte170m",
+    "smpte240m",
+    "bt2020nc",
+    "bt2020c",
+    "bt2020",
+    "fcc",
+    "ycgco",
+    "gbr",
+    "bt470m",
+    "film",
+    "smpte428",
+    "smpte431",
+    "smpte432",
+    "jedec-p22",
+    "ebu3213",
+    "linear",
+    "log100",
+    "log316",
+    "iec61966-2-4",
+    "bt1361e",
+    "iec61966-2-1",
+    "bt2020-10",
+    "bt2020-12",
+    "smpte2084",
+    "arib-std-b67",
+    "chroma-derived-nc",
+    "chroma-derived-c",
+    "ictcp",
+    "ipt-c2",
+    "ycgco-re",
+    "ycgco-ro",
+    "gamma22",
+    "gamma28",
 }
 _LAYOUT_CHANNELS = {
-    "mono": 1, "stereo": 2, "2.1": 3, "3.0": 3, "3.0(back)": 3, "4.0": 4, "quad": 4,
-    "quad(side)": 4, "3.1": 4, "5.0": 5, "5.0(side)": 5, "4.1": 5, "5.1": 6, "5.1(side)": 6,
-    "6.0": 6, "6.0(front)": 6, "hexagonal": 6, "6.1": 7, "6.1(back)": 7, "6.1(front)": 7,
-    "7.0": 7, "7.0(front)": 7, "7.1": 8, "7.1(wide)": 8, "7.1(wide-side)": 8, "octagonal": 8,
-    "downmix": 2, "22.2": 24,
+    "mono": 1,
+    "stereo": 2,
+    "2.1": 3,
+    "3.0": 3,
+    "3.0(back)": 3,
+    "4.0": 4,
+    "quad": 4,
+    "quad(side)": 4,
+    "3.1": 4,
+    "5.0": 5,
+    "5.0(side)": 5,
+    "4.1": 5,
+    "5.1": 6,
+    "5.1(side)": 6,
+    "6.0": 6,
+    "6.0(front)": 6,
+    "hexagonal": 6,
+    "6.1": 7,
+    "6.1(back)": 7,
+    "6.1(front)": 7,
+    "7.0": 7,
+    "7.0(front)": 7,
+    "7.1": 8,
+    "7.1(wide)": 8,
+    "7.1(wide-side)": 8,
+    "octagonal": 8,
+    "downmix": 2,
+    "22.2": 24,
 }
 
 
@@ -299,9 +353,29 @@ def _split_top(text: str) -> list[str]:
 
 # packed and semi-planar formats whose names do not end in their depth
 _DEPTH_PREFIX = {
-    "p010": 10, "p012": 12, "p016": 16, "p210": 10, "p212": 12, "p216": 16, "p410": 10, "p412": 12,
-    "p416": 16, "y210": 10, "y212": 12, "y216": 16, "xv30": 10, "xv36": 12, "xv48": 16, "v30x": 10,
-    "rgb48": 16, "bgr48": 16, "rgba64": 16, "bgra64": 16, "ayuv64": 16, "nv20": 10, "nv": 8,
+    "p010": 10,
+    "p012": 12,
+    "p016": 16,
+    "p210": 10,
+    "p212": 12,
+    "p216": 16,
+    "p410": 10,
+    "p412": 12,
+    "p416": 16,
+    "y210": 10,
+    "y212": 12,
+    "y216": 16,
+    "xv30": 10,
+    "xv36": 12,
+    "xv48": 16,
+    "v30x": 10,
+    "rgb48": 16,
+    "bgr48": 16,
+    "rgba64": 16,
+    "bgra64": 16,
+    "ayuv64": 16,
+    "nv20": 10,
+    "nv": 8,
 }
 
 
@@ -481,8 +555,20 @@ def _pick_rate(measured: Fraction, lo: Fraction, hi: Fraction) -> Fraction:
 
 def _packets_command(path: Path, stream: str, *, vp9: bool = False, loglevel: str = "error") -> list[str]:
     """Demux (no decoding) one video stream, printing each packet's timestamps (framecrc)."""
-    cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-nostats", "-loglevel", loglevel,
-           "-i", ffmpeg_path(path), "-map", stream, "-c", "copy"]
+    cmd = [
+        ffmpeg_exe(),
+        "-hide_banner",
+        "-nostdin",
+        "-nostats",
+        "-loglevel",
+        loglevel,
+        "-i",
+        ffmpeg_path(path),
+        "-map",
+        stream,
+        "-c",
+        "copy",
+    ]
     if vp9:
         cmd += ["-bsf:v", "vp9_superframe"]  # hidden (alt-ref) frames travel as packets of their own
     return cmd + ["-f", "framecrc", "pipe:1"]
@@ -604,9 +690,7 @@ def probe_video(path: str | os.PathLike[str], *, max_pixels: int | None = None) 
         proc = _run(_packets_command(path, f"0:{header['stream_index']}", vp9=True), stdout=subprocess.PIPE)
     fps, n, variable = _timing(path, header, proc)
     header.pop("_nominal_rate")
-    return VideoInfo(
-        path=path, fps=fps, frame_count=n, duration=n / fps, variable_rate=variable, **header
-    )
+    return VideoInfo(path=path, fps=fps, frame_count=n, duration=n / fps, variable_rate=variable, **header)
 
 
 # ----------------------------------------------------------------------------
@@ -614,8 +698,15 @@ def probe_video(path: str | os.PathLike[str], *, max_pixels: int | None = None) 
 
 # ffmpeg's colour matrix names -> the scale filter's names
 _SCALE_MATRIX = {
-    "bt709": "bt709", "bt470bg": "bt470", "smpte170m": "smpte170m", "bt601": "bt601",
-    "smpte240m": "smpte240m", "fcc": "fcc", "bt2020nc": "bt2020", "bt2020c": "bt2020", "bt2020": "bt2020",
+    "bt709": "bt709",
+    "bt470bg": "bt470",
+    "smpte170m": "smpte170m",
+    "bt601": "bt601",
+    "smpte240m": "smpte240m",
+    "fcc": "fcc",
+    "bt2020nc": "bt2020",
+    "bt2020c": "bt2020",
+    "bt2020": "bt2020",
 }
 
 
@@ -692,8 +783,13 @@ def _reap(proc: subprocess.Popen[bytes], *, kill: bool = False) -> None:
 
 def _spawn(cmd: list[str], *, stdin: int, stdout: int) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
-        cmd, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE, bufsize=0,
-        start_new_session=True, close_fds=True,
+        cmd,
+        stdin=stdin,
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        bufsize=0,
+        start_new_session=True,
+        close_fds=True,
     )
     for pipe in (proc.stdout, proc.stdin):
         if pipe is not None and hasattr(fcntl, "F_SETPIPE_SZ"):
@@ -779,15 +875,33 @@ class VideoReader:
         """The ffmpeg command line this reader runs."""
         info = self.info
         return [
-            ffmpeg_exe(), "-hide_banner", "-nostdin", "-nostats", "-loglevel", "error",
-            "-i", ffmpeg_path(info.path),
-            "-map", f"0:{info.stream_index}", "-an", "-sn", "-dn",
-            "-vf", _decode_filters(info, self.dtype),
-            "-fps_mode", "passthrough", "-frames:v", str(info.frame_count),
-            "-f", "rawvideo", "-pix_fmt", _rgb_pix_fmt(self.dtype), "pipe:1",
+            ffmpeg_exe(),
+            "-hide_banner",
+            "-nostdin",
+            "-nostats",
+            "-loglevel",
+            "error",
+            "-i",
+            ffmpeg_path(info.path),
+            "-map",
+            f"0:{info.stream_index}",
+            "-an",
+            "-sn",
+            "-dn",
+            "-vf",
+            _decode_filters(info, self.dtype),
+            "-fps_mode",
+            "passthrough",
+            "-frames:v",
+            str(info.frame_count),
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            _rgb_pix_fmt(self.dtype),
+            "pipe:1",
         ]
 
-    def open(self) -> "VideoReader":
+    def open(self) -> VideoReader:
         """Start ffmpeg (done by ``with``)."""
         if self._closed:
             raise VideoError(f"{self.info.path}: the reader is closed")
@@ -800,7 +914,7 @@ class VideoReader:
             self._finalizer = weakref.finalize(self, _reap, self._proc, kill=True)
         return self
 
-    def __enter__(self) -> "VideoReader":
+    def __enter__(self) -> VideoReader:
         return self.open()
 
     def __exit__(self, *exc: object) -> None:
@@ -902,10 +1016,24 @@ class VideoReader:
 # ----------------------------------------------------------------------------
 # writing
 
-_MUXERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "webm",
-           ".avi": "avi", ".gif": "gif"}
-_DEFAULT_CODEC = {".mp4": "libx264", ".m4v": "libx264", ".mov": "libx264", ".mkv": "libx264",
-                  ".avi": "libx264", ".webm": "libvpx-vp9", ".gif": "gif"}
+_MUXERS = {
+    ".mp4": "mp4",
+    ".m4v": "mp4",
+    ".mov": "mov",
+    ".mkv": "matroska",
+    ".webm": "webm",
+    ".avi": "avi",
+    ".gif": "gif",
+}
+_DEFAULT_CODEC = {
+    ".mp4": "libx264",
+    ".m4v": "libx264",
+    ".mov": "libx264",
+    ".mkv": "libx264",
+    ".avi": "libx264",
+    ".webm": "libvpx-vp9",
+    ".gif": "gif",
+}
 _DEFAULT_CRF = {"libx264": 18, "libx265": 20, "libvpx-vp9": 28, "libaom-av1": 30, "libsvtav1": 30}
 _TEN_BIT = {"libx264", "libx265", "libvpx-vp9", "libaom-av1", "libsvtav1"}
 _ODD_OK = {"libvpx-vp9", "libvpx", "libaom-av1", "gif", "png", "apng", "ffv1", "rawvideo", "utvideo", "qtrle"}
@@ -913,23 +1041,75 @@ _ODD_OK = {"libvpx-vp9", "libvpx", "libaom-av1", "gif", "png", "apng", "ffv1", "
 _AUDIO_COPY = {
     "mp4": {"aac", "mp3", "ac3", "eac3", "alac", "opus", "flac"},
     "mov": {"aac", "mp3", "ac3", "eac3", "alac", "pcm_s16le", "pcm_s24le", "pcm_s16be", "pcm_s24be"},
-    "matroska": {"aac", "mp3", "ac3", "eac3", "dts", "truehd", "opus", "vorbis", "flac", "alac",
-                 "pcm_s16le", "pcm_s24le", "pcm_s32le", "pcm_f32le", "mp2"},
+    "matroska": {
+        "aac",
+        "mp3",
+        "ac3",
+        "eac3",
+        "dts",
+        "truehd",
+        "opus",
+        "vorbis",
+        "flac",
+        "alac",
+        "pcm_s16le",
+        "pcm_s24le",
+        "pcm_s32le",
+        "pcm_f32le",
+        "mp2",
+    },
     "webm": {"opus", "vorbis"},
     "avi": {"mp3", "ac3", "mp2", "pcm_s16le", "pcm_u8"},
 }
 _AUDIO_ENCODER = {"mp4": "aac", "mov": "aac", "matroska": "aac", "webm": "libopus", "avi": "libmp3lame"}
-_VP9_SPEED = {"ultrafast": 8, "superfast": 7, "veryfast": 6, "faster": 5, "fast": 4, "medium": 3,
-              "slow": 2, "slower": 1, "veryslow": 0, "placebo": 0}
+_VP9_SPEED = {
+    "ultrafast": 8,
+    "superfast": 7,
+    "veryfast": 6,
+    "faster": 5,
+    "fast": 4,
+    "medium": 3,
+    "slow": 2,
+    "slower": 1,
+    "veryslow": 0,
+    "placebo": 0,
+}
 _PRESETS = tuple(_VP9_SPEED)
 _FROM_INFO = object()
 # colour tags ffmpeg's setparams filter and encoders take by name
 _MATRICES = {"bt709", "fcc", "bt470bg", "smpte170m", "smpte240m", "ycgco", "bt2020nc", "bt2020c"}
-_PRIMARIES = {"bt709", "bt470m", "bt470bg", "smpte170m", "smpte240m", "film", "bt2020", "smpte428",
-              "smpte431", "smpte432", "jedec-p22", "ebu3213"}
-_TRANSFERS = {"bt709", "gamma22", "gamma28", "smpte170m", "smpte240m", "linear", "log100", "log316",
-              "iec61966-2-4", "bt1361e", "iec61966-2-1", "bt2020-10", "bt2020-12", "smpte2084",
-              "smpte428", "arib-std-b67"}
+_PRIMARIES = {
+    "bt709",
+    "bt470m",
+    "bt470bg",
+    "smpte170m",
+    "smpte240m",
+    "film",
+    "bt2020",
+    "smpte428",
+    "smpte431",
+    "smpte432",
+    "jedec-p22",
+    "ebu3213",
+}
+_TRANSFERS = {
+    "bt709",
+    "gamma22",
+    "gamma28",
+    "smpte170m",
+    "smpte240m",
+    "linear",
+    "log100",
+    "log316",
+    "iec61966-2-4",
+    "bt1361e",
+    "iec61966-2-1",
+    "bt2020-10",
+    "bt2020-12",
+    "smpte2084",
+    "smpte428",
+    "arib-std-b67",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -942,8 +1122,9 @@ class _Plan:
     pix_fmt: str | None
 
 
-def encoder_plan(dst: Path, info: VideoInfo, dtype: np.dtype, codec: str | None, crf: float | None,
-          preset: str, pix_fmt: str | None) -> _Plan:
+def encoder_plan(
+    dst: Path, info: VideoInfo, dtype: np.dtype, codec: str | None, crf: float | None, preset: str, pix_fmt: str | None
+) -> _Plan:
     """Codec, size, pixel format and arguments for writing ``dst``; refuses bad options before ffmpeg runs."""
     ext = dst.suffix.lower()
     if ext not in _MUXERS:
@@ -1030,8 +1211,9 @@ def _audio_args(muxer: str, streams: Sequence[AudioStream]) -> list[str]:
     return args
 
 
-def encode_args(plan: _Plan, dst_ff: str, audio: Sequence[AudioStream], audio_input: int | None,
-                 extra: Sequence[str] = ()) -> list[str]:
+def encode_args(
+    plan: _Plan, dst_ff: str, audio: Sequence[AudioStream], audio_input: int | None, extra: Sequence[str] = ()
+) -> list[str]:
     """Output side of the ffmpeg command: maps, filters, codecs, muxer, name."""
     args = ["-map", "0:v:0"]
     if plan.filters:
@@ -1111,17 +1293,27 @@ class VideoWriter:
     ...         w.write(buf)
     """
 
-    def __init__(self, dst: str | os.PathLike[str], info: VideoInfo, *, dtype: Any = None,
-                 codec: str | None = None, crf: float | None = None, preset: str = "medium",
-                 pix_fmt: str | None = None, overwrite: bool = False,
-                 audio_from: Any = _FROM_INFO) -> None:
+    def __init__(
+        self,
+        dst: str | os.PathLike[str],
+        info: VideoInfo,
+        *,
+        dtype: Any = None,
+        codec: str | None = None,
+        crf: float | None = None,
+        preset: str = "medium",
+        pix_fmt: str | None = None,
+        overwrite: bool = False,
+        audio_from: Any = _FROM_INFO,
+    ) -> None:
         self.dst = Path(dst)
         self.info = info
         self.dtype = _check_dtype(dtype, info)
         self.shape = info.frame_shape
         self.overwrite = overwrite
-        self.audio_from: Path | None = Path(info.path) if audio_from is _FROM_INFO else (
-            None if audio_from is None else Path(audio_from))
+        self.audio_from: Path | None = (
+            Path(info.path) if audio_from is _FROM_INFO else (None if audio_from is None else Path(audio_from))
+        )
         self.encoder_plan = encoder_plan(self.dst, info, self.dtype, codec, crf, preset, pix_fmt)
         self.codec = self.encoder_plan.codec
         self.size = self.encoder_plan.out_size
@@ -1149,16 +1341,30 @@ class VideoWriter:
             raise InputError(f"{self.audio_from}: cannot read its audio ({last_lines(text)})")
         return tuple(
             _parse_audio(int(m.group(1)), m.group(2), m.group(4))
-            for m in map(_STREAM.match, text.splitlines()) if m and m.group(3) == "Audio"
+            for m in map(_STREAM.match, text.splitlines())
+            if m and m.group(3) == "Audio"
         )
 
     def command(self, tmp: str | os.PathLike[str] | None = None) -> list[str]:
         """The ffmpeg command line this writer runs (to ``tmp``, default ``dst``)."""
         info = self.info
         cmd = [
-            ffmpeg_exe(), "-hide_banner", "-nostdin", "-nostats", "-loglevel", "error",
-            "-f", "rawvideo", "-pix_fmt", _rgb_pix_fmt(self.dtype),
-            "-video_size", f"{info.width}x{info.height}", "-framerate", str(info.fps), "-i", "pipe:0",
+            ffmpeg_exe(),
+            "-hide_banner",
+            "-nostdin",
+            "-nostats",
+            "-loglevel",
+            "error",
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            _rgb_pix_fmt(self.dtype),
+            "-video_size",
+            f"{info.width}x{info.height}",
+            "-framerate",
+            str(info.fps),
+            "-i",
+            "pipe:0",
         ]
         audio = self._audio_streams()
         audio_input = None
@@ -1167,7 +1373,7 @@ class VideoWriter:
             audio_input = 1
         return cmd + encode_args(self.encoder_plan, ffmpeg_path(tmp or self.dst), audio, audio_input)
 
-    def open(self) -> "VideoWriter":
+    def open(self) -> VideoWriter:
         """Check the output, start ffmpeg on a temporary name (done by ``with``)."""
         with self._lock:
             if self._done:
@@ -1191,7 +1397,7 @@ class VideoWriter:
             self._finalizer = weakref.finalize(self, _discard, self._proc, tmp)
         return self
 
-    def __enter__(self) -> "VideoWriter":
+    def __enter__(self) -> VideoWriter:
         return self.open()
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
@@ -1216,9 +1422,7 @@ class VideoWriter:
             ends with its last lines. The output is then discarded.
         """
         if frame.shape != self.shape or frame.dtype != self.dtype:
-            raise ValueError(
-                f"{self.dst}: frames must be {self.shape} {self.dtype}, got {frame.shape} {frame.dtype}"
-            )
+            raise ValueError(f"{self.dst}: frames must be {self.shape} {self.dtype}, got {frame.shape} {frame.dtype}")
         if not frame.flags.c_contiguous:
             raise ValueError(f"{self.dst}: frames must be C-contiguous")
         if self._proc is None:
@@ -1340,10 +1544,18 @@ def _discard(proc: subprocess.Popen[bytes], tmp: Path) -> None:
 # one-process equivalent, for benchmarks
 
 
-def transcode_command(info: VideoInfo, dst: str | os.PathLike[str], *, vf: str | None = None,
-                      dtype: Any = None, codec: str | None = None, crf: float | None = None,
-                      preset: str = "medium", pix_fmt: str | None = None,
-                      audio_from: Any = _FROM_INFO) -> list[str]:
+def transcode_command(
+    info: VideoInfo,
+    dst: str | os.PathLike[str],
+    *,
+    vf: str | None = None,
+    dtype: Any = None,
+    codec: str | None = None,
+    crf: float | None = None,
+    preset: str = "medium",
+    pix_fmt: str | None = None,
+    audio_from: Any = _FROM_INFO,
+) -> list[str]:
     """One ffmpeg command that decodes like :class:`VideoReader` and encodes like
     :class:`VideoWriter`, with an optional ffmpeg filter applied to the RGB frames.
 
@@ -1366,7 +1578,12 @@ def transcode_command(info: VideoInfo, dst: str | os.PathLike[str], *, vf: str |
     src = audio_from if audio_from is not _FROM_INFO else info.path
     audio = info.audio if src is not None and Path(src) == Path(info.path) else ()
     cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-i", ffmpeg_path(info.path)]
-    args = encode_args(plan, ffmpeg_path(dst), audio, 0 if audio else None,
-                        extra=["-fps_mode", "passthrough", "-frames:v", str(info.frame_count)])
+    args = encode_args(
+        plan,
+        ffmpeg_path(dst),
+        audio,
+        0 if audio else None,
+        extra=["-fps_mode", "passthrough", "-frames:v", str(info.frame_count)],
+    )
     args[1] = f"0:{info.stream_index}"
     return cmd + args

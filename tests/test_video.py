@@ -138,7 +138,8 @@ def clips(tmp_path_factory) -> dict[str, Path]:
         "-i",
         "color=c=0x101010:s=64x48:r=25:d=0.4,drawbox=x=32:y=0:w=32:h=48:c=0xEBEBEB:t=fill",
         "-vf",
-        "setparams=color_primaries=bt709:color_trc=bt709",
+        # full range made explicitly: older ffmpeg only tags the stream from -color_range
+        "setparams=color_primaries=bt709:color_trc=bt709,scale=out_range=pc:out_color_matrix=bt709,format=yuv420p",
         *x264,
         "-pix_fmt",
         "yuv420p",

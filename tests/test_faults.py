@@ -148,3 +148,21 @@ def test_a_chain_workers_cannot_load_fails_each_frame_with_the_reason(tmp_path):
         for _ in range(2):
             with pytest.raises(FilterFailed, match="could not load the filter chain.*vanishing"):
                 e.process(frame, chain)
+
+
+def test_the_workers_traceback_is_the_cause_so_a_default_print_shows_it():
+    import pickle
+    import traceback
+
+    from tiler.errors import RemoteTraceback
+
+    with pytest.raises(FilterFailed) as info:
+        run(ff.raises(message="bad pixel"))
+    exc = info.value
+    assert isinstance(exc.__cause__, RemoteTraceback)
+    printed = "".join(traceback.format_exception(exc))
+    assert 'faultfilters.py", line' in printed and "RuntimeError: bad pixel" in printed
+    assert "The above exception was the direct cause" in printed
+    assert "faultfilters.py" in exc.remote_traceback  # kept as text too
+    again = pickle.loads(pickle.dumps(exc))  # crosses processes (a cluster) with its traceback
+    assert str(again) == str(exc) and isinstance(again.__cause__, RemoteTraceback)

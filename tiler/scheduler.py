@@ -102,6 +102,7 @@ class Frame:
     waiting: int = 0  # tasks or steps of this frame not yet answered
     after: Callable | None = None  # what to do when the running step answers
     tiles: int = 0
+    grid: TileGrid | None = None
     eof: bool = False
 
     @property
@@ -193,6 +194,12 @@ class Scheduler:
             chain_blob = chain.check_picklable() if pool is not None else b""
         self.chain_blob = chain_blob
         self.chain_key = hashlib.sha1(self.chain_blob).hexdigest()
+        # The tile timeout is per tile: a worker reports (a Tick) after a tile once ``_tick`` s
+        # passed since its last message, and is stopped when silent for ``_limit`` s. The tile
+        # it runs then began at most ``_tick`` s after that last message, so it ran for longer
+        # than ``tile_timeout``; a slow batch of tiles, each within the limit, never times out.
+        self._tick = tile_timeout / 8 if tile_timeout is not None else None
+        self._limit = tile_timeout + self._tick if tile_timeout is not None else None
         self._book = TaskBook()
         self._wakeup = Wakeup()
 
@@ -316,16 +323,16 @@ class Scheduler:
             frame.state = FrameState.READY
             return
         tile_shape = self.tile_shape or default_tile_shape(height, width, self.pool.n, self.chain.halo)
-        grid = TileGrid(height, width, tile_shape, self.chain.halo)
-        tiles = list(grid)
-        frame.tiles = len(tiles)
+        frame.grid = TileGrid(height, width, tile_shape, self.chain.halo)
+        frame.tiles = len(frame.grid)
         # Tasks per frame: four per worker balance the load of a lone frame; with other frames
         # in flight, they balance it, and one task per worker costs the least dispatch.
+        # A task is a range of tile indices: its message has the same size for 1 tile or 10,000.
         streaming = self.ring.in_use > 1
-        per = max(1, -(-len(tiles) // (self.pool.n * (1 if streaming else 4))))
-        for start in range(0, len(tiles), per):
+        per = max(1, -(-frame.tiles // (self.pool.n * (1 if streaming else 4))))
+        for start in range(0, frame.tiles, per):
             frame.waiting += 1
-            self._book.queue(frame, next(_task_ids), tuple(tiles[start : start + per]))
+            self._book.queue(frame, next(_task_ids), range(start, min(start + per, frame.tiles)))
 
     def _store_in_order(self, inflight: list[Frame]) -> None:
         """Start stores in frame order: a frame is stored only after every earlier one started."""
@@ -372,14 +379,14 @@ class Scheduler:
         if isinstance(task, Call):
             return task, None
         blob = None if self.chain_key in chains else self.chain_blob
-        return TileBatch(task_id, frame.slot.ref, self.chain_key, blob, task), self.chain_key
+        return TileBatch(task_id, frame.slot.ref, self.chain_key, blob, frame.grid, task, self._tick), self.chain_key
 
     def _pump(self) -> None:
         if self.pool is None:
             replies, lost = [], []
             self._wakeup.wait(1.0)
         else:
-            replies, lost, _ = self.pool.wait(1.0, [self._wakeup.reader], self.tile_timeout)
+            replies, lost, _ = self.pool.wait(1.0, [self._wakeup.reader], self._limit)
         for frame, value, exc in self._wakeup.take():
             frame.waiting -= 1
             self._settle(frame, value, exc)
@@ -455,4 +462,4 @@ def _what(task: Any) -> str:
     """A task in words, for messages."""
     if isinstance(task, Call):
         return "a file step"
-    return f"tile {task[0].index}" if len(task) == 1 else f"tiles {task[0].index}-{task[-1].index}"
+    return f"tile {task[0]}" if len(task) == 1 else f"tiles {task[0]}-{task[-1]}"

@@ -2,14 +2,17 @@
 
 A worker is a loop over small messages from its own pipe to the parent:
 
-* :class:`TileBatch` -- run the chain on each tile's window of the slot's input
-  (a read-only view, no copy) and write the tile's core into the slot's output;
+* :class:`TileBatch` -- a tile grid and a range of tile indices: run the chain on
+  each tile's window of the slot's input (a read-only view, no copy) and write
+  the tile's core into the slot's output;
 * :class:`Call` -- run a module-level function on a slot (decode or encode a file);
 * :class:`Forget` -- unmap a segment the parent retired;
 * ``None`` -- exit.
 
 It answers each task with :class:`Done` or :class:`Failed` (a message and the
-formatted traceback; never the exception object, which may not pickle). It maps
+formatted traceback; never the exception object, which may not pickle). While
+a batch runs under a tile timeout it also sends a :class:`Tick` now and then,
+after a tile, so that the parent times each tile rather than the batch. It maps
 each segment once and keeps the mapping, caches unpickled chains by key, ignores
 SIGINT (the parent handles Ctrl-C and stops it), and exits by itself when the
 parent dies.
@@ -31,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from filters.base import check_result
-from tiler.geometry import Tile
+from tiler.geometry import TileGrid
 from tiler.sharedmem import SlotRef, attach_views
 
 __all__ = [
@@ -40,6 +43,7 @@ __all__ = [
     "Forget",
     "Done",
     "Failed",
+    "Tick",
     "ChainError",
     "run_chain",
     "describe_exception",
@@ -49,11 +53,15 @@ __all__ = [
 
 @dataclass(frozen=True)
 class TileBatch:
+    """Tiles ``tiles`` (a range of indices) of ``grid``: a few hundred bytes whatever their count."""
+
     task_id: int
     slot: SlotRef
     chain_key: str
-    chain_blob: bytes | None  # sent once per worker and chain; None when the worker has it
-    tiles: tuple[Tile, ...]
+    chain_blob: bytes | None  # sent once per worker and chain, to an idle worker; None when it has it
+    grid: TileGrid
+    tiles: range
+    tick: float | None = None  # send a Tick after a tile when this many seconds passed since the last
 
 
 @dataclass(frozen=True)
@@ -67,6 +75,13 @@ class Call:
 @dataclass(frozen=True)
 class Forget:
     name: str
+
+
+@dataclass(frozen=True)
+class Tick:
+    """Tiles of task ``task_id`` are still being finished (the tile timeout restarts)."""
+
+    task_id: int
 
 
 @dataclass(frozen=True)
@@ -157,7 +172,7 @@ class _Worker:
             except BufferError:
                 pass
 
-    def tiles(self, msg: TileBatch) -> Done | Failed:
+    def tiles(self, msg: TileBatch, report: Callable[[Tick], None]) -> Done | Failed:
         chain = self.chains.get(msg.chain_key)
         if chain is None:
             try:
@@ -170,7 +185,9 @@ class _Worker:
                 msg.task_id, describe_exception(chain), "".join(traceback.format_exception(chain)), kind="load"
             )
         src, dst = self.views(msg.slot)
-        for tile in msg.tiles:
+        last = time.monotonic()
+        for index in msg.tiles:
+            tile = msg.grid[index]
             try:
                 out = run_chain(chain, src[tile.window.slices])
             except ChainError as exc:
@@ -184,6 +201,9 @@ class _Worker:
                     kind=exc.kind,
                 )
             dst[tile.core.slices] = out[tile.core_in_window.slices]
+            if msg.tick is not None and time.monotonic() - last >= msg.tick:
+                report(Tick(msg.task_id))
+                last = time.monotonic()
         return Done(msg.task_id)
 
     def call(self, msg: Call) -> Done | Failed:
@@ -240,7 +260,7 @@ def worker_main(conn, parent_pid: int, threads: int = 1) -> None:
             worker.forget(msg.name)
             continue
         try:
-            reply = worker.tiles(msg) if isinstance(msg, TileBatch) else worker.call(msg)
+            reply = worker.tiles(msg, conn.send) if isinstance(msg, TileBatch) else worker.call(msg)
         except BaseException as exc:  # attaching, unpickling: report, don't die
             reply = Failed(msg.task_id, describe_exception(exc), "".join(traceback.format_exception(exc)))
         try:

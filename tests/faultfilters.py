@@ -179,3 +179,9 @@ def announce_then_slow(tile, *, marker="", seconds=0.01):
         open(marker, "a").close()
     time.sleep(seconds)
     return tile
+
+
+@filter(halo=0)
+def exits(tile):
+    """Ends its process at once, as a filter calling ``os._exit`` would."""
+    os._exit(3)

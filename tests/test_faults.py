@@ -229,3 +229,32 @@ def test_a_slow_frame_whose_tiles_each_keep_the_limit_does_not_time_out():
     with Engine(workers=1, tile_size=(1, 8), tile_timeout=0.4, inline_below=0) as e:
         out = e.process(frame, ff.slow(seconds=0.15))
     np.testing.assert_array_equal(out, frame)
+
+
+# -- user code never runs in the caller's process ----------------------------------
+
+SMALL_FRAMES = """
+import numpy as np, faultfilters as ff, tiler
+frame = np.zeros((64, 64, 3), np.uint8)
+for bad in (ff.segfault, ff.exits, ff.hangs):
+    try:
+        tiler.process(frame, bad, workers=1, tile_timeout=1.0)
+    except Exception as exc:
+        print(bad.name, type(exc).__name__, flush=True)
+print("still running", flush=True)
+"""
+
+
+def test_custom_filters_that_crash_exit_or_hang_on_small_frames_leave_the_caller_running():
+    proc = run_script(SMALL_FRAMES)
+    try:
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert out.splitlines() == [
+        "segfault WorkerDied",
+        "exits WorkerDied",
+        "hangs TileTimeout",
+        "still running",
+    ], err

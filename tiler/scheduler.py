@@ -171,7 +171,9 @@ class Scheduler:
     tile_shape : (int, int) or None
         Core tile size; None picks strips by :func:`default_tile_shape`.
     inline_below : int
-        Frames with fewer pixels are filtered in the parent (dispatch would cost more).
+        Frames with fewer pixels are filtered in the parent (dispatch would cost
+        more), if every filter of the chain is one of tileproc's built-ins: other
+        filter code never runs in this process while there are workers.
     """
 
     def __init__(
@@ -200,6 +202,7 @@ class Scheduler:
         # than ``tile_timeout``; a slow batch of tiles, each within the limit, never times out.
         self._tick = tile_timeout / 8 if tile_timeout is not None else None
         self._limit = tile_timeout + self._tick if tile_timeout is not None else None
+        self._inline_below = inline_below if _built_in(chain) else 0
         self._book = TaskBook()
         self._wakeup = Wakeup()
 
@@ -311,7 +314,7 @@ class Scheduler:
         frame.state = FrameState.TILING
         src, dst = frame.slot_views
         height, width = frame.shape[:2]
-        if self.pool is None or height * width < self.inline_below:
+        if self.pool is None or height * width < self._inline_below:
             try:
                 dst[...] = run_chain(self.chain.filters, src)
             except ChainError as exc:
@@ -456,6 +459,14 @@ class Scheduler:
     def _emit(self, event: Progress) -> None:
         if self.progress is not None:
             self.progress(event)
+
+
+def _built_in(chain: Chain) -> bool:
+    """Whether every filter of ``chain`` is one of tileproc's built-ins (exactly, not a subclass)."""
+    from filters.registry import BUILTINS
+
+    kinds = set(BUILTINS.values())
+    return all(type(f) in kinds for f in chain.filters)
 
 
 def _what(task: Any) -> str:

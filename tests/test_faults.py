@@ -258,3 +258,33 @@ def test_custom_filters_that_crash_exit_or_hang_on_small_frames_leave_the_caller
         "hangs TileTimeout",
         "still running",
     ], err
+
+
+@pytest.mark.parametrize("bad", ["raises", "segfault"])
+def test_a_failed_run_prints_its_one_line_and_nothing_else(tmp_path, bad):
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    src = tmp_path / "in.png"
+    Image.fromarray(FRAME).save(src)
+    env = dict(os.environ, PYTHONPATH=TESTS)
+    cmd = [
+        sys.executable,
+        "-m",
+        "tiler",
+        str(src),
+        "-f",
+        f"faultfilters:{bad}",
+        "-w",
+        "2",
+        "-q",
+        "-o",
+        str(tmp_path / "o.png"),
+    ]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert len(done.stderr.splitlines()) == 1, done.stderr
+    assert done.stderr.startswith(f"tileproc: error: {src}, tile ")
+    assert not (tmp_path / "o.png").exists()

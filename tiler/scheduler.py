@@ -21,7 +21,6 @@ import hashlib
 import itertools
 import queue
 import threading
-import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -35,7 +34,18 @@ from tiler.errors import TileprocError
 from tiler.geometry import TileGrid, default_tile_shape
 from tiler.pool import WorkerPool
 from tiler.sharedmem import FrameRing, FrameSlot
-from tiler.worker import Call, ChainError, Done, Failed, Forget, TileBatch, describe_exception, run_chain
+from tiler.worker import (
+    Call,
+    ChainError,
+    Done,
+    Failed,
+    Forget,
+    TileBatch,
+    describe_exception,
+    format_traceback,
+    release_frames,
+    run_chain,
+)
 
 __all__ = ["Frame", "FrameState", "Inline", "OnPool", "OnThread", "IOThread", "Scheduler", "Progress"]
 
@@ -236,8 +246,10 @@ class Scheduler:
                         exhausted = True
                         self._release(frame)
                         continue
-                    yield frame
-                    self._release(frame)
+                    try:
+                        yield frame
+                    finally:  # also when the caller stops here (an error, Ctrl-C)
+                        self._release(frame)
                 if exhausted and not inflight:
                     clean = True
                     return
@@ -260,6 +272,7 @@ class Scheduler:
         for frame in inflight:
             if frame.slot is not None:
                 # An I/O thread may still hold this slot: never hand it to another frame.
+                release_frames(frame.error)
                 frame.slot_views = None
                 self.ring.discard(frame.slot)
                 frame.slot = None
@@ -319,7 +332,7 @@ class Scheduler:
                 dst[...] = run_chain(self.chain.filters, src)
             except ChainError as exc:
                 cause = exc.__cause__
-                tb = "".join(traceback.format_exception(cause))
+                tb = format_traceback(cause)
                 self._fail(frame, errors.filter_failed(frame.label, exc.name, exc.kind, describe_exception(cause), tb))
                 return
             self._emit(Progress("tiles", frame, 1))
@@ -361,6 +374,7 @@ class Scheduler:
             frame.state = FrameState.FINISHED
 
     def _release(self, frame: Frame) -> None:
+        release_frames(frame.error)  # a step's locals (views of the slot) die with its slot
         if frame.slot is not None:
             frame.slot_views = None
             self.ring.release(frame.slot)

@@ -20,6 +20,7 @@ parent dies.
 
 from __future__ import annotations
 
+import mmap
 import os
 import pickle
 import signal
@@ -28,14 +29,13 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from multiprocessing import shared_memory
 from typing import Any
 
 import numpy as np
 
 from filters.base import check_result
 from tiler.geometry import TileGrid
-from tiler.sharedmem import SlotRef, attach_views
+from tiler.sharedmem import SHM_DIR, SlotRef, attach_views
 
 __all__ = [
     "TileBatch",
@@ -47,6 +47,8 @@ __all__ = [
     "ChainError",
     "run_chain",
     "describe_exception",
+    "format_traceback",
+    "release_frames",
     "worker_main",
 ]
 
@@ -153,23 +155,56 @@ def _watch_parent(parent_pid: int, interval: float = 0.5) -> None:
             pass
 
 
+def _map(name: str) -> mmap.mmap:
+    """Map a segment the parent created.
+
+    Not ``multiprocessing.shared_memory.SharedMemory(name=...)``: before Python
+    3.13 (``track=False``) it registers every attach with the resource tracker
+    as if this process owned the segment. The parent, its one owner, unregisters
+    a segment when it unlinks it; an attach registered just after that made the
+    tracker warn at exit of "leaked" segments and fail to unlink them again.
+    """
+    fd = os.open(os.path.join(SHM_DIR, name), os.O_RDWR)
+    try:
+        return mmap.mmap(fd, 0)
+    finally:
+        os.close(fd)
+
+
+def release_frames(exc: BaseException | None) -> None:
+    """Clear the locals of the finished frames in the tracebacks of ``exc`` and of its
+    causes: a view of a slot held there would keep the segment from being unmapped."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        traceback.clear_frames(exc.__traceback__)
+        exc = exc.__cause__ or exc.__context__
+
+
+def format_traceback(exc: BaseException) -> str:
+    """The traceback of ``exc`` as text; then its frames are released (:func:`release_frames`)."""
+    text = "".join(traceback.format_exception(exc))
+    release_frames(exc)
+    return text
+
+
 class _Worker:
     def __init__(self) -> None:
-        self.segments: dict[str, shared_memory.SharedMemory] = {}
+        self.segments: dict[str, mmap.mmap] = {}
         self.chains: dict[str, tuple] = {}
 
     def views(self, ref: SlotRef, *, writable_input: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        shm = self.segments.get(ref.name)
-        if shm is None:
-            shm = self.segments[ref.name] = shared_memory.SharedMemory(name=ref.name)
-        return attach_views(shm.buf, ref, writable_input=writable_input)
+        mapping = self.segments.get(ref.name)
+        if mapping is None:
+            mapping = self.segments[ref.name] = _map(ref.name)
+        return attach_views(memoryview(mapping), ref, writable_input=writable_input)
 
     def forget(self, name: str) -> None:
-        shm = self.segments.pop(name, None)
-        if shm is not None:
+        mapping = self.segments.pop(name, None)
+        if mapping is not None:
             try:
-                shm.close()
-            except BufferError:
+                mapping.close()
+            except BufferError:  # a view survived (a filter kept one): unmapped when it goes
                 pass
 
     def tiles(self, msg: TileBatch, report: Callable[[Tick], None]) -> Done | Failed:
@@ -181,9 +216,7 @@ class _Worker:
                 chain = exc
             self.chains[msg.chain_key] = chain
         if isinstance(chain, BaseException):  # the same failure for every task of this chain
-            return Failed(
-                msg.task_id, describe_exception(chain), "".join(traceback.format_exception(chain)), kind="load"
-            )
+            return Failed(msg.task_id, describe_exception(chain), format_traceback(chain), kind="load")
         src, dst = self.views(msg.slot)
         last = time.monotonic()
         for index in msg.tiles:
@@ -195,7 +228,7 @@ class _Worker:
                 return Failed(
                     msg.task_id,
                     describe_exception(cause),
-                    "".join(traceback.format_exception(cause)),
+                    format_traceback(cause),
                     tile=tile.index,
                     filter_name=exc.name,
                     kind=exc.kind,
@@ -214,7 +247,7 @@ class _Worker:
             return Failed(
                 msg.task_id,
                 describe_exception(exc),
-                "".join(traceback.format_exception(exc)),
+                format_traceback(exc),
                 error_class=type(exc).__name__,
                 text=_text(exc),
             )
@@ -262,7 +295,7 @@ def worker_main(conn, parent_pid: int, threads: int = 1) -> None:
         try:
             reply = worker.tiles(msg, conn.send) if isinstance(msg, TileBatch) else worker.call(msg)
         except BaseException as exc:  # attaching, unpickling: report, don't die
-            reply = Failed(msg.task_id, describe_exception(exc), "".join(traceback.format_exception(exc)))
+            reply = Failed(msg.task_id, describe_exception(exc), format_traceback(exc))
         try:
             conn.send(reply)
         except (BrokenPipeError, OSError):

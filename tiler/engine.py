@@ -85,8 +85,8 @@ class Engine:
     retries : int
         Times a task lost with a dead worker is retried before the frame fails.
     tile_timeout : float, optional
-        Seconds a worker may spend on one batch of tiles before it is stopped
-        and the frame fails (default: no limit).
+        Seconds a worker may spend on one tile before it is stopped and the
+        frame fails (default: no limit); each tile of a batch has its own.
     progress : callable, optional
         Called in this process with :class:`tiler.scheduler.Progress` events.
 

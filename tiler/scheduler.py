@@ -5,7 +5,9 @@ Each :class:`Frame` goes through three steps. Loading and storing are a
 (``OnPool``: decoding and encoding image files), or on an I/O thread
 (``OnThread``: feeding and draining ffmpeg, one thread per direction, in
 order). Filtering is the chain over the frame's tiles, in batches on the
-workers, or in the parent for frames too small to be worth dispatching.
+workers, or in the parent for frames too small to be worth dispatching when
+every filter is a built-in (other filter code never runs in the parent while
+there are workers).
 
 At most ``ring.size`` frames hold a slot at once (promise 3). Frames finish in
 the order they came (promise 7), each with its ``error`` set if a step failed;

@@ -91,13 +91,24 @@ def test_frames_of_changing_size_and_dtype_in_one_stream():
         np.testing.assert_array_equal(o, Chain([boxmean(radius=2), negate]).apply(f))
 
 
-def test_inline_and_pool_paths_agree():
+def test_small_frames_of_built_in_chains_are_filtered_in_the_parent_and_agree(monkeypatch):
+    from tiler.engine import resolve_chain
+    from tiler.scheduler import Scheduler, _built_in
+
+    assert _built_in(resolve_chain("blur:sigma=2,invert"))
+    assert not _built_in(resolve_chain([boxmean, "invert"]))
     rng = np.random.default_rng(4)
     frame = frame_of(rng, (30, 30, 3), np.uint8)
-    with Engine(workers=2) as e:  # small frame: filtered in the parent
-        small = e.process(frame, boxmean(radius=2))
+    sent = []
+    dispatch = Scheduler._dispatch
+    monkeypatch.setattr(Scheduler, "_dispatch", lambda self: sent.append(1) or dispatch(self))
+    with Engine(workers=2) as e:
+        small = e.process(frame, "blur:sigma=2")
+        assert not sent  # a small frame of built-ins: filtered here
+        e.process(frame, boxmean(radius=2))
+        assert sent  # other filter code always runs on a worker
     with Engine(workers=2, inline_below=0) as e:
-        tiled = e.process(frame, boxmean(radius=2))
+        tiled = e.process(frame, "blur:sigma=2")
     np.testing.assert_array_equal(small, tiled)
 
 

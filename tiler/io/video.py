@@ -1466,8 +1466,16 @@ class VideoWriter:
     def notes(self) -> list[str]:
         """One line per property or stream of the source the output cannot keep (empty: everything kept)."""
         lines = [f"{self.dst}: {n}" for n in self.encoder_plan.notes]
-        dropped = stream_plan(self.encoder_plan.muxer, self.kept_streams(), 1)[1]
-        return lines + [f"{self.dst}: {d}" for d in dropped]
+        streams = self.kept_streams()
+        lines += [f"{self.dst}: {d}" for d in stream_plan(self.encoder_plan.muxer, streams, 1)[1]]
+        if self.encoder_plan.muxer == "avi":
+            late = [s for s in streams if s.kind == "audio" and abs(s.start - self.info.offset) > Fraction(1, 1000)]
+            lines += [
+                f"{self.dst}: stream {s.index} (audio) starts {float(s.start - self.info.offset):+.3f} s from the "
+                "picture; AVI starts every stream together"
+                for s in late
+            ]
+        return lines
 
     @property
     def retimed(self) -> bool:

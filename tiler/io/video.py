@@ -81,6 +81,7 @@ __all__ = [
     "PacketScan",
     "StreamInfo",
     "keyframe_times",
+    "output_timing",
     "probe_streams",
     "scan_packets",
     "stream_plan",
@@ -724,6 +725,28 @@ def probe_video(path: str | os.PathLike[str], *, max_pixels: int | None = None) 
     return info
 
 
+def output_timing(info: VideoInfo, dst: str | os.PathLike[str], fps: Any = None) -> VideoInfo:
+    """The frames to deliver for ``dst``: the source's own (every frame at its time), or ``fps`` constant.
+
+    GIF stores a delay per frame in hundredths of a second; tileproc writes it
+    at a constant rate, so a variable-rate source goes to GIF at its average rate.
+
+    Examples
+    --------
+    >>> output_timing(probe_video("vfr.mp4"), "out.mp4", "24000/1001").fps   # doctest: +SKIP
+    Fraction(24000, 1001)
+    """
+    if fps is not None:
+        try:
+            rate = Fraction(str(fps))
+        except (ValueError, ZeroDivisionError):
+            raise ValueError(f"fps must be a positive number or fraction such as 24000/1001, got {fps!r}") from None
+        return info.at_rate(rate)
+    if info.variable_rate and Path(dst).suffix.lower() == ".gif":
+        return info.at_rate(info.fps)
+    return info
+
+
 def probe_streams(path: str | os.PathLike[str]) -> tuple[StreamInfo, ...]:
     """Every stream of a file (audio, subtitles, data...), for keeping them in another video's output."""
     path = Path(path)
@@ -1292,7 +1315,8 @@ def stream_plan(muxer: str, streams: Sequence[StreamInfo], source: int) -> tuple
         out[s.kind] += 1
 
     for s in streams:
-        what = f"stream {s.index} ({s.kind} {s.codec}{', ' + s.language if s.language else ''})"
+        detail = " ".join(x for x in (s.kind, "" if s.codec == "none" else s.codec) if x)
+        what = f"stream {s.index} ({detail}{', ' + s.language if s.language else ''})"
         if muxer == "gif":
             dropped.append(f"{what}: GIF holds only pictures")
         elif s.kind == "audio":

@@ -759,3 +759,30 @@ def test_names():
     assert output_name("clip.tileproc.mp4") != Path("clip.tileproc.mp4")
     assert VIDEO_EXTENSIONS == {".mp4", ".mov", ".mkv", ".webm", ".avi", ".gif", ".m4v"}
     assert is_video_path("A.MKV") and not is_video_path("a.png")
+
+
+def test_source_and_sink_contract(clips, tmp_path):
+    from tiler.io.base import Sink, Source
+    from tiler.io.video import VideoSink, VideoSource
+
+    assert issubclass(VideoSource, Source) and issubclass(VideoSink, Sink)
+    assert VideoSource.RUNS_ON == VideoSink.RUNS_ON == "thread"
+    info = probe_video(clips["ntsc24"])
+    buf = np.empty(info.frame_shape, info.dtype)
+    dst = tmp_path / "out.mkv"
+    with VideoSource(VideoReader(info)) as src, VideoSink(VideoWriter(dst, info, preset="ultrafast")) as sink:
+        assert src.probe() is info
+        with pytest.raises(VideoError, match="in order: asked for 1, next is 0"):
+            src.read_into(1, buf)
+        i = 0
+        while src.read_into(i, buf):
+            sink.write(i, buf)
+            i += 1
+        assert not src.read_into(i + 3, buf)  # past the end: no frame, whatever the index
+        with pytest.raises(VideoError, match="in order: got 0, next is 24"):
+            sink.write(0, buf)
+    assert probe_video(dst).frame_count == 24
+    with pytest.raises(RuntimeError), VideoSink(VideoWriter(tmp_path / "gone.mkv", info)) as sink:
+        sink.write(0, buf)
+        raise RuntimeError("stop")
+    assert leftovers(tmp_path) == [] and not (tmp_path / "gone.mkv").exists()

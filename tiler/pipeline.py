@@ -227,21 +227,22 @@ def filter_stream(engine, reader: video.VideoReader, writer: video.VideoWriter, 
     renamed into place; on any failure both ffmpeg processes are stopped and nothing is left.
     ``first`` numbers the frames in messages (for a stretch of a longer video)."""
     decode, encode = IOThread("decode"), IOThread("encode")
-    info = reader.info
+    source, sink = video.VideoSource(reader), video.VideoSink(writer)
+    info = source.probe()
 
-    def read(slot_src: np.ndarray, slot_dst: np.ndarray) -> bool:
-        return reader.readinto(slot_src)
+    def read(i: int) -> Callable[[np.ndarray, np.ndarray], bool]:
+        return lambda slot_src, slot_dst: source.read_into(i, slot_src)
 
-    def write(slot_src: np.ndarray, slot_dst: np.ndarray) -> None:
-        writer.write(slot_dst)
+    def write(i: int) -> Callable[[np.ndarray, np.ndarray], None]:
+        return lambda slot_src, slot_dst: sink.write(i, slot_dst)
 
     frames = (
         Frame(
             f"{info.path} frame {first + i}",
             info.frame_shape,
             reader.dtype,
-            load=OnThread(decode, read),
-            store=OnThread(encode, write),
+            load=OnThread(decode, read(i)),
+            store=OnThread(encode, write(i)),
         )
         for i in count()
     )
@@ -254,12 +255,12 @@ def filter_stream(engine, reader: video.VideoReader, writer: video.VideoWriter, 
                 raise frame.error
         ok = True
     finally:
-        reader.close()  # stops ffmpeg: a read blocked in the decode thread returns
+        source.close()  # stops ffmpeg: a read blocked in the decode thread returns
         if not ok:
-            writer.abort()  # likewise for a blocked write; nothing is left at dst
+            sink.abort()  # likewise for a blocked write; nothing is left at dst
         decode.stop()
         encode.stop()
-    writer.close()  # waits for ffmpeg, checks its status, renames into place
+    sink.commit()  # waits for ffmpeg, sets frame times, adds the other streams, renames into place
 
 
 # -- files and folders -----------------------------------------------------------

@@ -73,6 +73,7 @@ from typing import Any
 import numpy as np
 
 from tiler.errors import InputError, OutputError, VideoError
+from tiler.io.base import Sink, Source
 from tiler.io.files import atomic_output, output_name, temp_path_for
 
 __all__ = [
@@ -88,6 +89,8 @@ __all__ = [
     "VideoInfo",
     "VideoReader",
     "VideoWriter",
+    "VideoSink",
+    "VideoSource",
     "ffmpeg_exe",
     "is_video_path",
     "output_name",
@@ -1793,6 +1796,79 @@ def _retime(src: Path, dst: Path, info: VideoInfo, count: int) -> None:
             packet.time_base = info.time_base
             packet.stream = ost
             out.mux(packet)
+
+
+# ----------------------------------------------------------------------------
+# the I/O contract
+
+
+class VideoSource(Source):
+    """A video as a :class:`~tiler.io.base.Source`: frames in order from a :class:`VideoReader`.
+
+    ``read_into`` runs on the pipeline's decode thread; the reader's ffmpeg
+    writes each frame straight into the slot.
+
+    Examples
+    --------
+    >>> with VideoSource(VideoReader(probe_video("clip.mp4"))) as src:     # doctest: +SKIP
+    ...     buf = np.empty(src.probe().frame_shape, np.uint8)
+    ...     while src.read_into(src.next_index, buf):
+    ...         pass
+    """
+
+    RUNS_ON = "thread"
+
+    def __init__(self, reader: VideoReader) -> None:
+        self.reader = reader
+        self.next_index = 0
+        self.ended = False
+
+    def probe(self) -> VideoInfo:
+        return self.reader.info
+
+    def read_into(self, index: int, out: np.ndarray) -> bool:
+        if self.ended and index >= self.next_index:
+            return False
+        if index != self.next_index:
+            raise VideoError(
+                f"{self.reader.info.path}: frames are read in order: asked for {index}, next is {self.next_index}"
+            )
+        if not self.reader.readinto(out):
+            self.ended = True
+            return False
+        self.next_index += 1
+        return True
+
+    def close(self) -> None:
+        self.reader.close()
+
+
+class VideoSink(Sink):
+    """A video output as a :class:`~tiler.io.base.Sink`: frames in order into a :class:`VideoWriter`.
+
+    ``write`` runs on the pipeline's encode thread; ``commit`` (the parent)
+    waits for ffmpeg, sets each frame's time for a variable rate, joins the
+    other streams and renames the file into place; ``abort`` (any thread)
+    kills ffmpeg and removes every temporary.
+    """
+
+    RUNS_ON = "thread"
+
+    def __init__(self, writer: VideoWriter) -> None:
+        self.writer = writer
+
+    def write(self, index: int, frame: np.ndarray) -> None:
+        if index != self.writer.frames_written:
+            raise VideoError(
+                f"{self.writer.dst}: frames are written in order: got {index}, next is {self.writer.frames_written}"
+            )
+        self.writer.write(frame)
+
+    def commit(self) -> None:
+        self.writer.close()
+
+    def abort(self) -> None:
+        self.writer.abort()
 
 
 # ----------------------------------------------------------------------------

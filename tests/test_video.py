@@ -167,16 +167,14 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def stream_seconds(path: Path, index: int) -> float:
-    """Duration of one stream from its packets' timestamps."""
-    out = subprocess.run(
-        [ffmpeg_exe(), "-v", "error", "-i", str(path), "-map", f"0:{index}", "-c", "copy", "-f", "framecrc", "-"],
-        capture_output=True,
-        check=True,
-    ).stdout.decode()
-    tb = Fraction(next(line for line in out.splitlines() if line.startswith("#tb")).split()[-1])
-    packets = [[int(v) for v in line.split(",")[1:4]] for line in out.splitlines() if not line.startswith("#")]
-    start = min(p[1] for p in packets)
-    end = max(p[1] + p[2] for p in packets)
+    """Duration of one stream from its packets' timestamps (PyAV, independent of tileproc's probe)."""
+    import av
+
+    with av.open(str(path)) as c:
+        packets = [(p.pts, p.duration or 0) for p in c.demux(c.streams[index]) if p.size and p.pts is not None]
+        tb = c.streams[index].time_base
+    start = min(p[0] for p in packets)
+    end = max(p[0] + p[1] for p in packets)
     return float((end - start) * tb)
 
 

@@ -1,27 +1,56 @@
-"""Video in and out, streaming, by driving the bundled ffmpeg binary.
+"""Video in and out: PyAV describes, the bundled ffmpeg streams the pixels.
 
 Data flow::
 
-    probe_video(path) ──> VideoInfo (small, frozen, picklable; no decoding)
+    probe_video(path) ──> VideoInfo     PyAV (FFmpeg's API): streams, every packet's time, keyframes;
+                                        small, frozen, picklable; no decoding beyond the first frame
     VideoReader(info):   ffmpeg -i path ... -f rawvideo pipe:1 ──readinto──> (H, W, 3) buffer
     VideoWriter(dst, info):  buffer ──write──> pipe:0 ffmpeg ... .dst.tileproc-PID-X.ext ──rename──> dst
+        variable rate:   ... ffmpeg -> .nut ──PyAV: each packet gets its frame's time──> .nut
+                         ──ffmpeg -c copy, with the source's other streams──> .dst.tileproc-... ──rename──> dst
 
 Frames are RGB, (H, W, 3), ``uint8`` or ``uint16`` (rgb48, full 16-bit
 scale), written by ffmpeg straight into the caller's buffer and encoded
-straight from it: no copy on the Python side.
+straight from it: no copy on the Python side. Pixels go through ffmpeg's
+pipes rather than PyAV's in-process decode and encode because the pipes
+measure as fast or faster (``benchmarks/bench_video_io.py``) and keep the
+codec work in another process, where a crash or a hang cannot take the
+caller with it. Nothing reads ffmpeg's log for facts: it is only quoted in
+error messages.
 
 Policies (each one a promise of ``DESIGN.md``):
 
 * **Orientation.** Frames come out as displayed: ffmpeg applies the stream's
   rotation (display matrix) while decoding; ``VideoInfo.width``/``height`` are
   the displayed size. Outputs carry no rotation: their pixels are upright.
-* **Frame rate.** ``VideoInfo.fps`` is an exact :class:`~fractions.Fraction`
-  measured from the packet timestamps (24000/1001, never 23.98). A variable
-  frame rate stream is decoded to a constant rate: the stream's average rate
-  (the simplest fraction that keeps the duration within half a frame), with
-  ffmpeg's ``fps`` filter choosing, for each output instant, the frame shown
-  then. The frame count and duration are kept; frame instants move by less
-  than half a frame. ``VideoInfo.frame_count`` is what the reader delivers.
+* **Frame times.** Every frame is delivered once and written at its own time:
+  a variable-rate source stays variable (gaps included), each frame at its
+  source timestamp in the source's time base (Matroska stores milliseconds).
+  ``VideoInfo.fps`` is the exact rate (24000/1001, never 23.98) of a
+  constant-rate stream, or the average rate of a variable one.
+  ``info.at_rate(fps)`` (``fps=``, ``--fps``) converts to a constant rate
+  instead: each output instant shows the frame on screen then (ffmpeg's
+  ``fps`` filter), frames are repeated or dropped, the duration is kept. GIF
+  is written at a constant rate (a variable source at its average rate).
+* **Streams.** Every stream the output container can hold is kept, each at
+  its own start and length (nothing is cut to the video's length): audio
+  copied when the container takes its codec (else AAC; Opus for WebM; MP3
+  for AVI), subtitles copied or converted to the container's text format
+  (``mov_text`` in MP4/MOV, WebVTT in WebM), attachments (Matroska), data
+  tracks MP4/MOV can write (timecode, GoPro metadata), chapters and metadata.
+  What cannot be kept (attachments outside Matroska, picture subtitles in
+  MP4, anything in GIF, an audio start offset in AVI, which starts all
+  streams together) is said in one line per stream (``VideoWriter.notes``).
+* **Flags.** Language tags (video and every stream), the sample aspect ratio
+  (also when it is tagged 1:1) and the colour tags are kept.
+* **Fields.** Interlaced input is never deinterlaced: each frame is filtered
+  as stored, both fields woven together, and encoded as interlaced pictures
+  with the source's field order (H.264: ``+ildct+ilme``, ``setfield``). A
+  pointwise filter (``invert``, ``gamma``...) treats each field exactly as it
+  would alone; a spatial filter (``blur``, ``median``...) reaches across
+  lines, so it mixes the two fields, which are 1/50 or 1/60 s apart:
+  deinterlace first (ffmpeg's ``bwdif``) when that matters. Codecs that
+  encode progressive frames only (VP9) say so in a note.
 * **Bit depth.** More than 8 bits (10-bit VP9/HEVC/H.264) reads as ``uint16``
   by default and is written back with 10 bits where the codec can
   (H.264 High 10 ``yuv420p10le``, VP9 profile 2); ``pix_fmt="yuv420p"``
@@ -35,19 +64,15 @@ Policies (each one a promise of ``DESIGN.md``):
   right and/or one row at the bottom, repeating the edge pixels (never
   stretching). VP9 and GIF keep odd sizes. ``VideoWriter.size`` says what is
   written.
-* **Audio.** Every audio stream of the source is kept: copied when the
-  container takes its codec (AAC into MP4/MOV/MKV, Opus/Vorbis into WebM),
-  re-encoded otherwise (AAC, Opus for WebM, MP3 for AVI), and cut at the end
-  of the video. GIF has no audio.
 * **Damage.** A reader that gets fewer frames than ``info.frame_count``
   (a truncated or corrupt file) raises :class:`VideoError` rather than end
   early: a stream is never silently short.
 
 Every ffmpeg process runs in its own session (so Ctrl-C reaches tileproc,
 which stops ffmpeg itself), reads file names as ``file:/absolute/path`` (a
-name starting with ``-`` or holding ``:`` is never an option or a protocol),
-and is reaped on every way out: success, error, an exception in the caller,
-KeyboardInterrupt, garbage collection.
+name starting with ``-``, holding ``:`` or a newline is never an option or a
+protocol; PyAV opens the same form), and is reaped on every way out: success,
+error, an exception in the caller, KeyboardInterrupt, garbage collection.
 """
 
 from __future__ import annotations
@@ -1891,7 +1916,8 @@ def transcode_command(
     :class:`VideoWriter`, with an optional ffmpeg filter applied to the RGB frames.
 
     Meant for benchmarks (tileproc against plain ffmpeg on the same work). It
-    writes ``dst`` directly (``-y``), without the atomic rename.
+    writes ``dst`` directly (``-y``), without the atomic rename, and frames at
+    the constant rate ``info.fps`` (a variable-rate source at its average rate).
 
     Examples
     --------

@@ -289,3 +289,19 @@ def test_a_name_with_a_newline(short_audio, tmp_path):
     copy_video(src, dst)
     assert probe_video(dst).frame_count == 48
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out\nput.mkv", "two\nlines.mp4"]
+
+
+@pytest.mark.parametrize("ext", [".mp4", ".mkv"])
+def test_picture_starting_after_the_sound_keeps_its_offset(tmp_path, ext):
+    src = tmp_path / "late.mkv"
+    ff(
+        "-itsoffset", "0.3", "-f", "lavfi", "-i", "testsrc2=s=64x48:r=25:d=1",
+        "-f", "lavfi", "-i", "sine=d=1.5", "-map", "0", "-map", "1", *X264, "-c:a", "aac", str(src),
+    )  # fmt: skip
+    info = probe_video(src)
+    assert abs(info.offset - Fraction(3, 10)) < Fraction(3, 100)  # (less the AAC priming)
+    dst = tmp_path / f"out{ext}"
+    copy_video(src, dst)
+    out = probe_video(dst)
+    assert abs(out.offset - info.offset) < Fraction(1, 100) and out.frame_count == 25
+    assert abs(np.subtract(*stream_span(dst, out.audio[0].index)) - np.subtract(*stream_span(src, 1))) < 0.03

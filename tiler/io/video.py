@@ -12,11 +12,12 @@ Data flow::
 Frames are RGB, (H, W, 3), ``uint8`` or ``uint16`` (rgb48, full 16-bit
 scale), written by ffmpeg straight into the caller's buffer and encoded
 straight from it: no copy on the Python side. Pixels go through ffmpeg's
-pipes rather than PyAV's in-process decode and encode because the pipes
-measure as fast or faster (``benchmarks/bench_video_io.py``) and keep the
-codec work in another process, where a crash or a hang cannot take the
-caller with it. Nothing reads ffmpeg's log for facts: it is only quoted in
-error messages.
+pipes rather than PyAV's in-process decode and encode: for the same work
+(the same accurate RGB conversion, the same x264 settings) the two measure
+within about 10% of each other either way (``benchmarks/bench_video_io.py``),
+and the pipes keep the codec work in another process, which runs beside
+Python's threads and where a crash or a hang cannot take the caller with it.
+Nothing reads ffmpeg's log for facts: it is only quoted in error messages.
 
 Policies (each one a promise of ``DESIGN.md``):
 

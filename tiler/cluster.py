@@ -774,7 +774,7 @@ def _join(
         )
     )
     copy = dataclasses.replace(plan, filters="", video_args=["-c:v", "copy"])
-    audio = info.audio if plan.muxer != "gif" else ()
+    audio = info.streams if plan.muxer != "gif" else ()  # every stream the container holds
     cmd = [
         video.ffmpeg_exe(),
         "-hide_banner",

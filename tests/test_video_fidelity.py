@@ -305,3 +305,14 @@ def test_picture_starting_after_the_sound_keeps_its_offset(tmp_path, ext):
     out = probe_video(dst)
     assert abs(out.offset - info.offset) < Fraction(1, 100) and out.frame_count == 25
     assert abs(np.subtract(*stream_span(dst, out.audio[0].index)) - np.subtract(*stream_span(src, 1))) < 0.03
+
+
+def test_timecode_kept(tmp_path):
+    src = tmp_path / "tc.mov"
+    ff("-f", "lavfi", "-i", "testsrc2=s=64x48:r=25:d=0.4", *X264, "-timecode", "01:02:03:04", str(src))
+    info = probe_video(src)
+    assert info.timecode == "01:02:03:04" and [s.kind for s in info.streams] == ["data"]
+    for ext in (".mp4", ".mov", ".mkv"):
+        dst = tmp_path / f"out{ext}"
+        assert copy_video(src, dst).notes == []
+        assert probe_video(dst).timecode == "01:02:03:04"

@@ -38,7 +38,8 @@ Policies (each one a promise of ``DESIGN.md``):
   copied when the container takes its codec (else AAC; Opus for WebM; MP3
   for AVI), subtitles copied or converted to the container's text format
   (``mov_text`` in MP4/MOV, WebVTT in WebM), attachments (Matroska), data
-  tracks MP4/MOV can write (timecode, GoPro metadata), chapters and metadata.
+  tracks MP4/MOV can write (GoPro metadata), the timecode (a timecode track in
+  MP4/MOV, a tag in Matroska), chapters and metadata.
   What cannot be kept (attachments outside Matroska, picture subtitles in
   MP4, anything in GIF, an audio start offset in AVI, which starts all
   streams together) is said in one line per stream (``VideoWriter.notes``).
@@ -201,6 +202,8 @@ class StreamInfo:
         Seconds from the start of the file to the stream's first packet.
     tag : str
         The codec tag (fourcc) as stored, ``""`` when none.
+    timecode : str or None
+        The start timecode of a timecode track (``"01:00:00:00"``).
     """
 
     index: int
@@ -212,6 +215,7 @@ class StreamInfo:
     kind: str = "audio"
     start: Fraction = Fraction(0)
     tag: str = ""
+    timecode: str | None = None
 
 
 AudioStream = StreamInfo  # the name earlier releases used for audio streams
@@ -282,6 +286,8 @@ class VideoInfo:
     resampled : bool
         Frames are delivered at the constant rate ``fps`` (see :meth:`at_rate`), not
         at the source's own instants.
+    timecode : str or None
+        The start timecode (``"01:00:00:00"``) of the video or its timecode track.
 
     Examples
     --------
@@ -321,6 +327,7 @@ class VideoInfo:
     language: str | None = None
     streams: tuple[StreamInfo, ...] = ()
     resampled: bool = False
+    timecode: str | None = None
 
     @property
     def frame_shape(self) -> tuple[int, int, int]:
@@ -453,6 +460,11 @@ def _open_input(path: Path) -> Iterator[Any]:
         container.close()
 
 
+def _timecode(metadata: Any) -> str | None:
+    """The ``timecode`` tag of a stream or file, whatever its case (Matroska stores ``TIMECODE``)."""
+    return next((v for k, v in (metadata or {}).items() if k.lower() == "timecode" and v), None)
+
+
 def _language(stream: Any) -> str | None:
     lang = (stream.metadata or {}).get("language")
     return None if lang in (None, "", "und") else lang
@@ -488,6 +500,7 @@ def _streams(container: Any, skip: int | None = None) -> tuple[StreamInfo, ...]:
                 kind=s.type,
                 start=max(Fraction(0), _seconds(s.start_time, s.time_base) - start) if s.start_time is not None else 0,
                 tag=tag,
+                timecode=_timecode(s.metadata),
             )
         )
     return tuple(out)
@@ -750,6 +763,9 @@ def probe_video(path: str | os.PathLike[str], *, max_pixels: int | None = None) 
             sample_aspect_tagged=bool(sar_raw),
             language=_language(stream),
             streams=others,
+            timecode=_timecode(stream.metadata)
+            or next((s.timecode for s in others if s.timecode), None)
+            or _timecode(container.metadata),
         )
     return info
 
@@ -1306,7 +1322,9 @@ def encoder_plan(
             args += ["-color_range" if k == "range" else f"-{k}", v]
     if info.sample_aspect != 1 or info.sample_aspect_tagged:
         vf.append(f"setsar={info.sample_aspect.numerator}/{info.sample_aspect.denominator}")
-    tags = ("-metadata:s:v:0", f"language={info.language}") if info.language else ()
+    tags: tuple[str, ...] = ("-metadata:s:v:0", f"language={info.language}") if info.language else ()
+    if info.timecode:  # MP4/MOV get a timecode track from it, Matroska a tag
+        tags += ("-timecode", info.timecode)
     return _Plan(muxer, codec, ",".join(vf), (pw, ph), args, pix_fmt, tags, tuple(notes))
 
 
@@ -1368,6 +1386,8 @@ def stream_plan(muxer: str, streams: Sequence[StreamInfo], source: int) -> tuple
             else:
                 dropped.append(f"{what}: only Matroska holds attachments")
         elif s.kind == "data":
+            if s.timecode:
+                continue  # written again from the video's timecode (encoder_plan)
             if s.tag in _DATA_TAGS.get(muxer, ()):
                 keep(s, "-c:#", "copy")
             else:

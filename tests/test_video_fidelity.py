@@ -316,3 +316,19 @@ def test_timecode_kept(tmp_path):
         dst = tmp_path / f"out{ext}"
         assert copy_video(src, dst).notes == []
         assert probe_video(dst).timecode == "01:02:03:04"
+
+
+def test_one_rate_containers_take_the_average_rate_and_say_so(gap_clip, tmp_path):
+    from tiler.io.video import output_timing
+
+    info = probe_video(gap_clip)
+    assert output_timing(info, tmp_path / "out.mp4") == (info, [])
+    at, notes = output_timing(info, tmp_path / "out.avi")
+    assert at.fps == info.fps and not at.variable_rate and at.frame_count == round(7 * info.fps)
+    assert notes == [
+        f"{tmp_path / 'out.avi'}: AVI holds one frame rate: the variable rate is written at its average {info.fps}"
+    ]
+    dst = tmp_path / "out.avi"
+    copy_video(gap_clip, dst, info=at)
+    out = probe_video(dst)
+    assert (out.frame_count, out.fps, out.variable_rate) == (at.frame_count, at.fps, False)

@@ -200,7 +200,7 @@ def process_video(
     if sweep:
         sweep_stale_temps(dst.parent)
     check_input(src)
-    info = video.output_timing(video.probe_video(src, max_pixels=max_pixels), dst, fps)
+    info, notes = video.output_timing(video.probe_video(src, max_pixels=max_pixels), dst, fps)
     if on_start is not None:
         on_start(info)
     dtype = video_dtype(info, dst)
@@ -208,7 +208,7 @@ def process_video(
         dst, info, dtype=dtype, codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt, overwrite=overwrite
     )
     if on_note is not None:
-        for line in writer.notes:
+        for line in notes + writer.notes:
             on_note(line)
     filter_stream(engine, video.VideoReader(info, dtype=dtype), writer, chain)
     return dst

@@ -32,7 +32,8 @@ Policies (each one a promise of ``DESIGN.md``):
   ``info.at_rate(fps)`` (``fps=``, ``--fps``) converts to a constant rate
   instead: each output instant shows the frame on screen then (ffmpeg's
   ``fps`` filter), frames are repeated or dropped, the duration is kept. GIF
-  is written at a constant rate (a variable source at its average rate).
+  and AVI hold one rate: a variable source goes to them at its average rate,
+  with a line saying so (:func:`output_timing`).
 * **Streams.** Every stream the output container can hold is kept, each at
   its own start and length (nothing is cut to the video's length): audio
   copied when the container takes its codec (else AAC; Opus for WebM; MP3
@@ -632,6 +633,11 @@ def _timing(path: Path, scan: PacketScan, nominal: Fraction | None) -> tuple[Fra
     deltas = [b - a for a, b in zip(pts, pts[1:])]
     mean = Fraction(span, n - 1)
     variable = any(abs(d - mean) > max(1, mean / 500) for d in deltas)
+    if not variable and len(set(deltas)) == 1:
+        # Every frame the same number of ticks: the rate is exact, whatever the time base
+        # (AVI's is the frame duration itself, where one tick of doubt would be a whole frame).
+        rate = 1 / (deltas[0] * tb)
+        return rate, False, pts[0] + n * deltas[0]
     if not variable:
         # Timestamps are rounded to the time base: the span is exact to one tick.
         measured = (n - 1) / (span * tb)
@@ -770,15 +776,15 @@ def probe_video(path: str | os.PathLike[str], *, max_pixels: int | None = None) 
     return info
 
 
-def output_timing(info: VideoInfo, dst: str | os.PathLike[str], fps: Any = None) -> VideoInfo:
+def output_timing(info: VideoInfo, dst: str | os.PathLike[str], fps: Any = None) -> tuple[VideoInfo, list[str]]:
     """The frames to deliver for ``dst``: the source's own (every frame at its time), or ``fps`` constant.
 
-    GIF stores a delay per frame in hundredths of a second; tileproc writes it
-    at a constant rate, so a variable-rate source goes to GIF at its average rate.
+    GIF and AVI hold one frame rate: a variable-rate source goes to them at
+    its average rate, and the returned line says so. Returns ``(info, notes)``.
 
     Examples
     --------
-    >>> output_timing(probe_video("vfr.mp4"), "out.mp4", "24000/1001").fps   # doctest: +SKIP
+    >>> output_timing(probe_video("vfr.mp4"), "out.mp4", "24000/1001")[0].fps   # doctest: +SKIP
     Fraction(24000, 1001)
     """
     if fps is not None:
@@ -786,10 +792,15 @@ def output_timing(info: VideoInfo, dst: str | os.PathLike[str], fps: Any = None)
             rate = Fraction(str(fps))
         except (ValueError, ZeroDivisionError):
             raise ValueError(f"fps must be a positive number or fraction such as 24000/1001, got {fps!r}") from None
-        return info.at_rate(rate)
-    if info.variable_rate and Path(dst).suffix.lower() == ".gif":
-        return info.at_rate(info.fps)
-    return info
+        return info.at_rate(rate), []
+    ext = Path(dst).suffix.lower()
+    if info.variable_rate and ext in _ONE_RATE:
+        note = f"{dst}: {ext[1:].upper()} holds one frame rate: the variable rate is written at its average {info.fps}"
+        return info.at_rate(info.fps), [note]
+    return info, []
+
+
+_ONE_RATE = {".gif", ".avi"}  # containers whose frames sit on one fixed rate
 
 
 def probe_streams(path: str | os.PathLike[str]) -> tuple[StreamInfo, ...]:
@@ -1557,7 +1568,7 @@ class VideoWriter:
         return (
             info.variable_rate
             and not info.resampled
-            and self.encoder_plan.muxer != "gif"
+            and self.encoder_plan.muxer not in ("gif", "avi")
             and len(info.timestamps) >= info.frame_count
         )
 

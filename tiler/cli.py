@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from fractions import Fraction
 from pathlib import Path
 
 from filters import FilterError
@@ -149,6 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--crf", type=float, help="constant quality (default: 18 for H.264, 31 for VP9)")
     v.add_argument("--preset", default="medium", help="encoder preset (default medium)")
     v.add_argument("--pix-fmt", help="encoder pixel format (default yuv420p, yuv420p10le for 10-bit)")
+    v.add_argument(
+        "--fps",
+        help="write at this constant frame rate (25, 24000/1001) instead of keeping each frame at its own time",
+    )
     return p
 
 
@@ -261,6 +266,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ValueError(f"--frames-in-flight must be >= 1, got {args.frames_in_flight}")
         if args.quality is not None and not 1 <= args.quality <= 100:
             raise ValueError(f"--quality must be 1..100, got {args.quality}")
+        if args.fps is not None:
+            if args.cluster:
+                raise ValueError("--fps does not combine with --cluster (a cluster keeps each frame's time)")
+            try:
+                rate = Fraction(args.fps)
+            except (ValueError, ZeroDivisionError):
+                rate = Fraction(0)
+            if rate <= 0:
+                raise ValueError(f"--fps must be a positive number or fraction such as 24000/1001, got {args.fps}")
     except (FilterError, ValueError) as exc:
         print(f"tileproc: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
@@ -301,6 +315,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         ) as engine:
             options = dict(overwrite=args.overwrite, max_pixels=args.max_pixels, quality=args.quality)
             video_options = dict(codec=args.codec, crf=args.crf, preset=args.preset, pix_fmt=args.pix_fmt)
+            if args.fps is not None:
+                video_options["fps"] = args.fps
+            if on_cluster is None:
+                video_options["on_note"] = lambda line: bars.write(f"tileproc: {_one_line(line)}")
             for src, dst, is_folder in jobs:
                 if is_folder:
                     n_ok, n_bad = _run_folder(engine, src, dst, chain, bars, options, video_options, args.format)

@@ -120,3 +120,19 @@ def test_progress_true_shows_a_tqdm_bar_of_tiles(capsys):
     assert "0/9 [" in err and "tile" in err  # the total is known from the first event
     tiler.process(frame, "invert", workers=2, inline_below=0, tile_size=100, progress=False)
     assert capsys.readouterr().err == ""
+
+
+def test_filters_by_value_run_on_a_dask_cluster(tmp_path):
+    distributed = pytest.importorskip("distributed")
+    from PIL import Image
+
+    level = 3
+    darker = filter(halo=0)(lambda tile: tile // np.uint8(level))  # a closure: it travels by value
+    a = np.random.default_rng(3).integers(0, 256, (120, 160, 3), dtype=np.uint8)
+    Image.fromarray(a).save(tmp_path / "in.png")
+    with (
+        distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as local,
+        distributed.Client(local) as client,
+    ):
+        tiler.process_file(tmp_path / "in.png", tmp_path / "out.png", [darker, "invert"], client=client, workers=1)
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out.png")), ~(a // 3))

@@ -11,11 +11,18 @@ Two ways to write one:
 
 * a frozen dataclass subclass of :class:`Filter` (the built-ins), whose fields
   are the params;
-* a plain numpy function wrapped by :func:`filter`::
+* a plain numpy function wrapped by :func:`filter`, as a decorator or a call
+  (the same thing, also for a function imported from elsewhere)::
 
       @filter(halo=lambda radius=1: radius)
       def boxmean(tile, *, radius=1):
           ...
+
+      median3 = filter(halo=1)(mylib.median3)
+
+Filters travel to worker processes as :func:`dumps` makes them: by reference
+(module and name) when another process can import them, else by value with
+cloudpickle (``__main__``, notebook cells, closures, lambdas, partials).
 
 This module never imports the engine.
 """
@@ -337,6 +344,12 @@ def filter(
     pointwise : bool
         True when each output pixel depends only on the same input pixel.
 
+    Used as a decorator (``@filter(halo=1)``) or called on a function
+    (``f = filter(halo=1)(g)``, ``filter(g, halo=1)``): the same thing, for a
+    function of this module, an imported one, a lambda or a
+    ``functools.partial``. A filter that another process can import by name
+    travels so; any other travels by value (see :func:`dumps`).
+
     Examples
     --------
     >>> @filter(halo=lambda radius=1: radius)
@@ -344,6 +357,9 @@ def filter(
     ...     return tile
     >>> boxmean(radius=4).halo
     4
+    >>> invert = filter(halo=0, pointwise=True)(lambda tile: ~tile)
+    >>> invert().halo
+    0
     """
 
     # Like collections.namedtuple: the module of the code that calls filter()

@@ -17,13 +17,24 @@ from filters import filter
 REPO = Path(__file__).resolve().parent.parent
 
 # Filters written where workers cannot import them: in the main program of
-# ``python -c``, as a closure, a lambda and a partial of a function from there.
+# ``python -c``: a function, the call form, a closure, a lambda, a partial and
+# a Filter class.
 BY_VALUE = textwrap.dedent(
     """
+    import dataclasses
     import functools
     import numpy as np
     import tiler
-    from filters import filter, check_filter
+    from filters import Filter, filter, check_filter
+
+    @dataclasses.dataclass(frozen=True)
+    class Add(Filter):
+        name = "add"
+        pointwise = True
+        by: int = 1
+
+        def apply(self, tile):
+            return tile + np.uint8(self.by)
 
     @filter(halo=1)
     def inv(tile):
@@ -36,10 +47,11 @@ BY_VALUE = textwrap.dedent(
     offset = 5
     closure = filter(halo=0)(lambda tile: tile + np.uint8(offset))
     partial = filter(halo=0, name="plus2")(functools.partial(_add, by=2))
-    check_filter([inv, added(by=3), closure, partial], dtypes=["uint8"], channels=[3])
+    chain = [inv, added(by=3), closure, partial, Add(by=4)]
+    check_filter(chain, dtypes=["uint8"], channels=[3])
     frame = np.random.default_rng(0).integers(0, 256, (240, 320, 3), dtype=np.uint8)
-    out = tiler.process(frame, [inv, added(by=3), closure, partial], workers=2, tile_size=50)
-    want = ~frame + np.uint8(10)
+    out = tiler.process(frame, chain, workers=2, tile_size=50, inline_below=0)
+    want = ~frame + np.uint8(14)
     print("same" if np.array_equal(out, want) else "differ")
     """
 )

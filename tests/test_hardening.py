@@ -199,7 +199,7 @@ def test_newline_in_a_failing_name_stays_on_one_line(tmp_path, capsys):
     bad.write_bytes(b"not a png")
     assert main([str(bad), "-f", "invert"]) == 1
     errors = [line for line in capsys.readouterr().err.splitlines() if line]
-    assert len(errors) == 2 and "bad\\nname.png" in errors[0]
+    assert len(errors) == 1 and "bad\\nname.png" in errors[0]
 
 
 def test_name_too_long_for_its_output_fails_alone(tmp_path, capsys):

@@ -45,8 +45,10 @@ def check_filter(
 ) -> None:
     """Assert that a filter is safe to run over tiles in worker processes.
 
-    Checks that it (or each filter of a chain) pickles and comes back giving
-    the same results; that ``apply`` returns its input's shape and dtype,
+    Checks that it (or each filter of a chain) goes through the engine's own
+    serialisation (:func:`filters.base.dumps`: by reference where another
+    process can import it, else by value), loads in a new Python process as a
+    worker would load it, and comes back giving the same results; that ``apply`` returns its input's shape and dtype,
     leaves its input alone (it gets read-only views) and is deterministic; and
     that its halo is honest: on random frames of every given dtype and channel
     count, cut into tiles of several sizes, each tile computed from its window

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import importlib.util
 import os
+import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -146,7 +148,12 @@ def _bar(progress: Any, unit: str, total: int | None = None, desc: str = "") -> 
     """A tqdm.auto bar for ``progress=None`` (a widget in Jupyter, a bar on a terminal, else nothing)."""
     if progress is not None and progress is not True:
         return None
-    from tqdm.auto import tqdm
+    if "ipykernel" in sys.modules and importlib.util.find_spec("ipywidgets") is None:
+        # In Jupyter without ipywidgets, tqdm.auto warns that it cannot draw a
+        # widget on every first use; the plain bar is silent there instead.
+        from tqdm.std import tqdm
+    else:
+        from tqdm.auto import tqdm
 
     # delay: calls shorter than half a second show nothing.
     auto = progress is None

@@ -162,6 +162,12 @@ def _bar(progress: Any, unit: str, total: int | None = None, desc: str = "") -> 
     )
 
 
+def _set_total(bar: Any, total: int) -> None:
+    bar.total = total
+    if not bar.delay:  # a delayed bar shows itself (with its total) once the delay has passed
+        bar.refresh()
+
+
 def _events(progress: Any, bar: Any, kind: str) -> Callable | None:
     """The engine's progress callback: the user's own, or one advancing ``bar`` on ``kind`` events."""
     if bar is None:
@@ -170,8 +176,7 @@ def _events(progress: Any, bar: Any, kind: str) -> Callable | None:
     def advance(event) -> None:
         if event.kind == kind:
             if bar.total is None and kind == "tiles" and event.frame.tiles:
-                bar.total = event.frame.tiles
-                bar.refresh()
+                _set_total(bar, event.frame.tiles)
             bar.update(event.done)
 
     return advance
@@ -284,8 +289,7 @@ def process_folder(src, dst, chain: Any, *, workers: int | None = None, client: 
         on_plan, on_result = job.pop("on_plan", None), job.pop("on_result", None)
 
         def planned(n: int) -> None:
-            bar.total = n
-            bar.refresh()
+            _set_total(bar, n)
             if on_plan is not None:
                 on_plan(n)
 
@@ -328,8 +332,7 @@ def process_video(src, dst, chain: Any, *, workers: int | None = None, client: A
         on_start = job.pop("on_start", None)
 
         def started(info) -> None:
-            bar.total = info.frame_count
-            bar.refresh()
+            _set_total(bar, info.frame_count)
             if on_start is not None:
                 on_start(info)
 

@@ -132,6 +132,8 @@ def test_progress_true_shows_a_tqdm_bar_of_tiles(capsys):
     assert "0/9 [" in err and "tile" in err  # the total is known from the first event
     tiler.process(frame, "invert", workers=2, inline_below=0, tile_size=100, progress=False)
     assert capsys.readouterr().err == ""
+    tiler.process(frame, "invert", workers=2, inline_below=0, tile_size=100)  # stderr is not a terminal here
+    assert capsys.readouterr().err == ""
 
 
 def test_filters_by_value_run_on_a_dask_cluster(tmp_path):

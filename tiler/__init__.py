@@ -164,7 +164,7 @@ def _bar(progress: Any, unit: str, total: int | None = None, desc: str = "") -> 
 
 def _set_total(bar: Any, total: int) -> None:
     bar.total = total
-    if not bar.delay:  # a delayed bar shows itself (with its total) once the delay has passed
+    if not bar.disable and not bar.delay:  # a delayed bar shows itself, with its total, once the delay passed
         bar.refresh()
 
 

@@ -245,13 +245,17 @@ def test_verbose_shows_the_failing_filters_traceback(tmp_path, capsys):
     assert "Traceback (most recent call last)" in err and 'faultfilters.py", line' in err
 
 
-def test_skip_existing_resumes_an_interrupted_batch_with_exit_0(tmp_path):
+def test_skip_existing_resumes_an_interrupted_batch_with_exit_0(tmp_path, capsys):
     src = slow_folder(tmp_path, n=4)
     out = tmp_path / "out"
     args = [str(src), "-f", "faultfilters:slow:seconds=0.05", "-o", str(out), "-w", "2", "--tile-size", "50"]
+
+    def written() -> list[str]:  # complete outputs, not the hidden temporaries they are written under
+        return sorted(p.name for p in out.glob("*.png") if not p.name.startswith("."))
+
     proc = start_cli(args, tmp_path)
     try:
-        assert wait_until(lambda: len(list(out.glob("*.png"))) >= 1, 30), "nothing written"
+        assert wait_until(lambda: len(written()) >= 1, 30), "nothing written"
         os.killpg(proc.pid, signal.SIGINT)
         proc.communicate(timeout=15)
     finally:
@@ -259,7 +263,7 @@ def test_skip_existing_resumes_an_interrupted_batch_with_exit_0(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     assert proc.returncode == 130
-    first = sorted(p.name for p in out.glob("*.png"))
+    first = written()
     assert 1 <= len(first) < 4
     resumed = subprocess.run(
         [sys.executable, "-m", "tiler", *args, "--skip-existing"],
@@ -274,6 +278,8 @@ def test_skip_existing_resumes_an_interrupted_batch_with_exit_0(tmp_path):
         np.testing.assert_array_equal(
             np.asarray(Image.open(out / f"f{i}.png")), np.asarray(Image.open(src / f"f{i}.png"))
         )
+    assert main([str(src / "f0.png"), "-f", "invert", "-o", str(out / "f0.png"), "--skip-existing"]) == 0
+    assert capsys.readouterr().err.strip() == f"tileproc: {out / 'f0.png'}: output exists, skipped"
     assert main([str(src), "-f", "invert", "-o", str(out), "--skip-existing", "--overwrite"]) == 2
 
 

@@ -268,6 +268,7 @@ def process_folder(src, dst, chain: Any, *, workers: int | None = None, client: 
     """Filter every image and video under ``src`` into ``dst`` (None: beside each input).
 
     A bad file fails alone; the returned :class:`Report` lists each file's outcome.
+    ``progress`` works as for :func:`process`, with a bar of files.
     With a ``dask.distributed.Client`` as ``client`` each file is a task on its
     cluster (:func:`tiler.cluster.process_folder`; ``workers`` then sizes each
     Dask worker's engine).
@@ -311,7 +312,8 @@ def process_video(src, dst, chain: Any, *, workers: int | None = None, client: A
     """Filter a video frame by frame; decoding, filtering and encoding overlap.
 
     Keeps the frame rate (exact fraction), displayed size and orientation, and
-    audio. Options: ``overwrite``, ``codec``, ``crf``, ``preset``, ``pix_fmt``,
+    audio; ``progress`` works as for :func:`process`, with a bar of frames.
+    Options: ``overwrite``, ``codec``, ``crf``, ``preset``, ``pix_fmt``,
     ``max_pixels``; plus :class:`Engine` options. With a
     ``dask.distributed.Client`` as ``client``, segments cut at keyframes are
     filtered on its workers and joined (:func:`tiler.cluster.process_video`).

@@ -352,10 +352,12 @@ class _Report:
         if line and not self.quiet:
             self.bars.write(f"tileproc: {_one_line(src)} -> {_one_line(dst)} ({seconds:.1f} s)")
 
-    def failed(self, exc: BaseException | str, *, line: bool = True) -> str:
+    def failed(self, exc: BaseException | str, *, say_skip: bool = False) -> str:
         """Count a failure (or a skip, for an existing output with --skip-existing); returns which."""
         if self.skip_existing and isinstance(exc, OutputExists):
             self.total[1] += 1
+            if say_skip and not self.quiet:
+                self.bars.write(f"tileproc: {_one_line(exc)}, skipped")
             return "skipped"
         self.total[2] += 1
         _fail_line(self.bars, exc)
@@ -399,7 +401,7 @@ def _run_file(engine, src: Path, dst: Path | None, chain, report: _Report, optio
         report.failed(f"{src}: not a supported image or video (by its extension)")
         return
     if report.skip_existing and dst is not None and dst.exists():
-        report.failed(OutputExists(f"{dst}: output exists"))
+        report.failed(OutputExists(f"{dst}: output exists"), say_skip=True)
         return
     start = time.monotonic()
     try:

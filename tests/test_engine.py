@@ -6,7 +6,7 @@ from faultfilters import boxmean, jittery_boxmean, negate, numpy_boxsum
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from filters import Chain, FilterError, filter
+from filters import Chain, filter
 from tiler.engine import Engine, check_frame
 
 
@@ -129,19 +129,18 @@ def test_bad_frames_are_refused_with_the_fix():
         check_frame([[1, 2]])
 
 
-def make_closure_filter():
+def make_closure_filter(offset):
     @filter(halo=0)
     def local(tile):
-        return tile
+        return tile + np.uint8(offset)
 
     return local
 
 
-def test_filter_defined_in_a_function_is_refused_before_any_process_starts():
-    with Engine(workers=2) as e:
-        with pytest.raises(FilterError, match="module level"):
-            e.process(np.zeros((300, 300), np.uint8), make_closure_filter())
-        assert e._pool is None or e._pool.pids  # refused before dispatch
+def test_filter_defined_in_a_function_travels_by_value_to_the_workers():
+    frame = np.zeros((300, 300), np.uint8)
+    with Engine(workers=2, inline_below=0) as e:
+        assert (e.process(frame, make_closure_filter(7)) == 7).all()
 
 
 def test_bad_engine_options():

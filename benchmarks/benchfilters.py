@@ -1,8 +1,12 @@
 """Filters and task functions for the benchmarks, importable by worker processes.
 
-``numpy_boxmean`` is "the custom filter a user writes": pure numpy, holding
-the GIL the whole time (no OpenCV, no threads inside), so the only way to use
-more than one core is more than one process. ``strip_task`` and ``blur_file``
+``numpy_boxmean`` is "the custom filter a user writes": pure numpy on whole
+tiles (no OpenCV, no threads inside); its large ufunc loops let threads overlap
+a little, but most of its time holds the GIL, so the way to use more than one
+core is more than one process. ``rowloop_boxmean`` is the GIL-bound kind: a
+Python loop over rows with a few small numpy calls per row, so the interpreter
+holds the GIL nearly all the time. ``strip_into`` is the task of the joblib
+peer (memmapped strips). ``strip_task`` and ``blur_file``
 are the per-task functions of the naive baselines (``multiprocessing.Pool``
 over pickled strips, ``ProcessPoolExecutor`` over files); they live here, at
 module level, so that any start method can import them.
@@ -17,7 +21,7 @@ import numpy as np
 
 from filters import filter
 
-__all__ = ["numpy_boxmean", "strip_task", "blur_file", "pool_init"]
+__all__ = ["numpy_boxmean", "rowloop_boxmean", "strip_task", "strip_into", "blur_file", "pool_init"]
 
 
 @filter(halo=lambda radius=2: radius)
@@ -47,10 +51,49 @@ def numpy_boxmean(tile: np.ndarray, *, radius: int = 2) -> np.ndarray:
     return acc.astype(tile.dtype)
 
 
+@filter(halo=lambda radius=2: radius)
+def rowloop_boxmean(tile: np.ndarray, *, radius: int = 2) -> np.ndarray:
+    """Mean over the (2r+1) x (2r+1) square, one row at a time in a Python loop (integer frames).
+
+    A running sum of column sums goes down the rows; each output row costs
+    about ten numpy calls on one row of pixels, so the interpreter's work
+    between them dominates. Integer arithmetic, rounded half up, so any tiling
+    gives the same bits. Border: reflect without repeating the edge pixel.
+    """
+    if tile.dtype.kind != "u":
+        raise TypeError(f"rowloop_boxmean: unsigned integer frames only, got {tile.dtype}")
+    r = int(radius)
+    k = 2 * r + 1
+    area = k * k
+    h, w = tile.shape[:2]
+    x = np.pad(tile, [(r, r), (r, r)] + [(0, 0)] * (tile.ndim - 2), mode="reflect")
+    out = np.empty_like(tile)
+    cols = x[:k].sum(axis=0, dtype=np.int32)  # column sums over the first output row's window
+    for i in range(h):
+        if i:
+            cols += x[i + k - 1]
+            cols -= x[i - 1]
+        acc = cols[0:w].copy()
+        for d in range(1, k):
+            acc += cols[d : d + w]
+        acc += area // 2
+        acc //= area
+        out[i] = acc
+    return out
+
+
 def strip_task(task: tuple) -> np.ndarray:
     """One strip of the naive ``Pool.map`` baseline: (filter, window, core rows) -> core."""
     f, window, top, rows = task
     return f.apply(window)[top : top + rows]
+
+
+def strip_into(f, src: np.ndarray, dst: np.ndarray, top: int, bottom: int) -> None:
+    """One task of the joblib peer: filter rows ``top:bottom`` of ``src`` (with the
+    filter's halo) into the same rows of ``dst``; both are memmaps the workers share."""
+    h = src.shape[0]
+    w0, w1 = max(0, top - f.halo), min(h, bottom + f.halo)
+    dst[top:bottom] = f.apply(np.asarray(src[w0:w1]))[top - w0 : bottom - w0]
 
 
 def pool_init(threads: int) -> None:

@@ -1,6 +1,6 @@
 """tileproc against the libraries a user would reach for instead, on a custom filter, side by side.
 
-    python benchmarks/bench_peers.py                  # 4K RGB, N = usable CPUs; about 2 minutes on 2 cores
+    python benchmarks/bench_peers.py                  # 4K RGB, N = usable CPUs; 7 minutes on a busy 2-core machine
     python benchmarks/bench_peers.py --quick          # smoke run: 1080p, one chunk height each, < 60 s
     python benchmarks/bench_peers.py --json out.json  # also every timing as JSON
 

@@ -237,7 +237,8 @@ def test_command_line_keeps_frame_times_converts_on_request_and_says_what_it_dro
 
     assert main([str(src), "-f", "invert", "-o", str(tmp_path / "kept.mp4"), "-w", "1", "--preset", "ultrafast"]) == 0
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"tileproc: {tmp_path / 'kept.mp4'}: stream 1 (attachment): only Matroska holds attachments"]
+    assert err[0] == f"tileproc: {tmp_path / 'kept.mp4'}: stream 1 (attachment): only Matroska holds attachments"
+    assert len(err) == 2 and err[1].startswith(f"tileproc: {src} -> {tmp_path / 'kept.mp4'} (")  # the output line
     kept = probe_video(tmp_path / "kept.mp4")
     assert kept.frame_count == 24 and kept.variable_rate
     assert [float((t - kept.timestamps[0]) * kept.time_base) for t in kept.timestamps][12] == 2.5

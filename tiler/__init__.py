@@ -20,8 +20,11 @@ from typing import Any
 
 import numpy as np
 
-from tiler.engine import Engine
-from tiler.errors import (
+from tiler import platform as _platform  # first: other systems are refused in one line
+
+_platform.check_own_package("filters")
+from tiler.engine import Engine  # noqa: E402
+from tiler.errors import (  # noqa: E402
     FilterFailed,
     InputError,
     OutputError,
@@ -32,7 +35,7 @@ from tiler.errors import (
     WorkerDied,
     WorkerError,
 )
-from tiler.pipeline import FileResult, Report
+from tiler.pipeline import FileResult, Report  # noqa: E402
 
 __all__ = [
     "process",

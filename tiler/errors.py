@@ -12,6 +12,7 @@ __all__ = [
     "WorkerDied",
     "TileTimeout",
     "VideoError",
+    "TileprocWarning",
 ]
 
 
@@ -53,3 +54,7 @@ class TileTimeout(WorkerError):
 
 class VideoError(TileprocError):
     """ffmpeg failed; the message ends with the last lines it printed."""
+
+
+class TileprocWarning(UserWarning):
+    """Something the user should know that did not stop the run (one line; the CLI prints it as one)."""

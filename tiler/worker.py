@@ -17,6 +17,7 @@ parent dies.
 
 from __future__ import annotations
 
+import mmap
 import os
 import pickle
 import signal
@@ -25,14 +26,14 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from multiprocessing import shared_memory
 from typing import Any
 
 import numpy as np
 
 from filters.base import check_result
+from tiler import platform
 from tiler.geometry import Tile
-from tiler.sharedmem import SlotRef, attach_views
+from tiler.sharedmem import SlotRef, attach, attach_views
 
 __all__ = [
     "TileBatch",
@@ -140,14 +141,14 @@ def _watch_parent(parent_pid: int, interval: float = 0.5) -> None:
 
 class _Worker:
     def __init__(self) -> None:
-        self.segments: dict[str, shared_memory.SharedMemory] = {}
+        self.segments: dict[str, mmap.mmap] = {}
         self.chains: dict[str, tuple] = {}
 
     def views(self, ref: SlotRef, *, writable_input: bool = False) -> tuple[np.ndarray, np.ndarray]:
         shm = self.segments.get(ref.name)
         if shm is None:
-            shm = self.segments[ref.name] = shared_memory.SharedMemory(name=ref.name)
-        return attach_views(shm.buf, ref, writable_input=writable_input)
+            shm = self.segments[ref.name] = attach(ref.name)
+        return attach_views(shm, ref, writable_input=writable_input)
 
     def forget(self, name: str) -> None:
         shm = self.segments.pop(name, None)
@@ -200,27 +201,10 @@ class _Worker:
             )
 
 
-def _keep_heap() -> None:
-    """Keep freed filter temporaries mapped instead of returning them to the kernel.
-
-    Without this glibc unmaps every large temporary when a tile is done and the
-    next tile faults its pages in again: at 1080p that cost as much CPU as the
-    filter itself (benchmarks/README.md). Each worker keeps up to 128 MiB.
-    """
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD: serve temporaries up to 32 MiB from the heap
-        libc.mallopt(-1, 128 << 20)  # M_TRIM_THRESHOLD: keep up to 128 MiB of freed heap
-    except (OSError, AttributeError):  # not glibc
-        pass
-
-
 def worker_main(conn, parent_pid: int, threads: int = 1) -> None:
     """Entry point of a worker process: serve tasks from ``conn`` until told to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _keep_heap()
+    platform.keep_heap()
     try:
         import cv2
 

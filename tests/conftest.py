@@ -1,7 +1,8 @@
 """Every test is checked for what tileproc must never leave behind.
 
 After each test: no new tileproc segment in /dev/shm or spill folder on disk, no
-new semaphore (``sem.*``) in /dev/shm that no process maps any more, nothing
+new semaphore (``sem.*``) in /dev/shm that no process maps any more (where
+/dev/shm is private to the test run), nothing
 registered with multiprocessing's resource tracker and not withdrawn (the
 "leaked shared_memory objects" warnings), and no process started by the test
 still alive (workers, ffmpeg), other than the long-lived helpers of the test
@@ -54,8 +55,11 @@ def no_leaks(monkeypatch):
     leaked_shm = shm_entries() - shm_before
     leaked_procs = strays()
     assert not leaked_shm, f"leaked shared memory segments: {sorted(leaked_shm)}"
-    leaked_sem = unmapped(sem_entries() - sem_before)
-    assert not leaked_sem, f"leaked semaphores in /dev/shm: {sorted(leaked_sem)}"
+    # Semaphore names say nothing of their owner and other programs on this machine share
+    # /dev/shm: only a private one (TILEPROC_PRIVATE_SHM, set by tests that make one) is exact.
+    if os.environ.get("TILEPROC_PRIVATE_SHM"):
+        leaked_sem = unmapped(sem_entries() - sem_before)
+        assert not leaked_sem, f"leaked semaphores in /dev/shm: {sorted(leaked_sem)}"
     assert not tracker.leaked(), f"the resource tracker would warn of leaked objects: {tracker.leaked()}"
     assert not leaked_procs, "leaked processes: " + "; ".join(
         f"{pid} {cmdline(pid)[:100]}" for pid in sorted(leaked_procs)

@@ -20,9 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from tiler import platform as _platform  # first: other systems are refused in one line
+from tiler import platform as _platform  # noqa: F401  (first: other systems are refused in one line)
+from tiler.launcher import own_package as _own_package
 
-_platform.check_own_package("filters")
+_own_package("filters")  # before anything imports it: a "filters" folder in the working directory cannot hide it
 from tiler.engine import Engine  # noqa: E402
 from tiler.errors import (  # noqa: E402
     FilterFailed,

@@ -40,7 +40,6 @@ __all__ = [
     "reserve",
     "keep_heap",
     "die_with_parent",
-    "check_own_package",
     "host_tag",
     "me",
     "start_time",
@@ -115,27 +114,6 @@ def die_with_parent(signum: int) -> None:
         import ctypes
 
         ctypes.CDLL(None, use_errno=True).prctl(1, signum, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
-
-
-def check_own_package(name: str) -> None:
-    """Raise one line when ``name``, as this process would import it, is not tileproc's own
-    package beside :mod:`tiler` (a folder of the user's of that name comes first on sys.path)."""
-    import importlib.util
-    from pathlib import Path
-
-    ours = Path(__file__).resolve().parent.parent / name
-    try:
-        spec = importlib.util.find_spec(name)
-    except (ImportError, ValueError):
-        spec = None
-    places = [spec.origin] if spec is not None and spec.origin else []
-    places += list(spec.submodule_search_locations or []) if spec is not None else []
-    if spec is None or not any(Path(p).resolve().is_relative_to(ours) for p in places):
-        where = places[0] if places else "nothing"
-        raise ImportError(
-            f"tileproc: {where} shadows tileproc's own {name!r} package (it comes first on sys.path); "
-            "rename it or run from another folder"
-        )
 
 
 # -- whose is a name ---------------------------------------------------------------

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from tiler import platform
+from tiler.errors import TileprocError
 
 __all__ = ["Child", "start_worker", "zygote_pids", "shutdown", "own_package"]
 
@@ -214,8 +215,16 @@ class _Zygote:
     def start(self, conn: Connection, args: tuple) -> Child:
         request = pickle.dumps((args, list(sys.path), os.getcwd()))
         with self.lock:
-            socket.send_fds(self.sock, [struct.pack("I", len(request)) + request], [conn.fileno()])
-            reply, fds, _flags, _addr = socket.recv_fds(self.sock, _STATUS.size, 1)
+            if self.sock.fileno() < 0:
+                raise OSError("the worker zygote was stopped")
+            try:
+                socket.send_fds(self.sock, [struct.pack("I", len(request)) + request], [conn.fileno()])
+                reply, fds, _flags, _addr = socket.recv_fds(self.sock, _STATUS.size, 1)
+            except BaseException:
+                # Interrupted (Ctrl-C) or broken between request and reply: the next reply could
+                # be this one's, so this zygote is done; it exits and a new one serves later.
+                self.sock.close()
+                raise
         if len(reply) != _STATUS.size or len(fds) != 1:
             for fd in fds:
                 os.close(fd)
@@ -235,11 +244,23 @@ _zygotes: dict[int, _Zygote] = {}
 _lock = threading.Lock()
 
 
+def _forget_in_child() -> None:
+    """A process forked from the host starts its own zygote if it needs one, never shares one."""
+    global _lock
+    _lock = threading.Lock()
+    for z in _zygotes.values():
+        z.sock.close()
+    _zygotes.clear()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
+
+
 def _zygote(threads: int) -> _Zygote:
     with _lock:
         z = _zygotes.get(threads)
-        if z is not None and z.process.poll() is not None:  # it died (killed from outside)
-            z.sock.close()
+        if z is not None and (z.process.poll() is not None or z.sock.fileno() < 0):  # died, or given up
+            z.close()
             z = None
         if z is None:
             if not _zygotes:
@@ -264,8 +285,11 @@ def start_worker(target: Any, conn: Connection, args: tuple, *, threads: int = 1
         with _lock:
             z = _zygotes.pop(threads, None)
         if z is not None:
-            z.sock.close()
+            z.close()
+    try:
         return _zygote(threads).start(conn, (target, *args))
+    except OSError as exc:
+        raise TileprocError(f"cannot start worker processes: {exc.strerror or exc}") from None
 
 
 def zygote_pids() -> set[int]:
@@ -314,13 +338,19 @@ def _zygote_main() -> None:
             _reap(status)
         if sock not in ready:
             continue
-        data, fds, _flags, _addr = socket.recv_fds(sock, 1 << 16, 1)
+        try:
+            data, fds, _flags, _addr = socket.recv_fds(sock, 1 << 16, 1)
+        except OSError:
+            return
         if not data:
-            break
+            return
         buf += data
         (size,) = struct.unpack_from("I", buf)
         while len(buf) < 4 + size:
-            more = sock.recv(1 << 16)
+            try:
+                more = sock.recv(1 << 16)
+            except OSError:
+                return
             if not more:
                 return
             buf += more
@@ -344,8 +374,12 @@ def _zygote_main() -> None:
                 os._exit(code)
         os.close(fds[0])
         status[pid] = status_w
-        socket.send_fds(sock, [_STATUS.pack(pid)], [status_r])
-        os.close(status_r)
+        try:
+            socket.send_fds(sock, [_STATUS.pack(pid)], [status_r])
+        except OSError:  # the host went away mid-request: so does the zygote (and, with it, the worker)
+            return
+        finally:
+            os.close(status_r)
         _reap(status)
 
 

@@ -8,7 +8,6 @@ check a killed run directly.
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 
 SHM = "/dev/shm"
@@ -23,22 +22,14 @@ def shm_entries() -> set[str]:
     namespace are not ours.
     """
     from tiler import platform
-    from tiler.sharedmem import segment_owner
+    from tiler.sharedmem import owned_entries
 
     ours = descendants() | {os.getpid()}
-    mine = set()
-    for folder in (SHM, tempfile.gettempdir()):
-        try:
-            names = os.listdir(folder)
-        except OSError:
-            continue
-        for n in names:
-            owner = segment_owner(n)
-            if owner is None or owner.host != platform.host_tag():
-                continue
-            if owner.pid in ours or platform.owner_dead(owner):
-                mine.add(os.path.join(folder, n))
-    return mine
+    return {
+        path
+        for path, owner in owned_entries()
+        if owner.host == platform.host_tag() and (owner.pid in ours or platform.owner_dead(owner))
+    }
 
 
 def sem_entries() -> set[str]:

@@ -47,6 +47,7 @@ __all__ = [
     "attach",
     "attach_views",
     "sweep_stale_segments",
+    "owned_entries",
     "segment_owner",
     "SHM_DIR",
     "PREFIX",
@@ -318,11 +319,9 @@ def _suggest(nbytes: int) -> str:
     return f"{math.ceil(want / 2**30)}g"
 
 
-def sweep_stale_segments(folders: tuple[str, ...] | None = None) -> list[str]:
-    """Remove segments (in /dev/shm) and spill folders (in the temporary folder) that
-    tileproc processes left when they died; only those of provably dead owners of this
-    host and pid namespace (:func:`tiler.platform.owner_dead`)."""
-    removed = []
+def owned_entries(folders: tuple[str, ...] | None = None) -> Iterator[tuple[str, platform.Owner]]:
+    """(path, owner) of every tileproc segment in /dev/shm and spill folder in the temporary
+    folder (or in ``folders``)."""
     for folder in folders or (SHM_DIR, tempfile.gettempdir()):
         try:
             names = os.listdir(folder)
@@ -330,15 +329,24 @@ def sweep_stale_segments(folders: tuple[str, ...] | None = None) -> list[str]:
             continue
         for name in names:
             owner = segment_owner(name)
-            if owner is None or not platform.owner_dead(owner):
-                continue
-            path = os.path.join(folder, name)
-            try:
-                if os.path.isdir(path) and not os.path.islink(path):
-                    shutil.rmtree(path)
-                else:
-                    os.unlink(path)
-            except OSError:
-                continue
-            removed.append(path)
+            if owner is not None:
+                yield os.path.join(folder, name), owner
+
+
+def sweep_stale_segments(folders: tuple[str, ...] | None = None) -> list[str]:
+    """Remove segments (in /dev/shm) and spill folders (in the temporary folder) that
+    tileproc processes left when they died; only those of provably dead owners of this
+    host and pid namespace (:func:`tiler.platform.owner_dead`)."""
+    removed = []
+    for path, owner in owned_entries(folders):
+        if not platform.owner_dead(owner):
+            continue
+        try:
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            else:
+                os.unlink(path)
+        except OSError:
+            continue
+        removed.append(path)
     return removed

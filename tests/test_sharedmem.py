@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from imageio_ffmpeg import get_ffmpeg_exe
 
-from tiler.errors import TileprocWarning
+from tiler.errors import TileprocError, TileprocWarning
 from tiler.sharedmem import SHM_DIR, FrameRing, FrameSlot, segment_owner
 
 FFMPEG = get_ffmpeg_exe()
@@ -202,3 +202,21 @@ def test_killed_run_leaves_no_semaphore_and_the_next_run_sweeps_its_segments(tmp
     report = dict(line.split(":", 1) for line in r.stdout.splitlines() if ":" in line)
     assert report.get("after kill") == " 0", r.stdout + r.stderr
     assert report.get("after next run", "?").strip() == "", r.stdout + r.stderr
+
+
+def test_a_slot_that_cannot_be_made_fails_an_endless_source_at_once(monkeypatch):
+    """A frame that gets no slot fails, and the source is not drained behind it (no spin)."""
+    import itertools
+
+    from tiler import platform
+    from tiler.engine import Engine
+
+    monkeypatch.setattr(platform, "file_size_limit", lambda: 1 << 16)  # below one 256x256x3 slot
+    taken = []
+    frames = (taken.append(i) or np.zeros((256, 256, 3), np.uint8) for i in itertools.count())
+    with Engine(workers=0) as e:
+        with pytest.raises(
+            TileprocError, match=r"frame slot needs 0.4 MiB but the file size limit \(ulimit -f\) is 0.1 MiB"
+        ):
+            next(e.map_frames(frames, "invert"))
+    assert len(taken) <= e.frames_in_flight  # bounded look-ahead even when every frame fails

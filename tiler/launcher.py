@@ -70,18 +70,16 @@ def own_package(name: str) -> None:
     """
     import importlib.util
 
-    if name in sys.modules:
-        return
     ours = Path(_ROOT) / name
     try:
-        spec = importlib.util.find_spec(name)
+        spec = importlib.util.find_spec(name)  # the loaded module's own spec, if already imported
     except (ImportError, ValueError):
         spec = None
     places = [spec.origin] if spec is not None and spec.origin else []
     places += list(spec.submodule_search_locations or []) if spec is not None else []
     if any(Path(p).resolve().is_relative_to(ours) for p in places):
         return
-    if spec is not None and spec.origin is None:  # a namespace folder: not a module at all
+    if spec is not None and spec.origin is None and name not in sys.modules:  # a namespace folder, not a module
         spec = importlib.util.spec_from_file_location(
             name, ours / "__init__.py", submodule_search_locations=[str(ours)]
         )

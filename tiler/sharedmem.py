@@ -66,7 +66,9 @@ def _aligned(n: int) -> int:
 
 
 def _mib(n: int | None) -> str:
-    return "?" if n is None else f"{n / _MiB:.0f} MiB"
+    if n is None:
+        return "?"
+    return f"{n / _MiB:.1f} MiB" if n < 10 * _MiB else f"{n / _MiB:.0f} MiB"
 
 
 def segment_owner(name: str) -> platform.Owner | None:

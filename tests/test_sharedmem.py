@@ -220,3 +220,31 @@ def test_a_slot_that_cannot_be_made_fails_an_endless_source_at_once(monkeypatch)
         ):
             next(e.map_frames(frames, "invert"))
     assert len(taken) <= e.frames_in_flight  # bounded look-ahead even when every frame fails
+
+
+@private_shm
+def test_every_slot_is_backed_before_it_is_used_so_a_full_shm_never_sigbuses(tmp_path):
+    """In a 3 MiB /dev/shm two 2 MiB slots each pass a free-space check (their pages are not
+    touched yet), and filling both would SIGBUS; reserved slots make the ring hold one instead."""
+    code = textwrap.dedent(
+        """
+        import warnings
+        import numpy as np
+        from tiler.sharedmem import FrameRing
+        ring = FrameRing(2, spill="/nonexistent")
+        with warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always")
+            slots = [ring.acquire(1 << 20)]
+            if ring.available:
+                slots.append(ring.acquire(1 << 20))
+        for slot in slots:
+            src, dst = slot.bind((1 << 20,), np.uint8)
+            src[...] = 1
+            dst[...] = 2
+        print(len(slots), ring.size, len(said))
+        ring.close()
+        """
+    )
+    r = in_small_shm("3m", f"{sys.executable} -c '{code}'", tmp_path, timeout=60)
+    assert r.returncode == 0, (r.returncode, r.stderr[-1000:])  # -7 would be SIGBUS
+    assert r.stdout.split() == ["1", "1", "1"], r.stdout + r.stderr

@@ -43,11 +43,9 @@ private_shm = pytest.mark.skipif(NO_UNSHARE is not None, reason=str(NO_UNSHARE))
 
 def in_small_shm(size: str, script: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
     """Run a shell ``script`` with a private tmpfs of ``size`` on /dev/shm."""
-    env = dict(os.environ, TILEPROC_PRIVATE_SHM="1")
     return subprocess.run(
         ["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o size={size} tmpfs /dev/shm && {script}"],
         cwd=cwd,
-        env=env,
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -181,6 +181,7 @@ class FrameRing:
         self._spill: str | None = None  # the folder, once made
         self._on_disk = False  # this plan puts new slots on disk
         self._planned = 0  # the largest capacity planned for
+        self._said: set[str] = set()
         self._free: list[FrameSlot] = []
         self._busy: set[FrameSlot] = set()
         self.retired: list[str] = []  # names workers should forget
@@ -258,24 +259,30 @@ class FrameRing:
             self.size, self._on_disk = self.requested, False
         elif fits >= 1:
             self.size, self._on_disk = int(fits), False
-            warnings.warn(
+            self._say(
+                "fewer",
                 TileprocWarning(
                     f"{SHM_DIR} holds {fits} frame slot(s) of {_mib(need)} ({_mib(free)} free): running with "
                     f"{fits} frame(s) in flight instead of {self.requested} "
                     f"(docker run --shm-size={_suggest(total)} for all)"
                 ),
-                stacklevel=2,
             )
         else:
             self.size, self._on_disk = self.requested, True
-            warnings.warn(
+            self._say(
+                "disk",
                 TileprocWarning(
                     f"{SHM_DIR} has {_mib(free)} free, a frame slot needs {_mib(need)}: frame slots are files in "
                     f"{self._spill_parent or tempfile.gettempdir()} instead (slower; "
                     f"docker run --shm-size={_suggest(total)} to keep them in memory)"
                 ),
-                stacklevel=2,
             )
+
+    def _say(self, kind: str, warning: TileprocWarning) -> None:
+        """Warn once per ring and kind of change (a folder of growing images plans many times)."""
+        if kind not in self._said:
+            self._said.add(kind)
+            warnings.warn(warning, stacklevel=4)
 
     def _spill_folder(self, need: int) -> str:
         if self._spill is None:

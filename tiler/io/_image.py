@@ -343,8 +343,7 @@ def alpha_from_key(gray_or_rgb: np.ndarray, key: Any, full: int) -> np.ndarray:
 def check_array(array: np.ndarray, dst: Path) -> None:
     ok_dtype = array.dtype in (np.uint8, np.uint16, np.float32)
     ok_shape = array.ndim == 2 or (array.ndim == 3 and 1 <= array.shape[2] <= 4)
-    float_colour = array.dtype == np.float32 and array.ndim == 3 and array.shape[2] > 1
-    if not (ok_dtype and ok_shape) or array.size == 0 or float_colour:
+    if not (ok_dtype and ok_shape) or array.size == 0:
         raise OutputError(f"{dst}: cannot write an array of shape {array.shape} and dtype {array.dtype}")
 
 

@@ -303,8 +303,8 @@ def plan_folder(
 ) -> tuple[list[tuple[Path, Path]], list[FileResult]]:
     """Pair every supported file under ``src`` with its output; refuse collisions up front.
 
-    Symbolic links are not followed (so loops end and nothing outside the tree
-    is read); hidden files and folders are skipped; an output folder inside the
+    Symbolic links to files are followed; links to folders are not (so loops
+    end) and are reported, as are broken links; hidden files and folders are skipped; an output folder inside the
     input folder is never scanned; with no ``dst`` outputs go beside their
     inputs as ``name.tileproc.ext`` and existing ``*.tileproc.*`` files are not
     inputs. ``ext`` (".png") changes the outputs' format. A supported name that
@@ -318,18 +318,31 @@ def plan_folder(
     out_root = Path(os.path.abspath(dst)) if dst is not None else None
     for root, dirs, files in os.walk(src, followlinks=False):
         rootp = Path(root)
+        links = [d for d in dirs if (rootp / d).is_symlink()]  # os.walk lists links to folders as folders
         dirs[:] = sorted(
             d
             for d in dirs
             if not d.startswith(".") and not (out_root is not None and Path(os.path.abspath(rootp / d)) == out_root)
         )
+        for name in sorted(links):
+            if not name.startswith("."):
+                path = rootp / name
+                problems.append(
+                    FileResult(path, None, InputError(f"{path}: a symbolic link to a folder; not followed"))
+                )
         for name in sorted(files):
             path = rootp / name
-            if name.startswith(".") or path.is_symlink() or not is_supported(path):
+            if name.startswith(".") or not is_supported(path):
                 continue
             if dst is None and ".tileproc." in name:
                 continue
-            if not stat.S_ISREG(os.lstat(path).st_mode):
+            try:
+                mode = os.stat(path).st_mode  # a link to a file is followed (never to a folder: no loops)
+            except OSError as exc:
+                why = "a broken symbolic link" if path.is_symlink() else (exc.strerror or str(exc))
+                problems.append(FileResult(path, None, InputError(f"{path}: {why}")))
+                continue
+            if not stat.S_ISREG(mode):
                 problems.append(FileResult(path, None, InputError(f"{path}: not a regular file")))
                 continue
             if out_root is not None:

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
+import logging
 import re
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -247,18 +250,99 @@ NOT_EXIF = frozenset(
 )  # layout, colour, resolution (kept as dpi), thumbnails, ICC/XMP (kept apart), Photoshop data
 
 
-def exif_of(im: Image.Image, fmt: str) -> Image.Exif:
-    if fmt == "PNG" and "exif" not in im.info:  # PngImageFile.getexif() would decode the pixels
-        exif = Image.Exif()
-        raw = im.info.get("Raw profile type exif")
-        if isinstance(raw, str):
-            with contextlib.suppress(Exception):
-                exif.load(bytes.fromhex("".join(raw.split("\n")[3:])))
+# ---------------------------------------------------------------------------
+# messages of the libraries, per call: never raw on the terminal
+
+
+class _Capture(logging.Filter):
+    """Holds back tifffile's log records made by a thread inside a tileproc call; others pass.
+
+    tifffile reports damaged tags through ``logging.getLogger("tifffile")``;
+    without this they would reach the terminal through logging's last-resort
+    handler, unnamed. The filter is attached once and changes nothing for
+    records from the host's own threads.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.local = threading.local()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        held = getattr(self.local, "held", None)
+        if held is None:
+            return True
+        held.append(record.getMessage())
+        return False
+
+
+_capture = _Capture()
+_capture_lock = threading.Lock()
+
+
+class tifffile_messages:
+    """Collect tifffile's messages for this thread while the block runs (``.messages``)."""
+
+    def __enter__(self) -> tifffile_messages:
+        with _capture_lock:
+            logger = logging.getLogger("tifffile")
+            if _capture not in logger.filters:
+                logger.addFilter(_capture)
+        self.outer = getattr(_capture.local, "held", None)
+        self.messages: list[str] = []
+        _capture.local.held = self.messages
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _capture.local.held = self.outer
+
+
+#: Where tileproc reports what it dropped or repaired in an input, one line naming the file
+#: (the command line shows these; a host configures ``logging`` as it likes).
+log = logging.getLogger("tiler.io")
+
+
+def note(path: Path, what: str, messages: Sequence[str]) -> None:
+    """Log one warning line naming ``path`` for a library's messages about it (nothing when there are none)."""
+    if messages:
+        first = " ".join(str(messages[0]).split())[:160]
+        more = f" and {len(messages) - 1} more" if len(messages) > 1 else ""
+        log.warning("%s: %s (%s%s)", path, what, first, more)
+
+
+def exif_problems(data: bytes) -> list[str]:
+    """What tifffile finds wrong in an EXIF block (a TIFF structure); Pillow would warn on the same."""
+    import tifffile
+
+    with tifffile_messages() as quiet:
+        try:
+            with tifffile.TiffFile(io.BytesIO(data)) as tif:
+                for tag in tif.pages.first.tags.values():
+                    tag.value  # noqa: B018 - reading the value is the check
+        except Exception as exc:
+            return [reason(exc)]
+    return [m for m in quiet.messages if "missing data" not in m and "missing required" not in m]
+
+
+def exif_of(im: Image.Image, fmt: str, path: Path | None = None) -> Image.Exif:
+    """The EXIF of an open image, read from its header; damaged EXIF is dropped with one logged line."""
+    raw = im.info.get("exif")
+    if raw is None and fmt == "PNG":  # PngImageFile.getexif() would decode the pixels
+        text = im.info.get("Raw profile type exif")
+        if isinstance(text, str):
+            with contextlib.suppress(ValueError):
+                raw = bytes.fromhex("".join(text.split("\n")[3:]))
+    exif = Image.Exif()
+    if not isinstance(raw, bytes) or not raw:
+        return exif
+    problems = exif_problems(raw[6:] if raw.startswith(b"Exif\x00\x00") else raw)
+    if problems:
+        note(path or Path("?"), "damaged EXIF left out", problems)
         return exif
     try:
-        return im.getexif()
+        exif.load(raw)
     except Exception:  # broken EXIF is metadata, not pixels: drop it (see clean_exif)
         return Image.Exif()
+    return exif
 
 
 def clean_exif(exif: Image.Exif) -> bytes | None:

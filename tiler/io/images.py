@@ -233,8 +233,18 @@ def _open_pillow(path: Path, fmt: str) -> Image.Image:
         raise InputError(f"{path}: no such file") from None
     except PermissionError:
         raise InputError(f"{path}: permission denied") from None
+    except Image.DecompressionBombError:
+        raise _pillow_limit(path) from None
     except (SyntaxError, ValueError, OSError, EOFError) as exc:
         raise InputError(f"{path}: unsupported or corrupt {fmt} file ({reason(exc)})") from None
+
+
+def _pillow_limit(path: Path) -> InputError:
+    """libwebp's and the GIF decoder's own size check read Pillow's process-wide limit, which is the host's."""
+    return InputError(
+        f"{path}: larger than this process's PIL.Image.MAX_IMAGE_PIXELS ({Image.MAX_IMAGE_PIXELS}); "
+        "tileproc does not change that setting"
+    )
 
 
 def _rawmode(im: Image.Image) -> str:
@@ -369,7 +379,7 @@ def _probe_open(path: Path, fmt: str, im: Image.Image, scan: Any, max_pixels: in
     mode, bits, channels, dtype = _plan(path, im, fmt, animated, alpha_hint)
 
     xmp = xmp_of(im)
-    exif = exif_of(im, fmt)
+    exif = exif_of(im, fmt, path)
     orientation = exif_orientation(exif, xmp)
     exif_bytes = clean_exif(exif)
     if xmp:
@@ -564,6 +574,8 @@ def _animated_pixels(info: ImageInfo, frame: int) -> np.ndarray:
             raise
         except EOFError:
             raise InputError(f"{info.path}: has no frame {frame} (truncated?)") from None
+        except Image.DecompressionBombError:
+            raise _pillow_limit(info.path) from None
         except Exception as exc:
             raise corrupt(info.path, exc) from None
         finally:

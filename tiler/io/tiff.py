@@ -42,10 +42,8 @@ says so).
 
 from __future__ import annotations
 
-import logging
 import os
 import struct
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -63,8 +61,10 @@ from tiler.io._image import (
     check_pixels,
     clean_exif,
     icc_for,
+    note,
     palette_for,
     squeeze,
+    tifffile_messages,
     xmp_orientation_reset,
 )
 
@@ -72,52 +72,6 @@ __all__ = ["probe", "read", "encode", "from_samples", "to_samples"]
 
 _P = tifffile.PHOTOMETRIC
 _E = tifffile.EXTRASAMPLE
-
-
-# ---------------------------------------------------------------------------
-# tifffile's log, per call
-
-
-class _Capture(logging.Filter):
-    """Holds back tifffile's log records made by a thread inside a tileproc call; others pass.
-
-    tifffile reports damaged tags through ``logging.getLogger("tifffile")``;
-    without this they would reach the terminal through logging's last-resort
-    handler, unnamed. The filter is attached once and changes nothing for
-    records from the host's own threads.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.local = threading.local()
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        held = getattr(self.local, "held", None)
-        if held is None:
-            return True
-        held.append(record.getMessage())
-        return False
-
-
-_capture = _Capture()
-_capture_lock = threading.Lock()
-
-
-class _quiet:
-    """Collect tifffile's messages for this thread while the block runs (``.messages``)."""
-
-    def __enter__(self) -> _quiet:
-        with _capture_lock:
-            logger = logging.getLogger("tifffile")
-            if _capture not in logger.filters:
-                logger.addFilter(_capture)
-        self.outer = getattr(_capture.local, "held", None)
-        self.messages: list[str] = []
-        _capture.local.held = self.messages
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        _capture.local.held = self.outer
 
 
 # ---------------------------------------------------------------------------
@@ -248,9 +202,16 @@ def _exif(path: Path) -> tuple[bytes | None, int]:
         return None, 1
 
 
+def _orientation_tag(path: Path) -> int:
+    with tifffile_messages(), tifffile.TiffFile(path) as tif:
+        tag = tif.pages.first.tags.get(274)
+        value = int(tag.value) if tag is not None else 1
+    return value if 1 <= value <= 8 else 1
+
+
 def probe(path: Path, max_pixels: int) -> ImageInfo:
     """What :func:`read` will return and what :func:`encode` keeps; decodes only int32/uint32/float files."""
-    with _quiet(), tifffile.TiffFile(path) as tif:
+    with tifffile_messages() as quiet, tifffile.TiffFile(path) as tif:
         page = tif.pages.first
         width, height = int(page.imagewidth), int(page.imagelength)
         check_pixels(path, width, height, 1, max_pixels)
@@ -272,7 +233,9 @@ def probe(path: Path, max_pixels: int) -> ImageInfo:
         compression = int(page.compression)
     if mode in ("P", "PA"):
         dtype = np.dtype(np.uint8)
-    exif, orientation = _exif(path)
+    note(path, "damaged TIFF tags", quiet.messages)
+    # Pillow warns (process-wide) on the damaged tags that tifffile reported: leave EXIF out then
+    exif, orientation = _exif(path) if not quiet.messages else (None, _orientation_tag(path))
     if isinstance(xmp, str):
         xmp = xmp.encode()
     if mode in ("CMYK", "YCbCr"):
@@ -310,7 +273,7 @@ def probe(path: Path, max_pixels: int) -> ImageInfo:
 def read(info: ImageInfo) -> np.ndarray:
     """The first page's pixels as :func:`probe` promised, in stored orientation."""
     path = info.path
-    with _quiet() as quiet, tifffile.TiffFile(path) as tif:
+    with tifffile_messages() as quiet, tifffile.TiffFile(path) as tif:
         page = tif.pages.first
         if (int(page.imagewidth), int(page.imagelength)) != info._stored_size:
             raise InputError(f"{path}: changed since it was probed")
@@ -318,8 +281,7 @@ def read(info: ImageInfo) -> np.ndarray:
         photometric = page.photometric
         extras = _extras(page)
         a = page.asarray()
-    if quiet.messages:
-        raise InputError(f"{path}: damaged TIFF ({quiet.messages[0][:200]})")
+    note(path, "damaged TIFF structure", quiet.messages)
     if a.ndim == 3 and page_is_planar(a, info):
         a = np.moveaxis(a, 0, -1)
     keep = [0] if a.ndim == 2 else list(range(a.shape[2] - len(extras)))
@@ -467,7 +429,7 @@ def encode(a: np.ndarray, tmp: Path, info: ImageInfo, quality: int | None) -> No
     extratags, subs = _exif_tags(info.exif)
     if info.xmp:
         extratags.append((700, 1, len(info.xmp), info.xmp, True))
-    with _quiet():
+    with tifffile_messages():
         tifffile.imwrite(tmp, np.ascontiguousarray(a), extratags=extratags, software=False, **kwargs)
         if subs:
             _link_sub_ifds(tmp, subs)

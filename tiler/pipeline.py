@@ -4,11 +4,16 @@
 input      read                        filter                 write
 =========  ==========================  =====================  ==========================
 array      copy into a slot (parent)   tiles on the workers   copy out (parent)
-image      decode on a worker          tiles on the workers   encode on a worker, atomic
-animation  decode each frame (parent)  tiles, frame by frame  one animated file, atomic
+image      ImageSource on a worker     tiles on the workers   ImageSink on a worker, atomic
+animation  ImageSource, each frame     tiles, frame by frame  ImageSink in the parent, each
+           (parent)                                           frame compressed as it comes
 video      ffmpeg -> slot (thread)     tiles on the workers   slot -> ffmpeg (thread), atomic
 folder     each file as above, several images in flight; one bad file fails alone
 =========  ==========================  =====================  ==========================
+
+Images follow the I/O contract of :mod:`tiler.io.base`: the source's ``runs``
+says whether its frames are read on a worker (a still) or in the parent (an
+animation), and the sink is written where it says.
 """
 
 from __future__ import annotations
@@ -83,42 +88,52 @@ def is_video(path: Path) -> bool:
 # -- one image -------------------------------------------------------------------
 
 
-def _decode(src: np.ndarray, dst: np.ndarray, info: images.ImageInfo) -> None:
-    images.read_image(info, out=src)
+def _read(src: np.ndarray, dst: np.ndarray, source: images.ImageSource) -> None:
+    source.read_into(0, src)
 
 
-def _encode(
-    src: np.ndarray, dst: np.ndarray, path: Path, info: images.ImageInfo, overwrite: bool, quality: int | None
-) -> None:
-    images.write_image(dst, path, info, overwrite=overwrite, inputs=[info.path], quality=quality)
+def _write(src: np.ndarray, dst: np.ndarray, sink: images.ImageSink) -> None:
+    sink.write(0, dst)
+    sink.commit()
 
 
 def _image_frame(src: Path, dst: Path, *, overwrite: bool, max_pixels: int, quality: int | None) -> Frame:
-    """A still image as a frame whose decode and encode run on the workers."""
+    """A still image as a frame whose source and sink run on the workers; an animation is marked for later."""
+    source = images.ImageSource(src, max_pixels=max_pixels)
     try:
-        info = images.probe_image(src, max_pixels=max_pixels)
+        info = source.probe()
         images.check_image_output(info, dst, overwrite=overwrite, inputs=[src])
     except TileprocError as exc:
         return Frame(str(src), (1, 1), np.uint8, error=exc, meta=(src, dst))
-    if info.n_frames > 1:
-        return Frame(str(src), info.shape, info.dtype, meta=(src, dst, info))  # an animation: see below
+    sink = images.ImageSink(dst, info, overwrite=overwrite, quality=quality)
+    if source.runs == "parent":
+        return Frame(str(src), info.shape, info.dtype, meta=(src, dst, source, sink))  # an animation: see below
     return Frame(
         str(src),
         info.shape,
         info.dtype,
-        load=OnPool(_decode, (info,)),
-        store=OnPool(_encode, (dst, info, overwrite, quality)),
+        load=OnPool(_read, (source,)),
+        store=OnPool(_write, (sink,)),
         meta=(src, dst),
     )
 
 
-def _animation(
-    engine, src: Path, dst: Path, info: images.ImageInfo, chain: Any, *, overwrite: bool, quality: int | None
-) -> None:
-    frames = (images.read_image(info, frame=i) for i in range(info.n_frames))
-    images.write_animation(
-        engine.map_frames(frames, chain), dst, info, overwrite=overwrite, inputs=[src], quality=quality
-    )
+def _animation(engine, source: images.ImageSource, sink: images.ImageSink, chain: Any) -> None:
+    """source -> engine -> sink in the parent, frame by frame (bounded: the engine's frames in flight)."""
+    info = source.probe()
+
+    def frames() -> Iterator[np.ndarray]:
+        for index in range(info.n_frames):
+            frame = np.empty(info.shape, info.dtype)
+            source.read_into(index, frame)
+            yield frame
+
+    try:
+        for index, filtered in enumerate(engine.map_frames(frames(), chain)):
+            sink.write(index, filtered)
+        sink.commit()
+    finally:
+        sink.abort()  # after a commit there is nothing left to remove
 
 
 def _run_images(
@@ -154,9 +169,9 @@ def _run_images(
         if sweep:
             for folder in {d.parent for _, d in pairs}:
                 sweep_stale_temps(folder)
-    for src, dst, info in animations:
+    for src, dst, source, sink in animations:
         try:
-            _animation(engine, src, dst, info, chain, overwrite=overwrite, quality=quality)
+            _animation(engine, source, sink, chain)
         except TileprocError as exc:
             on_result(FileResult(src, None, exc))
         else:

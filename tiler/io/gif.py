@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +21,7 @@ from PIL import Image
 
 from tiler.io._image import ContainerError, ImageInfo, as_hwc, check_durations, exact_palette, to_uint8
 
-__all__ = ["GifScan", "scan_gif", "assemble_gif", "encode", "encode_animation"]
+__all__ = ["GifScan", "scan_gif", "assemble_gif", "encode", "AnimationWriter"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,7 +195,7 @@ _GRAY_RAMP = np.repeat(np.arange(256, dtype=np.uint8), 3).tobytes()
 
 
 class _GifFrames:
-    """Palette frames for :func:`_containers.assemble_gif`, made one at a time.
+    """Palette frames for :func:`assemble_gif`, made one at a time.
 
     Colours are exact when a frame has at most 255 of them (256 when no
     transparent index is needed), else median-cut quantized. Index 255 is
@@ -262,21 +262,20 @@ def encode(a: np.ndarray, tmp: Path, info: ImageInfo, quality: int | None) -> No
     tmp.write_bytes(gif.encode([info.durations[0] if info.durations else 0], None))
 
 
-def encode_animation(
-    frames: Iterable[np.ndarray],
-    tmp: Path,
-    info: ImageInfo,
-    quality: int | None,
-    durations: Sequence[int],
-    loop: int | None,
-) -> int:
-    """Frames as they arrive into an animated GIF; returns the frame count."""
-    gif: _GifFrames | None = None
-    for f in frames:
-        if gif is None:
-            gif = _GifFrames(alpha=as_hwc(f).shape[2] in (2, 4))
-        gif.add(f)
-    assert gif is not None
-    check_durations(tmp, durations, len(gif.frames))
-    tmp.write_bytes(gif.encode(durations, loop))
-    return len(gif.frames)
+class AnimationWriter:
+    """An animated GIF, frame by frame: :meth:`add` each frame as it arrives, then :meth:`finish`."""
+
+    def __init__(self, info: ImageInfo, quality: int | None):
+        self.gif: _GifFrames | None = None
+
+    def add(self, frame: np.ndarray) -> None:
+        if self.gif is None:
+            self.gif = _GifFrames(alpha=as_hwc(frame).shape[2] in (2, 4))
+        self.gif.add(frame)
+
+    def finish(self, tmp: Path, durations: Sequence[int], loop: int | None) -> int:
+        """Write the file; returns the frame count."""
+        assert self.gif is not None
+        check_durations(tmp, durations, len(self.gif.frames))
+        tmp.write_bytes(self.gif.encode(durations, loop))
+        return len(self.gif.frames)

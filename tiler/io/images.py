@@ -167,7 +167,6 @@ _EXT_FORMAT = {
 }
 
 Encoder = Callable[[np.ndarray, Path, ImageInfo, "int | None"], None]
-AnimationEncoder = Callable[..., int]
 
 #: format -> still encoder ``(array, temporary path, info, quality)``.
 ENCODERS: dict[str, Encoder] = {
@@ -178,11 +177,12 @@ ENCODERS: dict[str, Encoder] = {
     "BMP": bmp.encode,
     "GIF": gif.encode,
 }
-#: format -> animation encoder ``(frames, temporary path, info, quality, durations, loop) -> count``.
-ANIMATION_ENCODERS: dict[str, AnimationEncoder] = {
-    "GIF": gif.encode_animation,
-    "WEBP": webp.encode_animation,
-    "PNG": png.encode_animation,
+#: format -> animation writer class: ``w = cls(info, quality)``, ``w.add(frame)`` per frame,
+#: ``w.finish(temporary path, durations, loop) -> count``.
+ANIMATION_ENCODERS: dict[str, Any] = {
+    "GIF": gif.AnimationWriter,
+    "WEBP": webp.AnimationWriter,
+    "PNG": png.AnimationWriter,
 }
 #: Formats whose encoder uses ``quality``.
 LOSSY_FORMATS = frozenset({"JPEG", "WEBP"})
@@ -842,26 +842,20 @@ def write_animation(
     it = itertools.chain([second], it)
     if fmt not in ANIMATION_ENCODERS:
         raise OutputError(f"{dst}: {fmt} cannot hold an animation; write .gif, .webp or .png")
-    view = dataclasses.replace(info, dtype=first.dtype, n_frames=max(2, len(times)))
-    check_image_output(view, dst, overwrite=overwrite, inputs=inputs)
-    loop = info.loop if info.n_frames > 1 else 0
+    sink = ImageSink(dst, info, overwrite=overwrite, inputs=inputs, quality=quality, durations=times, animation=True)
+    try:
+        for k, f in enumerate(itertools.chain([first], it)):
+            sink.write(k, np.asarray(f))
+        sink.commit()
+    finally:
+        sink.abort()
+
+
+def _animation_info(info: ImageInfo, fmt: str) -> ImageInfo:
+    """The source's probe as an animation writer for ``fmt`` should see it."""
     if fmt != "PNG" or info.format != "PNG":
-        info = dataclasses.replace(info, apng_default_separate=False)
-
-    def checked() -> Iterator[np.ndarray]:
-        yield first
-        for k, f in enumerate(it, start=1):
-            f = np.asarray(f)
-            if f.shape != first.shape or f.dtype != first.dtype:
-                raise OutputError(f"{dst}: frame {k} is {f.shape} {f.dtype}, frame 0 is {first.shape} {first.dtype}")
-            yield f
-
-    with atomic_output(dst, inputs=[info.path, *map(Path, inputs)], overwrite=overwrite) as tmp:
-        try:
-            with _writing(dst, fmt):
-                ANIMATION_ENCODERS[fmt](checked(), tmp, info, quality, times, loop)
-        except DurationMismatch as exc:
-            raise ValueError(f"{dst}: {exc}") from None
+        return dataclasses.replace(info, apng_default_separate=False)
+    return info
 
 
 # ---------------------------------------------------------------------------
@@ -893,9 +887,11 @@ class ImageSource(Source):
 class ImageSink(Sink):
     """An image output as a :class:`~tiler.io.base.Sink`: a still, or an animation encoded as frames arrive.
 
-    A still is written by :meth:`write` on a worker, atomically (``commit``
-    has nothing left to do); an animation's frames are handed to its encoder
-    in the parent and the file appears at :meth:`commit`.
+    A still is written by :meth:`write` (on a worker: ``runs = "worker"``),
+    atomically, and :meth:`commit` has nothing left to do. An animation's
+    frames are compressed one by one as they arrive in the parent (only the
+    compressed frames are kept) and the file appears at :meth:`commit`; a
+    single frame is written as a still. :meth:`abort` leaves nothing.
     """
 
     def __init__(
@@ -904,29 +900,90 @@ class ImageSink(Sink):
         info: ImageInfo,
         *,
         overwrite: bool = False,
+        inputs: Iterable[str | os.PathLike[str]] = (),
         quality: int | None = None,
+        durations: Sequence[int] | None = None,
+        animation: bool | None = None,
     ):
+        _check_quality(quality)
         self.dst = Path(dst)
         self.info = info
         self.overwrite = overwrite
+        self.inputs = [info.path, *map(Path, inputs)]
         self.quality = quality
-        self.runs = "worker" if info.n_frames == 1 else "parent"
-        self._frames: list[np.ndarray] = []
+        self.durations = list(durations if durations is not None else info.durations)
+        self.animated = info.n_frames > 1 if animation is None else animation
+        self.runs = "parent" if self.animated else "worker"
+        self._first: np.ndarray | None = None
+        self._writer: Any = None
+        self._count = 0
+        self._stack: contextlib.ExitStack | None = None  # the atomic output, from the second frame on
+        self._tmp: Path | None = None
 
     def write(self, index: int, frame: np.ndarray) -> None:
-        if self.info.n_frames == 1:
-            write_image(
-                frame, self.dst, self.info, overwrite=self.overwrite, inputs=[self.info.path], quality=self.quality
-            )
+        frame = np.asarray(frame)
+        if not self.animated:
+            write_image(frame, self.dst, self.info, overwrite=self.overwrite, inputs=self.inputs, quality=self.quality)
+            return
+        if self._count == 0:
+            check_array(frame, self.dst)
+            self._first = np.array(frame)  # one frame is a still: wait for the second
         else:
-            self._frames.append(np.array(frame))
+            if self._count == 1:
+                self._open(self._first)
+            self._add(frame)
+        self._count += 1
+
+    def _open(self, first: np.ndarray) -> None:
+        dst = self.dst
+        fmt = format_of(dst)
+        if fmt not in ANIMATION_ENCODERS:
+            raise OutputError(f"{dst}: {fmt} cannot hold an animation; write .gif, .webp or .png")
+        view = dataclasses.replace(self.info, dtype=first.dtype, n_frames=max(2, len(self.durations)))
+        check_image_output(view, dst, overwrite=self.overwrite, inputs=self.inputs[1:])
+        self._fmt = fmt
+        self._stack = contextlib.ExitStack()
+        self._tmp = self._stack.enter_context(atomic_output(dst, inputs=self.inputs, overwrite=self.overwrite))
+        with _writing(dst, fmt):
+            self._writer = ANIMATION_ENCODERS[fmt](_animation_info(self.info, fmt), self.quality)
+        self._add(first)
+
+    def _add(self, frame: np.ndarray) -> None:
+        first = self._first
+        assert first is not None
+        if frame.shape != first.shape or frame.dtype != first.dtype:
+            raise OutputError(
+                f"{self.dst}: frame {self._count} is {frame.shape} {frame.dtype}, frame 0 is {first.shape} {first.dtype}"
+            )
+        with _writing(self.dst, self._fmt):
+            self._writer.add(frame)
 
     def commit(self) -> None:
-        if self.info.n_frames > 1:
-            frames, self._frames = self._frames, []
-            write_animation(
-                frames, self.dst, self.info, overwrite=self.overwrite, inputs=[self.info.path], quality=self.quality
+        if not self.animated:
+            return
+        if self._count == 0:
+            raise ValueError(f"{self.dst}: no frames to write")
+        if self._count == 1:
+            assert self._first is not None
+            write_image(
+                self._first, self.dst, self.info, overwrite=self.overwrite, inputs=self.inputs, quality=self.quality
             )
+            self._first = None
+            return
+        loop = self.info.loop if self.info.n_frames > 1 else 0
+        assert self._tmp is not None
+        try:
+            with _writing(self.dst, self._fmt):
+                self._writer.finish(self._tmp, self.durations, loop)
+        except DurationMismatch as exc:
+            raise ValueError(f"{self.dst}: {exc}") from None
+        self._writer = self._first = None
+        assert self._stack is not None
+        self._stack.close()  # renames the temporary into place
+        self._tmp = None
 
     def abort(self) -> None:
-        self._frames = []
+        self._writer = self._first = None
+        if self._stack is not None and self._tmp is not None:
+            self._stack.__exit__(OutputError, OutputError(f"{self.dst}: aborted"), None)  # removes the temporary
+        self._stack = self._tmp = None

@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import struct
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,7 @@ from tiler.io._image import (
     squeeze,
 )
 
-__all__ = ["PNG_SIGNATURE", "ApngScan", "scan_apng", "png_chunks", "png_chunk", "encode", "encode_animation"]
+__all__ = ["PNG_SIGNATURE", "ApngScan", "scan_apng", "png_chunks", "png_chunk", "encode", "AnimationWriter"]
 
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -275,44 +275,46 @@ def _fctl(seq: int, width: int, height: int, duration: int) -> bytes:
     return png_chunk(b"fcTL", struct.pack(">IIIIIHHBB", seq, width, height, 0, 0, delay, 1000, 0, 0))
 
 
-def encode_animation(
-    frames: Iterable[np.ndarray],
-    tmp: Path,
-    info: ImageInfo,
-    quality: int | None,
-    durations: Sequence[int],
-    loop: int | None,
-) -> int:
-    """Frames as they arrive into an APNG (a separate default image stays separate); returns the count.
+class AnimationWriter:
+    """An APNG, frame by frame: :meth:`add` each frame as it arrives, then :meth:`finish`.
 
     Every frame covers the canvas, is not disposed and replaces the one before
-    (no blending), so viewers show exactly the given frames.
+    (no blending), so viewers show exactly the given frames. A source whose
+    default image was not an animation frame gets its frame 0 back as that
+    default image.
     """
-    separate = bool(getattr(info, "apng_default_separate", False))
-    head = b""
-    body: list[bytes] = []
-    seq = 0
-    count = 0
-    for k, f in enumerate(frames):
-        data = _frame_png(f)
+
+    def __init__(self, info: ImageInfo, quality: int | None):
+        self.info = info
+        self.separate = info.apng_default_separate
+        self.head = b""
+        self.frames: list[tuple[bytes, int, int]] = []  # (IDAT payload, height, width)
+        self.channels = 0
+
+    def add(self, frame: np.ndarray) -> None:
+        data = _frame_png(frame)
+        if not self.head:
+            self.head = data[8:33]  # IHDR: every frame shares the first frame's colour type and depth
+            self.channels = as_hwc(frame).shape[2]
         idat = b"".join(p for kind, p in png_chunks(data) if kind == b"IDAT")
-        if not head:
-            head = data[8:33]  # IHDR
-        h, w = f.shape[:2]
-        if k == 0 and separate:
-            body.append(png_chunk(b"IDAT", idat))
-        else:
-            body.append(_fctl(seq, w, h, durations[k] if k < len(durations) else 0))
-            seq += 1
+        self.frames.append((idat, frame.shape[0], frame.shape[1]))
+
+    def finish(self, tmp: Path, durations: Sequence[int], loop: int | None) -> int:
+        """Write the file; returns the frame count."""
+        check_durations(tmp, durations, len(self.frames))
+        body: list[bytes] = []
+        seq = 0
+        for k, (idat, h, w) in enumerate(self.frames):
+            if not (k == 0 and self.separate):
+                body.append(_fctl(seq, w, h, durations[k]))
+                seq += 1
             if k == 0:
                 body.append(png_chunk(b"IDAT", idat))
             else:
                 body.append(png_chunk(b"fdAT", struct.pack(">I", seq) + idat))
                 seq += 1
-        count += 1
-    check_durations(tmp, durations, count)
-    channels = as_hwc(f).shape[2]
-    actl = png_chunk(b"acTL", struct.pack(">II", count - (1 if separate else 0), 0 if loop is None else loop))
-    out = PNG_SIGNATURE + head + actl + b"".join(_metadata_chunks(info, channels)) + b"".join(body)
-    tmp.write_bytes(out + png_chunk(b"IEND", b""))
-    return count
+        plays = 0 if loop is None else loop
+        actl = png_chunk(b"acTL", struct.pack(">II", len(self.frames) - int(self.separate), plays))
+        meta = b"".join(_metadata_chunks(self.info, self.channels))
+        tmp.write_bytes(PNG_SIGNATURE + self.head + actl + meta + b"".join(body) + png_chunk(b"IEND", b""))
+        return len(self.frames)

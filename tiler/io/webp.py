@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import struct
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from PIL import Image
 
 from tiler.io._image import DEFAULT_QUALITY, ContainerError, ImageInfo, as_hwc, check_durations, icc_for, to_uint8
 
-__all__ = ["WebpScan", "scan_webp", "assemble_webp", "encode", "encode_animation"]
+__all__ = ["WebpScan", "scan_webp", "assemble_webp", "encode", "AnimationWriter"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,36 +193,37 @@ def encode(a: np.ndarray, tmp: Path, info: ImageInfo, quality: int | None) -> No
     _webp_save(a, tmp, info, quality)
 
 
-def encode_animation(
-    frames: Iterable[np.ndarray],
-    tmp: Path,
-    info: ImageInfo,
-    quality: int | None,
-    durations: Sequence[int],
-    loop: int | None,
-) -> int:
-    """Frames as they arrive into an animated WebP (one libwebp still each); returns the frame count."""
-    options = _webp_options(info, quality)
-    payloads = []
-    shape: tuple[int, ...] = ()
-    for f in frames:
-        shape = as_hwc(f).shape
+class AnimationWriter:
+    """An animated WebP, frame by frame (one libwebp still each): :meth:`add`, then :meth:`finish`."""
+
+    def __init__(self, info: ImageInfo, quality: int | None):
+        self.info = info
+        self.options = _webp_options(info, quality)
+        self.payloads: list[bytes] = []
+        self.shape: tuple[int, ...] = ()
+
+    def add(self, frame: np.ndarray) -> None:
+        self.shape = as_hwc(frame).shape
         buf = io.BytesIO()
-        Image.fromarray(_webp_ready(f)).save(buf, "WEBP", **options)
-        payloads.append(webp_frame_payload(buf.getvalue()))
-    check_durations(tmp, durations, len(payloads))
-    h, w, channels = shape
-    tmp.write_bytes(
-        assemble_webp(
-            payloads,
-            width=w,
-            height=h,
-            durations=durations,
-            loop=loop,
-            alpha=channels in (2, 4),
-            icc_profile=icc_for(info.icc_profile, 3),
-            exif=info.exif,
-            xmp=info.xmp,
+        Image.fromarray(_webp_ready(frame)).save(buf, "WEBP", **self.options)
+        self.payloads.append(webp_frame_payload(buf.getvalue()))
+
+    def finish(self, tmp: Path, durations: Sequence[int], loop: int | None) -> int:
+        """Write the file; returns the frame count."""
+        check_durations(tmp, durations, len(self.payloads))
+        h, w, channels = self.shape
+        info = self.info
+        tmp.write_bytes(
+            assemble_webp(
+                self.payloads,
+                width=w,
+                height=h,
+                durations=durations,
+                loop=loop,
+                alpha=channels in (2, 4),
+                icc_profile=icc_for(info.icc_profile, 3),
+                exif=info.exif,
+                xmp=info.xmp,
+            )
         )
-    )
-    return len(payloads)
+        return len(self.payloads)

@@ -224,3 +224,13 @@ def test_rgb565_bmp_is_read(engine, tmp_path):
     engine.process_file(src, tmp_path / "inv.png", "invert")
     with Image.open(tmp_path / "inv.png") as im:
         np.testing.assert_array_equal(np.asarray(im), 255 - truth)
+
+
+def test_planar_square_with_as_many_samples_as_rows(tmp_path):
+    """4 planes of 4x4: only the file's PlanarConfiguration tells planes from rows."""
+    a = _ints(np.uint16, (4, 4, 4), 11)
+    src = tmp_path / "sq.tif"
+    tifffile.imwrite(
+        src, np.moveaxis(a, -1, 0), photometric="rgb", planarconfig="separate", extrasamples=["unassalpha"]
+    )
+    np.testing.assert_array_equal(read_image(probe_image(src)), a)

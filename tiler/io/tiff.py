@@ -273,16 +273,17 @@ def probe(path: Path, max_pixels: int) -> ImageInfo:
 def read(info: ImageInfo) -> np.ndarray:
     """The first page's pixels as :func:`probe` promised, in stored orientation."""
     path = info.path
-    with tifffile_messages() as quiet, tifffile.TiffFile(path) as tif:
+    # tifffile's messages about the tags were logged by probe(); decoding failures raise
+    with tifffile_messages(), tifffile.TiffFile(path) as tif:
         page = tif.pages.first
         if (int(page.imagewidth), int(page.imagelength)) != info._stored_size:
             raise InputError(f"{path}: changed since it was probed")
         colormap = page.colormap
         photometric = page.photometric
         extras = _extras(page)
+        planar = page.planarconfig == tifffile.PLANARCONFIG.SEPARATE and page.samplesperpixel > 1
         a = page.asarray()
-    note(path, "damaged TIFF structure", quiet.messages)
-    if a.ndim == 3 and page_is_planar(a, info):
+    if planar:  # tifffile returns separate planes plane first: (samples, H, W)
         a = np.moveaxis(a, 0, -1)
     keep = [0] if a.ndim == 2 else list(range(a.shape[2] - len(extras)))
     alpha_at = [i for i, e in enumerate(extras) if e in (_E.ASSOCALPHA, _E.UNASSALPHA)][:1]
@@ -300,12 +301,6 @@ def read(info: ImageInfo) -> np.ndarray:
     elif info.mode == "YCbCr":
         a = np.asarray(Image.fromarray(np.ascontiguousarray(a[:, :, :3]), "YCbCr").convert("RGB"))
     return squeeze(a)
-
-
-def page_is_planar(a: np.ndarray, info: ImageInfo) -> bool:
-    """tifffile returns planar pages as (samples, H, W) when asked for the page alone."""
-    h, w = info._stored_size[::-1]
-    return a.shape[1:] == (h, w) and a.shape[0] <= 8 and a.shape[:2] != (h, w)
 
 
 def _invert_gray(a: np.ndarray) -> np.ndarray:

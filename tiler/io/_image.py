@@ -547,3 +547,13 @@ def palette_for(
 def bilevel(a: np.ndarray, info: ImageInfo) -> bool:
     """Write ``a`` as 1-bit: the source was 1-bit and every pixel is still 0 or 255."""
     return info.mode == "1" and is_binary(a)
+
+
+def policy_image(a: np.ndarray, info: ImageInfo, *, alpha_in_palette: bool = True) -> Image.Image:
+    """``a`` as the Pillow image to encode: 1-bit, an exact palette, or as it is (see :func:`palette_for`)."""
+    found = palette_for(a, info, alpha_in_palette=alpha_in_palette)
+    if bilevel(a, info):
+        return Image.fromarray(a).convert("1", dither=Image.Dither.NONE)
+    if found is not None:
+        return palette_image(*found)
+    return Image.fromarray(np.ascontiguousarray(a))

@@ -30,12 +30,10 @@ from tiler.io._image import (
     ContainerError,
     ImageInfo,
     as_hwc,
-    bilevel,
     check_durations,
     dpi_for,
     icc_for,
-    palette_for,
-    palette_image,
+    policy_image,
     squeeze,
 )
 
@@ -185,13 +183,7 @@ def encode(a: np.ndarray, tmp: Path, info: ImageInfo, quality: int | None) -> No
         pnginfo.add_text(key, value)
     if info.xmp:
         pnginfo.add_itxt("XML:com.adobe.xmp", info.xmp.decode("utf-8", "replace"))
-    found = palette_for(a, info)
-    if bilevel(a, info):
-        im = Image.fromarray(a).convert("1", dither=Image.Dither.NONE)
-    elif found is not None:
-        im = palette_image(*found)
-    else:
-        im = Image.fromarray(np.ascontiguousarray(a))
+    im = policy_image(a, info)
     kwargs: dict[str, Any] = {"pnginfo": pnginfo}
     icc = icc_for(info.icc_profile, channels)
     if icc:

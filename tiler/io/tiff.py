@@ -297,10 +297,16 @@ def read(info: ImageInfo) -> np.ndarray:
         rgb = apply_palette(a[:, :, 0] if a.ndim == 3 else a, _palette_rows(colormap))
         a = np.concatenate([rgb, a[:, :, 1:2]], axis=2) if info.mode == "PA" else rgb
     elif info.mode == "CMYK":
-        a = np.asarray(Image.fromarray(np.ascontiguousarray(a[:, :, :4]), "CMYK").convert("RGB"))
+        a = _convert(a[:, :, :4], "CMYK")
     elif info.mode == "YCbCr":
-        a = np.asarray(Image.fromarray(np.ascontiguousarray(a[:, :, :3]), "YCbCr").convert("RGB"))
+        a = _convert(a[:, :, :3], "YCbCr")
     return squeeze(a)
+
+
+def _convert(a: np.ndarray, mode: str) -> np.ndarray:
+    """uint8 CMYK or YCbCr samples to RGB, as Pillow converts them."""
+    h, w = a.shape[:2]
+    return np.asarray(Image.frombytes(mode, (w, h), np.ascontiguousarray(a).tobytes()).convert("RGB"))
 
 
 def _invert_gray(a: np.ndarray) -> np.ndarray:

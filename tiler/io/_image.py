@@ -13,6 +13,7 @@ import dataclasses
 import io
 import logging
 import re
+import struct
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -309,10 +310,56 @@ def note(path: Path, what: str, messages: Sequence[str]) -> None:
         log.warning("%s: %s (%s%s)", path, what, first, more)
 
 
+_TYPE_SIZE = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4, 16: 8, 17: 8, 18: 8}
+
+
+def ifd_problems(f: Any, size: int) -> list[str]:
+    """Entries of a classic TIFF structure's first IFD and its EXIF/GPS/Interop IFDs whose data lie past the end.
+
+    Hand-written: Pillow's IFD reader warns about these (process-wide
+    ``warnings.warn``, no way to ask per call) where it should raise; checking
+    the same condition first lets tileproc leave damaged EXIF out with one line
+    of its own instead. BigTIFF is left to tifffile.
+    """
+    f.seek(0)
+    head = f.read(8)
+    if len(head) < 8 or head[:2] not in (b"II", b"MM"):
+        return ["not a TIFF structure"]
+    e = "<" if head[:2] == b"II" else ">"
+    if struct.unpack(e + "H", head[2:4])[0] != 42:
+        return []
+    problems: list[str] = []
+    todo, seen = [struct.unpack(e + "I", head[4:8])[0]], set()
+    while todo and len(seen) < 8:
+        at = todo.pop()
+        if at in seen:
+            continue
+        seen.add(at)
+        f.seek(at)
+        raw = f.read(2)
+        if len(raw) < 2:
+            return [*problems, f"IFD at {at} lies past the end"]
+        (count,) = struct.unpack(e + "H", raw)
+        entries = f.read(12 * count)
+        if len(entries) < 12 * count:
+            return [*problems, f"IFD at {at} is cut short"]
+        for k in range(count):
+            tag, kind, n, value = struct.unpack_from(e + "HHII", entries, 12 * k)
+            length = _TYPE_SIZE.get(kind, 1) * n
+            if length > 4 and value + length > size:
+                problems.append(f"tag {tag}: {length} bytes at {value} lie past the end ({size})")
+            elif tag in (0x8769, 0x8825, 0xA005) and kind in (4, 13) and n == 1:
+                todo.append(value)
+    return problems
+
+
 def exif_problems(data: bytes) -> list[str]:
-    """What tifffile finds wrong in an EXIF block (a TIFF structure); Pillow would warn on the same."""
+    """What is wrong in an EXIF block (a TIFF structure), as tifffile and Pillow's reader would find it."""
     import tifffile
 
+    problems = ifd_problems(io.BytesIO(data), len(data))
+    if problems:
+        return problems
     with tifffile_messages() as quiet:
         try:
             with tifffile.TiffFile(io.BytesIO(data)) as tif:

@@ -61,6 +61,7 @@ from tiler.io._image import (
     check_pixels,
     clean_exif,
     icc_for,
+    ifd_problems,
     note,
     palette_for,
     squeeze,
@@ -191,10 +192,15 @@ def _resolution(page: Any) -> tuple[float, float] | None:
 
 
 def _exif(path: Path) -> tuple[bytes | None, int]:
-    """(EXIF to write back, orientation) from IFD0, parsed by Pillow's EXIF reader."""
+    """(EXIF to write back, orientation) from IFD0, parsed by Pillow's EXIF reader once the IFDs check out."""
     ex = Image.Exif()
     try:
         with open(path, "rb") as f:
+            problems = ifd_problems(f, os.fstat(f.fileno()).st_size)
+            if problems:
+                note(path, "damaged TIFF tags left out", problems)
+                return None, _orientation_tag(path)
+            f.seek(0)
             ex.load_from_fp(f)
             orientation = int(ex.get(0x0112, 1) or 1)
             return clean_exif(ex), orientation if 1 <= orientation <= 8 else 1

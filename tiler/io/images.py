@@ -6,7 +6,7 @@ Four calls, in the order the engine makes them::
     frame = read_image(info, out=slot)       # decode into a shared-memory view
     ...                                      # tiles, workers, stitch
     write_image(frame, dst, info)            # atomic: temporary name, then rename
-    write_animation(frames, dst, info)       # GIF/WebP: one frame per input frame
+    write_animation(frames, dst, info)       # GIF/WebP/APNG: one frame per input frame
 
 Arrays are channels last, RGB order, upright (the EXIF orientation is applied
 on read and the written EXIF says 1), and have exactly ``info.shape`` and
@@ -24,6 +24,9 @@ OpenCV.
 Pillow's process-wide settings (``MAX_IMAGE_PIXELS``,
 ``LOAD_TRUNCATED_IMAGES``) are never changed: the size is checked from the
 header against ``max_pixels`` and the format's decoder is opened directly.
+Damaged metadata is left out with one line on the ``tiler.io`` logger naming
+the file; the libraries' own warnings are headed off or captured per call
+(never with process-wide warnings filters).
 
 Modes
 -----
@@ -90,8 +93,9 @@ estimated from its tables (default 95). WebP stays lossless when the source
 stored pixels losslessly. TIFF is deflate-compressed (lossless, with
 horizontal differencing) unless the source was uncompressed.
 
-Not kept: TIFF pages after thefirst, PNG chunks other than those above (gAMA, sRGB, cHRM: an ICC profile is
-the faithful carrier), EXIF that a PNG stores after its image data (reading
+Not kept: TIFF pages after the first, the Interoperability IFD of TIFF EXIF,
+PNG chunks other than those above (gAMA, sRGB, cHRM: an ICC profile is the
+faithful carrier), EXIF that a PNG stores after its image data (reading
 it would mean decoding at probe time), JPEG EXIF or XMP larger than a JPEG
 segment (64 KiB), MPO secondary pictures, 16-bit samples of an animated PNG
 (animations are composed at 8 bits).

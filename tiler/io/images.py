@@ -254,8 +254,9 @@ def _pillow_limit(path: Path) -> InputError:
 def _rawmode(im: Image.Image) -> str:
     """The decoder's raw mode of the first tile: it tells 16-bit colour from 8-bit."""
     try:
-        args = im.tile[0].args
-    except (AttributeError, IndexError):
+        tile = im.tile[0]
+        args = tile.args if hasattr(tile, "args") else tile[3]  # a plain tuple before Pillow 11
+    except (AttributeError, IndexError, TypeError):
         return ""
     if isinstance(args, str):
         return args
@@ -281,8 +282,8 @@ def _plan(path: Path, im: Image.Image, fmt: str, animated: bool, alpha_hint: boo
         return mode, 16, (4 if mode == "RGBA" or trns else 3), u16
     if mode.startswith("I;16") and not mode.endswith("S"):
         return mode, 16, (2 if trns else 1), u16
-    if mode == "I" and raw in ("I;16", "I;16B", "I;16L", "I;16N"):
-        return mode, 16, (2 if trns else 1), u16
+    if mode == "I" and raw in ("I;16", "I;16B", "I;16L", "I;16N"):  # Pillow before 11: 16-bit gray PNG
+        return "I;16", 16, (2 if trns else 1), u16
     if fmt != "BMP" and ";16" in raw:  # never drop 16-bit samples to 8 without saying so
         raise InputError(f"{path}: unsupported mode {mode} with 16-bit samples ({raw})")
     if mode in ("1", "L"):

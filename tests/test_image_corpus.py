@@ -3,6 +3,7 @@ end to end on the engine, compared with an independent decode (tifffile or Pillo
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import struct
 from pathlib import Path
@@ -14,7 +15,7 @@ from PIL import Image
 
 import tiler
 from filters.registry import BUILTINS
-from tiler.io.images import probe_image, read_image
+from tiler.io.images import probe_image, read_image, write_image
 from tiler.io.tiff import from_samples
 
 H, W = 19, 23  # odd, non-square: a wrong transpose or plane order cannot pass
@@ -252,3 +253,25 @@ def test_compressed_tiffs_decode_as_pillow_does(compression, tmp_path):
     with Image.open(src) as ref:
         truth = np.asarray(ref.convert("L" if compression == "group4" else "RGB"))
     np.testing.assert_array_equal(read_image(probe_image(src)), truth)
+
+
+def test_16bit_png_by_opencv_keeps_its_metadata_chunks(tmp_path):
+    import cv2
+    from PIL import ImageCms, PngImagePlugin
+
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    a = _ints(np.uint16, (H, W, 3), 12)
+    ex = Image.Exif()
+    ex[0x010F] = "TestCam"
+    meta = PngImagePlugin.PngInfo()
+    meta.add_text("Title", "tiles")
+    src = tmp_path / "s.png"
+    Image.fromarray(np.zeros((H, W, 3), np.uint8)).save(src, icc_profile=srgb, dpi=(300, 150), exif=ex, pnginfo=meta)
+    info = dataclasses.replace(probe_image(src), dtype=np.dtype(np.uint16), bits=16)
+    write_image(a, tmp_path / "o.png", info)
+    out = probe_image(tmp_path / "o.png")
+    assert (out.bits, out.icc_profile, dict(out.text)) == (16, srgb, {"Title": "tiles"})
+    assert out.dpi == pytest.approx((300, 150), abs=0.05)
+    with Image.open(tmp_path / "o.png") as im:
+        assert im.getexif()[0x010F] == "TestCam"
+    np.testing.assert_array_equal(cv2.imread(str(tmp_path / "o.png"), cv2.IMREAD_UNCHANGED)[..., ::-1], a)

@@ -275,3 +275,12 @@ def test_16bit_png_by_opencv_keeps_its_metadata_chunks(tmp_path):
     with Image.open(tmp_path / "o.png") as im:
         assert im.getexif()[0x010F] == "TestCam"
     np.testing.assert_array_equal(cv2.imread(str(tmp_path / "o.png"), cv2.IMREAD_UNCHANGED)[..., ::-1], a)
+
+
+def test_palette_tiff_with_16bit_indices(tmp_path):
+    indices = _rng(13).integers(0, 300, (H, W)).astype(np.uint16)
+    colormap = _rng(14).integers(0, 65536, (3, 65536)).astype(np.uint16)
+    src = tmp_path / "p16.tif"
+    tifffile.imwrite(src, indices, photometric="palette", colormap=colormap, metadata=None)
+    expected = (colormap >> 8).astype(np.uint8).T[indices]
+    np.testing.assert_array_equal(read_image(probe_image(src)), expected)

@@ -568,9 +568,10 @@ def check_durations(dst: Path, durations: Sequence[int], n: int) -> None:
 
 def apply_palette(indices: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """Palette indices (H, W) through ``rows`` (N, 3|4) uint8: RGB(A) pixels; indices past N read as black."""
-    table = np.zeros((256, rows.shape[1]), np.uint8)
-    table[: min(256, len(rows))] = rows[:256]
-    return table[indices.astype(np.intp, copy=False)]
+    size = max(256, len(rows)) + 1  # the last row stays black for every index past the palette
+    table = np.zeros((size, rows.shape[1]), np.uint8)
+    table[: len(rows)] = rows
+    return table[np.minimum(indices.astype(np.intp), size - 1)]
 
 
 def palette_for(

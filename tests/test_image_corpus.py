@@ -15,6 +15,7 @@ from PIL import Image
 
 import tiler
 from filters.registry import BUILTINS
+from tiler.errors import InputError
 from tiler.io.images import probe_image, read_image, write_image
 from tiler.io.tiff import from_samples
 
@@ -284,3 +285,17 @@ def test_palette_tiff_with_16bit_indices(tmp_path):
     tifffile.imwrite(src, indices, photometric="palette", colormap=colormap, metadata=None)
     expected = (colormap >> 8).astype(np.uint8).T[indices]
     np.testing.assert_array_equal(read_image(probe_image(src)), expected)
+
+
+def test_a_compression_without_decoder_is_refused_on_one_line(tmp_path):
+    src = tmp_path / "x.tif"
+    tifffile.imwrite(src, np.zeros((H, W), np.uint8), metadata=None)
+    data = bytearray(src.read_bytes())
+    ifd0 = struct.unpack_from("<I", data, 4)[0]
+    for k in range(struct.unpack_from("<H", data, ifd0)[0]):
+        if struct.unpack_from("<H", data, ifd0 + 2 + 12 * k)[0] == 259:
+            struct.pack_into("<H", data, ifd0 + 2 + 12 * k + 8, 60123)  # a compression no library knows
+    src.write_bytes(bytes(data))
+    with pytest.raises(InputError) as err:
+        probe_image(src)
+    assert str(err.value) == f"{src}: unsupported TIFF compression 60123 (no decoder in this imagecodecs)"

@@ -221,6 +221,12 @@ def probe(path: Path, max_pixels: int) -> ImageInfo:
         page = tif.pages.first
         width, height = int(page.imagewidth), int(page.imagelength)
         check_pixels(path, width, height, 1, max_pixels)
+        compression = int(page.compression)
+        try:
+            tifffile.TIFF.DECOMPRESSORS[compression]
+        except KeyError:
+            name = getattr(page.compression, "name", str(compression))
+            raise InputError(f"{path}: unsupported TIFF compression {name} (no decoder in this imagecodecs)") from None
         if page.dtype is None:
             raise InputError(f"{path}: unsupported TIFF samples ({page.bitspersample}-bit, format {page.sampleformat})")
         sample = np.dtype(page.dtype)
@@ -236,7 +242,6 @@ def probe(path: Path, max_pixels: int) -> ImageInfo:
         icc = tags[34675].value if 34675 in tags else None
         xmp = tags[700].value if 700 in tags else None
         dpi = _resolution(page)
-        compression = int(page.compression)
     if mode in ("P", "PA"):
         dtype = np.dtype(np.uint8)
     note(path, "damaged TIFF tags", quiet.messages)

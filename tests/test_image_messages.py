@@ -121,3 +121,43 @@ def test_a_host_limit_that_pillows_own_decoder_applies_is_named(tmp_path, monkey
     else:
         assert read_image(info).shape == (H, W, 3)
     assert Image.MAX_IMAGE_PIXELS == 50
+
+
+def test_truncation_is_refused_even_when_the_host_lets_pillow_accept_it(tmp_path, monkeypatch):
+    """A host may set Pillow's LOAD_TRUNCATED_IMAGES; tileproc still refuses truncated files (and leaves the switch)."""
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    a = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    for ext in (".png", ".jpg", ".bmp"):
+        good = tmp_path / f"good{ext}"
+        Image.fromarray(a).save(good)
+        np.testing.assert_array_equal(read_image(probe_image(good)).shape, (64, 64, 3))
+        cut = tmp_path / f"cut{ext}"
+        cut.write_bytes(good.read_bytes()[: good.stat().st_size * 2 // 3])
+        try:
+            read_image(probe_image(cut))
+        except InputError as exc:
+            assert str(exc).startswith(f"{cut}: truncated or corrupt image")
+        else:
+            raise AssertionError(f"{cut.name} was read")
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is True
+
+
+def test_no_library_warning_is_raised_on_damaged_metadata(tmp_path):
+    """Checked with the test's own warnings recorder: tileproc leaves damaged EXIF out before Pillow would warn."""
+    import warnings
+
+    jpg = _damaged_exif_jpeg(tmp_path / "d.jpg")
+    tif = tmp_path / "t.tif"
+    _damaged_tag_tiff(tif)
+    ex = Image.Exif()
+    ex[0x010F] = "Cam"
+    blob = bytearray(ex.tobytes())
+    struct.pack_into(">I" if blob[6:8] == b"MM" else "<I", blob, 6 + 4, 4000)  # IFD0 points past the end
+    png = tmp_path / "p.png"
+    Image.fromarray(np.zeros((H, W, 3), np.uint8)).save(png, exif=bytes(blob))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for path in (jpg, tif, png):
+            info = probe_image(path)
+            write_image(read_image(info), tmp_path / f"o-{path.stem}.jpg", info)
+    assert [str(w.message) for w in caught] == []

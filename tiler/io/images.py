@@ -107,13 +107,14 @@ import contextlib
 import dataclasses
 import itertools
 import os
+import struct
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import BmpImagePlugin, GifImagePlugin, Image, JpegImagePlugin, PngImagePlugin, WebPImagePlugin
+from PIL import BmpImagePlugin, GifImagePlugin, Image, ImageFile, JpegImagePlugin, PngImagePlugin, WebPImagePlugin
 
 from tiler.errors import InputError, OutputError, TileprocError
 from tiler.io import bmp, gif, jpeg, png, tiff, webp
@@ -597,6 +598,34 @@ def _animated_pixels(info: ImageInfo, frame: int) -> np.ndarray:
     return a
 
 
+def _check_complete(info: ImageInfo) -> None:
+    """Refuse a truncated PNG, JPEG or BMP by its structure, for hosts that set Pillow's LOAD_TRUNCATED_IMAGES.
+
+    Hand-written because Pillow's truncation check is that process-wide
+    switch and cannot be asked for per call.
+    """
+    path = info.path
+    try:
+        if info.format == "PNG":
+            for _ in png.png_chunks(read_bytes(path)):
+                pass
+        elif info.format == "JPEG":
+            with open(path, "rb") as f:
+                f.seek(max(0, os.fstat(f.fileno()).st_size - 4096))
+                if b"\xff\xd9" not in f.read():
+                    raise ContainerError("JPEG has no end-of-image marker")
+        elif info.format == "BMP":
+            with open(path, "rb") as f:
+                head = f.read(54)
+            offset, header = struct.unpack_from("<II", head, 10)
+            width, height, _, bits, packing = struct.unpack_from("<iiHHI", head, 18)
+            stride = (width * bits + 31) // 32 * 4
+            if header >= 40 and packing in (0, 3) and offset + stride * abs(height) > os.path.getsize(path):
+                raise ContainerError("BMP pixel data is cut short")
+    except ContainerError as exc:
+        raise corrupt(path, exc) from None
+
+
 def read_image(info: ImageInfo, out: np.ndarray | None = None, *, frame: int = 0) -> np.ndarray:
     """Decode a probed image (or one frame of an animation), upright, into ``out`` or a new array.
 
@@ -649,6 +678,8 @@ def read_image(info: ImageInfo, out: np.ndarray | None = None, *, frame: int = 0
     elif info._uses_opencv:
         stored = _opencv_pixels(info)
     else:
+        if ImageFile.LOAD_TRUNCATED_IMAGES:  # the host asked Pillow to accept truncation: tileproc does not
+            _check_complete(info)
         im = _reopen(info)
         try:
             im.load()

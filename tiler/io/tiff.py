@@ -79,14 +79,26 @@ _E = tifffile.EXTRASAMPLE
 # sample types
 
 
+_ENGINE_DTYPE = {
+    "b1": np.uint8,
+    "u1": np.uint8,
+    "i1": np.uint8,
+    "u2": np.uint16,
+    "i2": np.uint16,
+    "u4": np.float32,
+    "i4": np.float32,
+    "f2": np.float32,
+    "f4": np.float32,
+    "f8": np.float32,
+}
+
+
 def _engine_dtype(sample: np.dtype) -> np.dtype:
-    if sample == np.bool_ or sample.kind == "u" and sample.itemsize == 1 or sample == np.int8:
-        return np.dtype(np.uint8)
-    if sample in (np.uint16, np.int16):
-        return np.dtype(np.uint16)
-    if sample.kind in "iuf" and sample.itemsize <= 8 and not (sample.kind in "iu" and sample.itemsize == 8):
-        return np.dtype(np.float32)
-    raise ValueError(f"unsupported sample type {sample}")
+    """What the filters see for a file's sample type (see the module's table)."""
+    found = _ENGINE_DTYPE.get(f"{sample.kind}{sample.itemsize}")
+    if found is None:
+        raise ValueError(f"unsupported sample type {sample}")
+    return np.dtype(found)
 
 
 def _data_range(a: np.ndarray) -> tuple[float, float] | None:

@@ -317,6 +317,9 @@ class Engine:
             valid while it is referenced (its slot is not reused meanwhile); keep
             at most ``frames_in_flight`` such results at once (more raises
             :class:`TileprocError`), copy those you keep longer (``np.array(view)``).
+            The result of an array from :meth:`empty` lies beside it, in its own
+            shared memory: it must be dropped before that array is given again
+            (else :class:`TileprocError`), so rotate ``frames_in_flight + 1`` of them.
 
         Examples
         --------

@@ -251,6 +251,7 @@ class Scheduler:
         self._limit = tile_timeout + self._tick if tile_timeout is not None else None
         self._inline_below = inline_below if _built_in(chain) else 0
         self._book = TaskBook()
+        self._inflight: list[Frame] = []
         self._wakeup = Wakeup()
 
     # -- public ----------------------------------------------------------------
@@ -262,6 +263,7 @@ class Scheduler:
         """
         frames = iter(frames)
         inflight: list[Frame] = []
+        self._inflight = inflight
         exhausted = False
         seq = itertools.count()
         clean = False
@@ -414,7 +416,7 @@ class Scheduler:
         # Tasks per frame: four per worker balance the load of a lone frame; with other frames
         # in flight, they balance it, and one task per worker costs the least dispatch.
         # A task is a range of tile indices: its message has the same size for 1 tile or 10,000.
-        streaming = self.ring.in_use > 1
+        streaming = len(self._inflight) > 1
         per = max(1, -(-frame.tiles // (pool.n * (1 if streaming else 4))))
         copied = 0
         for start in range(0, frame.tiles, per):

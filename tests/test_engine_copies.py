@@ -85,6 +85,23 @@ def test_empty_refuses_what_the_engine_cannot_filter():
         e.empty((4, 4))
 
 
+def test_a_frame_from_empty_given_again_while_in_flight_fails_loudly():
+    with Engine(workers=2, frames_in_flight=3, inline_below=0) as e:
+        buf = e.empty((64, 64), np.uint8)
+
+        def refilled():
+            for i in range(4):
+                buf[...] = i  # overwrites the frame still being filtered
+                yield buf
+
+        with pytest.raises(TileprocError, match="frame 0: its array was given again as frame 1"):
+            list(e.map_frames(refilled(), negate))
+        with pytest.raises(TileprocError, match="frame 0: its array was given again as frame 1"):
+            list(e.map_frames(refilled(), negate, copy=False))
+        buf[...] = 9
+        assert [int(o[0, 0]) for o in e.map_frames([buf], negate)] == [246]  # one at a time is fine
+
+
 # -- results into the caller's array ---------------------------------------------------
 
 

@@ -330,6 +330,8 @@ class Scheduler:
         if frame.error is not None:  # failed before it needed a slot (e.g. probing)
             frame.state = FrameState.FINISHED
             return
+        if frame.pinned is not None and self._pinned_twice(frame):
+            return
         try:
             frame.slot = frame.pinned or self.ring.acquire(frame.nbytes)
         except TileprocError as exc:
@@ -347,6 +349,24 @@ class Scheduler:
             self._filter(frame, frame.source)
         else:
             self._step(frame, frame.load, self._loaded)
+
+    def _pinned_twice(self, frame: Frame) -> bool:
+        """Fail both frames if ``frame``'s own slot is still in use by an earlier frame in flight
+        (being filtered, or its result not yet handed over): whoever filled it again may have
+        overwritten that frame's pixels."""
+        for other in self._inflight:
+            busy = other.state is not FrameState.FINISHED or other.target is None  # result still in it
+            if other is not frame and other.slot is frame.pinned and busy:
+                exc = TileprocError(
+                    f"{other.label}: its array was given again as {frame.label} while still being "
+                    "filtered; give each frame in flight its own array from Engine.empty "
+                    "(rotate frames_in_flight + 1 of them)"
+                )
+                self._fail(other, exc)
+                frame.error = exc
+                frame.state = FrameState.FINISHED
+                return True
+        return False
 
     def _workers(self) -> WorkerPool:
         """The pool, started now if this is the first frame that needs it."""

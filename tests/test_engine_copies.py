@@ -161,6 +161,8 @@ def test_a_lent_view_of_a_frame_from_empty_must_be_dropped_before_it_is_filtered
         assert int(first[0, 0]) == 252
         with pytest.raises(TileprocError, match="frame 0: the result of this array's previous frame"):
             list(e.map_frames([frame], negate, copy=False))
+        with pytest.raises(TileprocError, match="frame: the result of this array's previous frame"):
+            e.process(frame, negate, out=np.empty_like(frame))
         del first
         (again,) = e.map_frames([frame], negate, copy=False)
         assert int(again[0, 0]) == 252

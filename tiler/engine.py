@@ -15,8 +15,8 @@ be avoided:
 * out: ``process(..., out=array)`` writes into the caller's array (no new
   array, no page faults), and ``map_frames(..., copy=False)`` yields read-only
   views of the slots themselves. Such a view keeps its slot out of use until
-  it is dropped; keeping more than ``frames_in_flight`` of them at once is an
-  error that says so, never a silent overwrite.
+  it is dropped; keeping more than twice ``frames_in_flight`` of them at once
+  is an error that says so, never a silent overwrite.
 
 The workers start when a frame first needs them: a job filtered entirely in
 this process (built-in filters on small frames) starts none.
@@ -278,8 +278,9 @@ class Engine:
         self._pinned[slot.name] = (weakref.ref(shared), slot)
         return np.asarray(shared)
 
-    def _pinned_slot(self, frame: np.ndarray) -> FrameSlot | None:
-        """The slot of ``frame`` if it is exactly an array from :meth:`empty` of this engine."""
+    def _pinned_slot(self, frame: np.ndarray, label: str = "frame") -> FrameSlot | None:
+        """The slot of ``frame`` if it is exactly an array from :meth:`empty` of this engine;
+        refused if the result of its last frame is still viewed (it would be overwritten)."""
         base = frame.base
         if not isinstance(base, _Shared) or base.engine() is not self or base.slot.name not in self._pinned:
             return None
@@ -287,6 +288,12 @@ class Engine:
             return None
         if frame.dtype != base.dtype or not frame.flags.c_contiguous:
             return None
+        lease = self._lent.get(base.slot.name)
+        if lease is not None and lease() is not None:
+            raise TileprocError(
+                f"{label}: the result of this array's previous frame (map_frames(copy=False)) is "
+                "still referenced and would be overwritten; drop it or copy it first"
+            )
         return base.slot
 
     def _free_pinned(self) -> None:
@@ -314,9 +321,9 @@ class Engine:
         copy : bool
             True (default): each result is a new array. False: each result is a
             read-only view of the engine's shared memory, no copy made. It stays
-            valid while it is referenced (its slot is not reused meanwhile); keep
-            at most ``frames_in_flight`` such results at once (more raises
-            :class:`TileprocError`), copy those you keep longer (``np.array(view)``).
+            valid while it is referenced (its slot is not reused meanwhile). Up to
+            ``frames_in_flight`` such results may be kept at once; more than twice
+            that raises :class:`TileprocError`; copy those you keep (``np.array(view)``).
             The result of an array from :meth:`empty` lies beside it, in its own
             shared memory: it must be dropped before that array is given again
             (else :class:`TileprocError`), so rotate ``frames_in_flight + 1`` of them.
@@ -332,13 +339,7 @@ class Engine:
             for i, frame in enumerate(frames):
                 frame = check_frame(frame, f"frame {i}")
                 label = f"frame {i}"
-                pinned = self._pinned_slot(frame)
-                lease = self._lent.get(pinned.name) if pinned is not None else None
-                if lease is not None and lease() is not None:
-                    raise TileprocError(
-                        f"{label}: the result of this array's previous frame (map_frames(copy=False)) is "
-                        "still referenced and would be overwritten; drop it or copy it first"
-                    )
+                pinned = self._pinned_slot(frame, label)
                 target = np.empty(frame.shape, frame.dtype) if copy else None
                 source = None if pinned is not None else frame
                 yield Frame(label, frame.shape, frame.dtype, source=source, target=target, pinned=pinned)

@@ -338,3 +338,66 @@ def test_cli_runs_a_folder_and_a_video_on_a_local_cluster(tmp_path):
         assert png.read_bytes() == (tmp_path / "remote" / png.relative_to(tmp_path / "local")).read_bytes()
     a, b = probe_video(tmp_path / "local" / "clip.mp4"), probe_video(tmp_path / "remote" / "clip.mp4")
     assert (a.frame_count, a.fps, len(a.audio)) == (b.frame_count, b.fps, len(b.audio))
+
+
+# -- TLS -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tls_cluster():
+    """A scheduler and one worker that speak TLS only, with throwaway certificates."""
+    distributed = pytest.importorskip("distributed")
+    security = distributed.Security.temporary()
+    with distributed.LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None, protocol="tls", security=security
+    ) as local:
+        yield local, security
+
+
+def test_a_tls_scheduler_runs_a_job_for_a_client_with_its_certificates(tls_cluster, tmp_path, capsys):
+    local, security = tls_cluster
+    assert local.scheduler_address.startswith("tls://")
+    pngs(tmp_path / "in", 2)
+    with cluster.connect(local.scheduler_address, security=security) as client:
+        assert cluster.process_folder(client, tmp_path / "in", tmp_path / "out", "invert").ok
+    assert len(list((tmp_path / "out").rglob("*.png"))) == 2
+    # the command line, with the same certificates as PEM files
+    pem = {}
+    for name in ("tls_ca_file", "tls_client_cert", "tls_client_key"):
+        pem[name] = tmp_path / f"{name}.pem"
+        pem[name].write_text(getattr(security, name))
+    args = ["--tls-ca-file", str(pem["tls_ca_file"]), "--tls-cert", str(pem["tls_client_cert"])]
+    args += ["--tls-key", str(pem["tls_client_key"])]
+    host_port = local.scheduler_address.removeprefix("tls://")  # no scheme: tls, as certificates are given
+    assert main([str(tmp_path / "in"), "-f", "invert", "-o", str(tmp_path / "cli"), "--cluster", host_port, *args]) == 0
+    assert len(list((tmp_path / "cli").rglob("*.png"))) == 2
+
+
+def test_a_tls_scheduler_refuses_a_client_without_its_certificates(tls_cluster, tmp_path, capsys):
+    distributed = pytest.importorskip("distributed")
+    local, _ = tls_cluster
+    address = local.scheduler_address
+    with pytest.raises(cluster.ClusterError, match="speaks TLS and no certificates"):
+        cluster.connect(address, timeout=5)
+    with pytest.raises(cluster.ClusterError, match="refused the TLS certificates"):
+        cluster.connect(address, timeout=5, security=distributed.Security.temporary())  # another authority
+    plain = address.replace("tls://", "tcp://")
+    with pytest.raises(cluster.ClusterError, match="closed the connection.*tls://"):
+        cluster.connect(plain, timeout=5)
+    pngs(tmp_path / "in", 1)
+    capsys.readouterr()
+    assert main([str(tmp_path / "in"), "-f", "invert", "-o", str(tmp_path / "out"), "--cluster", address]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and address in err[0] and "--tls-ca-file" in err[0], err
+    assert not (tmp_path / "out").exists()
+
+
+def test_tls_options_are_checked_before_connecting(tmp_path, capsys):
+    pngs(tmp_path / "in", 1)
+    base = [str(tmp_path / "in"), "-f", "invert", "-o", str(tmp_path / "out")]
+    assert main([*base, "--tls-ca-file", str(tmp_path / "ca.pem")]) == 2
+    assert "go with --cluster" in capsys.readouterr().err
+    pytest.importorskip("distributed")
+    assert main([*base, "--cluster", "tls://127.0.0.1:1", "--tls-ca-file", str(tmp_path / "ca.pem")]) == 2
+    assert f"--tls-ca-file {tmp_path / 'ca.pem'}: no such file" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

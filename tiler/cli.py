@@ -144,6 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="run on a Dask cluster: tcp://HOST:8786, or local[:N] for N worker processes here "
         "(pip install 'tileproc[dask]'); -w is then each Dask worker's engine size",
     )
+    t = p.add_argument_group("cluster TLS (a tls:// scheduler; default: Dask's distributed.comm.tls configuration)")
+    t.add_argument("--tls-ca-file", metavar="PEM", help="certificate authority that signed the scheduler's certificate")
+    t.add_argument("--tls-cert", metavar="PEM", help="this client's certificate")
+    t.add_argument("--tls-key", metavar="PEM", help="this client's private key (if not in --tls-cert)")
     v = p.add_argument_group("video")
     v.add_argument("--codec", help="ffmpeg encoder (default by container: libx264, libvpx-vp9, gif)")
     v.add_argument("--crf", type=float, help="constant quality (default: 18 for H.264, 31 for VP9)")
@@ -261,6 +265,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ValueError(f"--frames-in-flight must be >= 1, got {args.frames_in_flight}")
         if args.quality is not None and not 1 <= args.quality <= 100:
             raise ValueError(f"--quality must be 1..100, got {args.quality}")
+        if not args.cluster and (args.tls_ca_file or args.tls_cert or args.tls_key):
+            raise ValueError("--tls-ca-file, --tls-cert and --tls-key go with --cluster")
     except (FilterError, ValueError) as exc:
         print(f"tileproc: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
@@ -395,6 +401,24 @@ def _run_folder(
     return counts[0], counts[1]
 
 
+def _security(args):
+    """A ``distributed.Security`` from the --tls-* options; None without them (Dask's configuration applies)."""
+    files = {"--tls-ca-file": args.tls_ca_file, "--tls-cert": args.tls_cert, "--tls-key": args.tls_key}
+    given = {k: v for k, v in files.items() if v}
+    if not given:
+        return None
+    if not args.cluster:
+        raise ValueError(f"{next(iter(given))} needs --cluster")
+    if args.tls_key and not args.tls_cert:
+        raise ValueError("--tls-key needs --tls-cert")
+    for option, path in given.items():
+        if not os.path.isfile(path):
+            raise ValueError(f"{option} {path}: no such file")
+    from tiler.cluster import tls
+
+    return tls(args.tls_ca_file, args.tls_cert, args.tls_key)
+
+
 class _OnCluster:
     """The Engine methods the command uses, run on a Dask cluster instead (see tiler.cluster)."""
 
@@ -410,7 +434,7 @@ class _OnCluster:
             frames_in_flight=args.frames_in_flight,
             tile_timeout=args.tile_timeout,
         )
-        self.client = cluster.connect(args.cluster)
+        self.client = cluster.connect(args.cluster, security=_security(args))
 
     def __enter__(self) -> _OnCluster:
         return self

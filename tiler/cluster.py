@@ -53,6 +53,7 @@ from tiler.pipeline import FileResult, Report
 
 __all__ = [
     "connect",
+    "tls",
     "process_file",
     "process_folder",
     "process_video",
@@ -99,50 +100,108 @@ def _distributed():
 # -- connecting ------------------------------------------------------------------
 
 
-def connect(address: str = "local", *, timeout: float = CONNECT_TIMEOUT):
+def connect(address: str = "local", *, timeout: float = CONNECT_TIMEOUT, security: Any = None):
     """A ``dask.distributed.Client`` for a scheduler, or for a cluster on this machine.
+
+    A Dask scheduler runs whatever code a client that reaches it sends: on a
+    network others can reach, run it with TLS (``tls://`` and certificates)
+    and connect with ``security``.
 
     Parameters
     ----------
     address : str
-        ``tcp://host:8786`` (any address Dask takes; ``host:8786`` means tcp),
-        or ``local`` / ``local:N``: a LocalCluster of N worker processes
-        (default :data:`LOCAL_WORKERS`) with one thread each, on this machine,
-        for trying it out. Closing the client stops that cluster.
+        ``tls://host:8786`` or ``tcp://host:8786`` (any address Dask takes;
+        ``host:8786`` means tls with ``security``, else tcp), or ``local`` /
+        ``local:N``: a LocalCluster of N worker processes (default
+        :data:`LOCAL_WORKERS`) with one thread each, on this machine, for
+        trying it out (over TLS with ``security``). Closing the client stops
+        that cluster.
     timeout : float
         Seconds to wait for the scheduler.
+    security : distributed.Security, optional
+        The certificates to connect with. Default: Dask's configuration
+        (``distributed.comm.tls.*``, e.g. ``DASK_DISTRIBUTED__COMM__TLS__CA_FILE``).
 
     Raises
     ------
     ClusterError
-        Dask is not installed, or the scheduler did not answer within ``timeout``.
+        Dask is not installed, the scheduler did not answer within ``timeout``,
+        or it refused the connection (TLS without matching certificates).
     ValueError
         ``address`` is malformed.
 
     Examples
     --------
-    >>> client = connect("tcp://10.0.0.5:8786")   # doctest: +SKIP
-    >>> with connect("local:2") as client:        # doctest: +SKIP
+    >>> from distributed import Security                                  # doctest: +SKIP
+    >>> tls = Security(tls_ca_file="ca.pem", tls_client_cert="me.pem",
+    ...                tls_client_key="me.key", require_encryption=True)  # doctest: +SKIP
+    >>> client = connect("tls://10.0.0.5:8786", security=tls)             # doctest: +SKIP
+    >>> with connect("local:2") as client:                                # doctest: +SKIP
     ...     report = process_folder(client, "photos", "out", "blur")
     """
     address = str(address).strip()
     if address == "local" or address.startswith("local:"):
         n = LOCAL_WORKERS if address == "local" else _count(address[len("local:") :], address)
         distributed = _distributed()
-        return distributed.Client(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None)
+        tls = {} if security is None else dict(security=security, protocol="tls")
+        return distributed.Client(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None, **tls)
     scheme, sep, rest = address.rpartition("://")
     host, colon, port = rest.rpartition(":")
     if not rest or (colon and not port.isdigit()) or (sep and not scheme):
-        raise ValueError(f"cluster address must be tcp://HOST:PORT or local[:N], got {address!r}")
+        raise ValueError(f"cluster address must be tls://HOST:PORT, tcp://HOST:PORT or local[:N], got {address!r}")
+    if security is not None and not sep:
+        address = f"tls://{address}"
     distributed = _distributed()
+    if security is None and address.lower().startswith("tls://"):
+        security = distributed.Security()  # from Dask's configuration
+        if not security.tls_ca_file:
+            # Checked here: Dask's own error for this (a TypeError) leaves the client's event loop in a state
+            # where the next client of this process cannot start.
+            raise ClusterError(
+                f"{address}: the scheduler speaks TLS and no certificates were given; "
+                "pass --tls-ca-file, --tls-cert and --tls-key (security= in Python)"
+            )
+    extra = {} if security is None else {"security": security}
     try:
-        return distributed.Client(address, timeout=timeout)
+        return distributed.Client(address, timeout=timeout, **extra)
     except (OSError, TimeoutError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = _first_line(exc)
+        if "certificate" in reason.lower() or "ssl" in reason.lower():
+            raise ClusterError(
+                f"{address}: the scheduler refused the TLS certificates given (not signed by the authority it trusts)"
+            ) from None
+        if isinstance(exc, distributed.comm.CommClosedError):
+            raise ClusterError(
+                f"{address}: the scheduler closed the connection at once; "
+                "a TLS scheduler needs a tls:// address and its certificates (--tls-ca-file, --tls-cert, --tls-key)"
+            ) from None
         raise ClusterError(
             f"{address}: no Dask scheduler answered within {timeout:g} s ({reason}); "
-            "start one with 'dask scheduler', or check the address"
+            "start one with 'dask scheduler', or check the address (tls:// for a TLS scheduler)"
         ) from None
+
+
+def tls(ca_file: str | None, cert: str | None, key: str | None = None):
+    """A ``distributed.Security`` that requires TLS, from PEM files (or PEM text).
+
+    Parameters
+    ----------
+    ca_file : str
+        The certificate authority that signed the scheduler's and workers' certificates.
+    cert, key : str
+        This client's certificate and private key (``key`` None: in ``cert``).
+
+    Examples
+    --------
+    >>> client = connect("tls://10.0.0.5:8786", security=tls("ca.pem", "me.pem", "me.key"))  # doctest: +SKIP
+    """
+    return _distributed().Security(
+        tls_ca_file=ca_file, tls_client_cert=cert, tls_client_key=key, require_encryption=True
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 def _count(text: str, address: str) -> int:

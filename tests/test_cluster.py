@@ -293,10 +293,9 @@ def test_malformed_addresses(address):
         cluster.connect(address)
 
 
-def test_other_url_schemes_are_refused(tmp_path):
-    with pytest.raises(ValueError, match="s3://"):
-        cluster._local_path("s3://bucket/photos")
-    assert cluster._local_path(f"file://{tmp_path}/a%20b.png") == tmp_path / "a b.png"
+def test_locations_keep_storage_urls_and_turn_file_urls_into_paths(tmp_path):
+    assert cluster._location("s3://bucket/photos") == "s3://bucket/photos"
+    assert cluster._location(f"file://{tmp_path}/a%20b.png") == tmp_path / "a b.png"
 
 
 def test_without_dask_the_message_says_what_to_install(monkeypatch, tmp_path, capsys):

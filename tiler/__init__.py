@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from tiler import staging
 from tiler.engine import Engine
 from tiler.errors import (
     FilterFailed,
@@ -123,6 +124,8 @@ def process_file(src, dst, chain: Any, *, workers: int | None = None, client: An
     video ``codec``, ``crf``, ``preset``, ``pix_fmt``; plus :class:`Engine` options.
     Returns the output path. With a ``dask.distributed.Client`` as ``client``
     the work runs on its cluster (:func:`tiler.cluster.process_file`).
+    ``src`` and ``dst`` may be URLs (``s3://``, ``gs://``, ``az://``, ``https://``
+    for inputs; fsspec's ``storage_options`` as an option): see :mod:`tiler.staging`.
 
     Examples
     --------
@@ -135,6 +138,8 @@ def process_file(src, dst, chain: Any, *, workers: int | None = None, client: An
         return cluster.process_file(client, src, dst, chain, workers=workers, **options)
     engine_options, job = _split(options)
     with Engine(workers, **engine_options) as engine:
+        if _urls(src, dst, job):
+            return staging.run_file(engine, src, dst, chain, **job)
         return engine.process_file(src, dst, chain, **job)
 
 
@@ -144,7 +149,8 @@ def process_folder(src, dst, chain: Any, *, workers: int | None = None, client: 
     A bad file fails alone; the returned :class:`Report` lists each file's outcome.
     With a ``dask.distributed.Client`` as ``client`` each file is a task on its
     cluster (:func:`tiler.cluster.process_folder`; ``workers`` then sizes each
-    Dask worker's engine).
+    Dask worker's engine). ``src`` and ``dst`` may be URLs: a prefix is a folder
+    (:mod:`tiler.staging`; fsspec's ``storage_options`` as an option).
 
     Examples
     --------
@@ -158,6 +164,8 @@ def process_folder(src, dst, chain: Any, *, workers: int | None = None, client: 
         return cluster.process_folder(client, src, dst, chain, workers=workers, **options)
     engine_options, job = _split(options)
     with Engine(workers, **engine_options) as engine:
+        if _urls(src, dst, job):
+            return staging.process_folder(engine, src, dst, chain, **job)
         return engine.process_folder(src, dst, chain, **job)
 
 
@@ -181,4 +189,14 @@ def process_video(src, dst, chain: Any, *, workers: int | None = None, client: A
         return cluster.process_video(client, src, dst, chain, workers=workers, **options)
     engine_options, job = _split(options)
     with Engine(workers, **engine_options) as engine:
+        if _urls(src, dst, job):
+            return staging.run_file(engine, src, dst, chain, **job)
         return engine.process_video(src, dst, chain, **job)
+
+
+def _urls(src, dst, job: dict) -> bool:
+    """True when ``src`` or ``dst`` is a URL (then ``storage_options`` stays in ``job``), else drops it."""
+    if staging.involved(src, dst):
+        return True
+    job.pop("storage_options", None)
+    return False

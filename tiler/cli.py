@@ -16,10 +16,13 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from filters import FilterError
+from tiler import pipeline, staging
 from tiler.engine import Engine, resolve_chain
 from tiler.errors import TileprocError
+from tiler.io import remote
 from tiler.io.files import output_name
 from tiler.io.images import DEFAULT_MAX_PIXELS
 from tiler.pipeline import FileResult, is_supported, is_video
@@ -241,6 +244,83 @@ def _jobs(inputs: list[Path], output: str | None, ext: str | None) -> list[tuple
     return jobs
 
 
+def _url_jobs(inputs: list[str], output: str | None, ext: str | None) -> list[tuple[Any, Any, bool]]:
+    """(input, output, is_folder) for each input when an input or the output is a URL (a prefix is a folder)."""
+    many = len(inputs) > 1
+    out_is_url = remote.is_url(output)
+    to_folder = output is not None and (
+        many or output.endswith(("/", os.sep)) or (remote.is_folder(output) if out_is_url else Path(output).is_dir())
+    )
+    jobs = []
+    for text in inputs:
+        src = _Url(text) if remote.is_url(text) else Path(text)
+        is_folder = remote.is_folder(src) if isinstance(src, str) else src.is_dir()
+        name = src.rstrip("/").rpartition("/")[2] if isinstance(src, str) else src.name
+        if output is None:
+            target = None
+        elif to_folder or (is_folder and not many):
+            base = (
+                output if is_folder and not many else (remote.join(output, name) if out_is_url else Path(output) / name)
+            )
+            target = base if is_folder or not ext or pipeline.is_video(Path(name)) else _with_ext(base, ext)
+        else:
+            target = output if out_is_url else Path(output)
+        jobs.append((src, target, is_folder))
+    targets = [str(t) for _, t, _ in jobs if t is not None]
+    if len(set(targets)) != len(targets):
+        raise ValueError("two inputs would be written to one output; give them different names or outputs")
+    return jobs
+
+
+class _Url(str):
+    """A URL, with the ``name`` the progress bar shows, as a path has."""
+
+    @property
+    def name(self) -> str:
+        return self.rstrip("/").rpartition("/")[2]
+
+
+def _with_ext(target, ext: str):
+    if isinstance(target, Path):
+        return target.with_suffix(ext)
+    head, dot, _ = target.rpartition(".")
+    return f"{head}{ext}" if dot and "/" not in target[len(head) :] else target + ext
+
+
+def _run_url(engine, src, dst, chain, bars: _Bars, options, video_options, is_folder: bool, ext) -> tuple[int, int]:
+    """One job whose input or output is a URL: on the cluster's workers, or staged through this machine's engine."""
+    if isinstance(engine, _OnCluster):
+        if is_folder:
+            return _run_folder(engine, src, dst, chain, bars, options, video_options, ext)
+        run_one, run_folder = engine.process_file, None
+    else:
+
+        def run_one(s, d, c, **o):
+            return staging.run_file(engine, s, d, c, **o)
+
+        def run_folder(s, d, c, **o):
+            return staging.process_folder(engine, s, d, c, **o)
+
+        if is_folder:
+            return _run_folder(_Folders(run_folder), src, dst, chain, bars, options, video_options, ext)
+    if not is_folder and not pipeline.is_supported(Path(str(src).rpartition("/")[2])):
+        _fail_line(bars, f"{src}: not a supported image or video (by its extension)")
+        return 0, 1
+    try:
+        run_one(src, dst, chain, **options, **video_options)
+    except TileprocError as exc:
+        _fail_line(bars, exc)
+        return 0, 1
+    return 1, 0
+
+
+class _Folders:
+    """Adapts a folder function to the ``process_folder`` method :func:`_run_folder` calls."""
+
+    def __init__(self, run):
+        self.process_folder = run
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -258,7 +338,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         chain = resolve_chain(",".join(args.filters))
         chain.check_picklable()
-        jobs = _jobs([Path(i) for i in args.inputs], args.output, args.format)
+        if staging.involved(*args.inputs, args.output):
+            jobs = _url_jobs(args.inputs, args.output, args.format)
+        else:
+            jobs = _jobs([Path(i) for i in args.inputs], args.output, args.format)
         if args.workers is not None and args.workers < 0:
             raise ValueError(f"--workers must be >= 0, got {args.workers}")
         if args.frames_in_flight is not None and args.frames_in_flight < 1:
@@ -271,7 +354,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"tileproc: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
 
-    if args.output and (len(args.inputs) > 1 or args.output.endswith(os.sep)):
+    if args.output and not remote.is_url(args.output) and (len(args.inputs) > 1 or args.output.endswith(os.sep)):
         try:
             Path(args.output).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -308,7 +391,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             options = dict(overwrite=args.overwrite, max_pixels=args.max_pixels, quality=args.quality)
             video_options = dict(codec=args.codec, crf=args.crf, preset=args.preset, pix_fmt=args.pix_fmt)
             for src, dst, is_folder in jobs:
-                if is_folder:
+                if staging.involved(src, dst):
+                    n_ok, n_bad = _run_url(
+                        engine, src, dst, chain, bars, options, video_options, is_folder, args.format
+                    )
+                elif is_folder:
                     n_ok, n_bad = _run_folder(engine, src, dst, chain, bars, options, video_options, args.format)
                 else:
                     n_ok, n_bad = _run_file(engine, src, dst, chain, bars, options, video_options)

@@ -43,10 +43,10 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, TypeVar
 
-from tiler import pipeline
+from tiler import pipeline, staging
 from tiler.engine import Engine, resolve_chain
 from tiler.errors import InputError, OutputExists, TileprocError, VideoError, WorkerDied, WorkerError
-from tiler.io import video
+from tiler.io import remote, video
 from tiler.io.files import atomic_output, check_input, check_output, output_name, sweep_stale_temps
 from tiler.io.images import DEFAULT_MAX_PIXELS
 from tiler.pipeline import FileResult, Report
@@ -233,18 +233,17 @@ def _engine_spec(workers: int | None, options: dict[str, Any]) -> _EngineSpec:
     return _EngineSpec(None if workers is None else int(workers), tuple(sorted(options.items())))
 
 
-def _local_path(path: Any) -> Path:
-    """A path every worker can open: plain paths and ``file://`` URLs."""
+def _location(path: Any) -> Path | str:
+    """A storage URL as a string (``s3://...``, fetched by the worker that needs it), else a local path.
+
+    Local paths and ``file://`` URLs must be at the same place on every worker (a shared file system).
+    """
     text = os.fspath(path)
     if isinstance(text, bytes):
         text = os.fsdecode(text)
+    if remote.is_url(text):
+        return text
     if "://" in text:
-        scheme = text.split("://", 1)[0]
-        if scheme.lower() != "file":
-            raise ValueError(
-                f"{text}: {scheme}:// is not supported; inputs and outputs must be paths "
-                "on a file system every worker sees (or file:// URLs)"
-            )
         return Path(urllib.parse.unquote(urllib.parse.urlparse(text).path))
     return Path(text)
 
@@ -354,29 +353,14 @@ def _outcome(future, label: str) -> Any:
         return WorkerError(f"{label}: {type(exc).__name__}" + (f": {first[0]}" if first else ""))
 
 
-def _existing(paths: Iterable[Path]) -> set[Path]:
-    """Which of ``paths`` exist now: one listing per folder, not one stat per file."""
-    by_folder: dict[Path, list[Path]] = {}
-    for path in paths:
-        by_folder.setdefault(path.parent, []).append(path)
-    found = set()
-    for folder, wanted in by_folder.items():
-        try:
-            names = set(os.listdir(folder))
-        except OSError:
-            continue
-        found.update(p for p in wanted if p.name in names)
-    return found
-
-
-def _rerun_found_its_output(error: BaseException | None, dst: Path, existed: set[Path]) -> bool:
+def _rerun_found_its_output(error: BaseException | None, dst: Path | str, existed: set[str]) -> bool:
     """A task refused an output that did not exist when the job started: a first attempt wrote it.
 
     Its worker died after the rename into place and before its result reached
     the scheduler; the rerun finds the whole file there. Outputs are renamed
     into place only when complete, so the file is the task's own, whole.
     """
-    return isinstance(error, OutputExists) and dst not in existed
+    return isinstance(error, OutputExists) and str(dst) not in existed
 
 
 def _sweep_workers(client) -> None:
@@ -404,6 +388,7 @@ def process_folder(
     preset: str = "medium",
     pix_fmt: str | None = None,
     ext: str | None = None,
+    storage_options: dict[str, Any] | None = None,
     **engine_options: Any,
 ) -> Report:
     """Filter every image and video under ``src`` into ``dst`` on a Dask cluster, one task per file.
@@ -435,6 +420,8 @@ def process_folder(
         Tasks in flight (default twice the cluster's worker threads).
     ext : str, optional
         Write images in this format (``".png"``) instead of the input's.
+    storage_options : dict, optional
+        fsspec options for URL inputs and outputs (sent to the workers with each task).
     **engine_options
         ``tile_size``, ``frames_in_flight``, ``tile_timeout``... for each engine.
 
@@ -445,9 +432,10 @@ def process_folder(
     >>> report.ok                                                  # doctest: +SKIP
     True
     """
-    src = _local_path(src)
-    dst = _local_path(dst) if dst is not None else None
-    if not src.is_dir():
+    src = _location(src)
+    dst = _location(dst) if dst is not None else None
+    urls = staging.involved(src, dst)
+    if not urls and not src.is_dir():
         raise InputError(f"{src}: not a folder")
     chain = _checked_chain(chain)
     spec = _engine_spec(workers, engine_options)
@@ -460,6 +448,8 @@ def process_folder(
         preset=preset,
         pix_fmt=pix_fmt,
     )
+    if urls:
+        options["storage_options"] = storage_options
     report = Report()
 
     def record(result: FileResult) -> None:
@@ -467,13 +457,20 @@ def process_folder(
         if on_result is not None:
             on_result(result)
 
-    pairs = pipeline.prepare_folder(src, dst, ext=ext, record=record, on_plan=on_plan)
-    folders = sorted({d.parent for _, d in pairs})
+    if urls:
+        pairs, problems = staging.plan_folder(src, dst, ext=ext, storage_options=storage_options)
+        if on_plan is not None:
+            on_plan(len(pairs) + len(problems))
+        for problem in problems:
+            record(problem)
+    else:
+        pairs = pipeline.prepare_folder(src, dst, ext=ext, record=record, on_plan=on_plan)
+    folders = sorted({d.parent for _, d in pairs if isinstance(d, Path)})
     if not pairs:
         return report
     hosts = _hosts(client)
     _register(client)
-    existed = set() if overwrite else _existing(d for _, d in pairs)
+    existed = set() if overwrite else staging.existing([d for _, d in pairs], storage_options)
     job = secrets.token_hex(4)
     numbered = ((i, s, d) for i, (s, d) in enumerate(pairs))
 
@@ -523,11 +520,14 @@ def process_file(
     crf: float | None = None,
     preset: str = "medium",
     pix_fmt: str | None = None,
+    storage_options: dict[str, Any] | None = None,
     **engine_options: Any,
-) -> Path:
+) -> Path | str:
     """Filter one image (one task) or video (:func:`process_video`) on a Dask cluster.
 
     ``dst`` None means ``name.tileproc.ext`` beside it. Returns the output path.
+    ``src`` and ``dst`` may be URLs (:mod:`tiler.staging`): the file is then one
+    task, whose worker fetches the input and uploads the output.
 
     Examples
     --------
@@ -535,9 +535,12 @@ def process_file(
     ...     process_file(client, "photo.jpg", "out.jpg", "sharpen")
     PosixPath('out.jpg')
     """
-    src = _local_path(src)
-    dst = _local_path(dst) if dst is not None else None
+    src = _location(src)
+    dst = _location(dst) if dst is not None else None
     video_options = dict(codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt)
+    if staging.involved(src, dst):
+        options = dict(overwrite=overwrite, max_pixels=max_pixels, quality=quality, **video_options)
+        return _remote_file(client, src, dst, chain, workers, options, engine_options, storage_options, task_retries)
     if pipeline.is_video(src):
         return process_video(
             client,
@@ -578,6 +581,35 @@ def process_file(
     return dst
 
 
+def _remote_file(
+    client, src, dst, chain, workers, options: dict, engine_options: dict, storage_options, task_retries: int
+) -> Path | str:
+    """One file with a URL for its input or output: one task; its worker fetches, filters and uploads."""
+    if dst is None:
+        dst = staging.default_output(src) if isinstance(src, str) else output_name(src)
+    chain = _checked_chain(chain)
+    spec = _engine_spec(workers, engine_options)
+    hosts = _hosts(client)
+    _register(client)
+    try:
+        _whole_file_task(
+            client,
+            _file_task,
+            src,
+            dst,
+            chain,
+            spec,
+            hosts,
+            dict(options, storage_options=storage_options),
+            overwrite=options["overwrite"],
+            key=f"tileproc-file-{secrets.token_hex(4)}-0",
+            task_retries=task_retries,
+        )
+    finally:
+        _sweep_workers(client)
+    return dst
+
+
 def _whole_file_task(
     client,
     task,
@@ -594,7 +626,7 @@ def _whole_file_task(
 ) -> None:
     """Run ``task`` for one whole file on some worker; raise its error unless a rerun
     (after a worker died) found the output its first attempt had already completed."""
-    existed = set() if overwrite else _existing([dst])
+    existed = set() if overwrite else staging.existing([dst], options.get("storage_options"))
     future = client.submit(
         task, str(src), str(dst), chain, spec, hosts, options, key=key, retries=task_retries, pure=False
     )
@@ -627,8 +659,9 @@ def process_video(
     on_segment: Callable[[int], None] | None = None,
     task_retries: int = 2,
     window: int | None = None,
+    storage_options: dict[str, Any] | None = None,
     **engine_options: Any,
-) -> Path:
+) -> Path | str:
     """Filter a video on a Dask cluster: segments on different workers, joined into one file.
 
     The video is cut at keyframes into segments of at least ``segment_frames``
@@ -661,8 +694,13 @@ def process_video(
     ...     process_video(client, "clip.mp4", "clip.blur.mp4", "blur", crf=20)
     PosixPath('clip.blur.mp4')
     """
-    src = _local_path(src)
-    dst = _local_path(dst) if dst is not None else output_name(src)
+    src = _location(src)
+    dst = _location(dst) if dst is not None else None
+    if staging.involved(src, dst):  # one task: its worker fetches the source once and uploads the output
+        writer = dict(codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt)
+        options = dict(overwrite=overwrite, max_pixels=max_pixels, **writer)
+        return _remote_file(client, src, dst, chain, workers, options, engine_options, storage_options, task_retries)
+    dst = dst if dst is not None else output_name(src)
     chain = _checked_chain(chain)
     spec = _engine_spec(workers, engine_options)
     if segment_frames is not None and segment_frames < 1:
@@ -1038,13 +1076,14 @@ def _portable(exc: BaseException) -> BaseException:
 def _file_task(
     src: str, dst: str, chain, spec: _EngineSpec, hosts: dict[str, int], options: dict[str, Any]
 ) -> FileResult:
-    """One file on this worker: read, filter with the local engine, write atomically."""
+    """One file on this worker: read (fetched first if a URL), filter with the local engine, write atomically."""
+    source = src if remote.is_url(src) else Path(src)
     try:
         with _engine(spec, hosts) as engine:
-            out = pipeline.process_file(engine, src, dst, chain, sweep=False, **options)
+            out = staging.run_file(engine, source, dst, chain, sweep=False, **options)
     except TileprocError as exc:
-        return FileResult(Path(src), None, _portable(exc))
-    return FileResult(Path(src), Path(out), None)
+        return FileResult(source, None, _portable(exc))
+    return FileResult(source, out, None)
 
 
 def _video_task(

@@ -135,6 +135,12 @@ def test_existing_outputs_are_kept_and_a_failed_file_leaves_nothing(memfs):
     assert "/tmp" not in str(errors["memory://b/in/broken.png"])  # named by its URL, not the staged copy
     assert memfs.cat_file("/b/out/a.png") == b"kept"
     assert sorted(memfs.find("/b/out")) == ["/b/out/a.png"]
+    # a rerun resumes: existing outputs are done, the rest is filtered
+    memfs.rm("/b/in/broken.png")
+    memfs.pipe("/b/in/new.png", png_bytes(4))
+    report = tiler.process_folder("memory://b/in", "memory://b/out", "invert", workers=1, skip_existing=True)
+    assert report.ok and len(report.results) == 2
+    assert memfs.cat_file("/b/out/a.png") == b"kept" and memfs.cat_file("/b/out/new.png").startswith(b"\x89PNG")
     assert tiler.process_file("memory://b/in/a.png", "memory://b/out/a.png", "invert", workers=1, overwrite=True)
     assert memfs.cat_file("/b/out/a.png").startswith(b"\x89PNG")
     assert not remote.sweep_stale_workspaces()  # nothing of this process was left to sweep, and nothing stale
@@ -238,6 +244,12 @@ def test_s3_folder_of_images_and_a_video_on_a_cluster(s3, client, tmp_path):
     )
     assert out == "s3://bucket/one.mp4" and fs.cat_file("bucket/one.mp4") == fs.cat_file("bucket/there/sub/clip.mp4")
     assert not [k for k in fs.find("bucket") if ".tileproc-" in k]
+    fs.rm("bucket/there/img0.png")
+    report = cluster.process_folder(
+        client, "s3://bucket/in", "s3://bucket/there", CHAIN, storage_options=options, skip_existing=True, **LOSSLESS
+    )
+    assert report.ok and len(report.results) == 6
+    check_outputs(fs, "bucket/there", tmp_path / "local", tmp_path)
 
 
 @pytest.mark.slow

@@ -389,6 +389,7 @@ def process_folder(
     pix_fmt: str | None = None,
     ext: str | None = None,
     storage_options: dict[str, Any] | None = None,
+    skip_existing: bool = False,
     **engine_options: Any,
 ) -> Report:
     """Filter every image and video under ``src`` into ``dst`` on a Dask cluster, one task per file.
@@ -422,6 +423,9 @@ def process_folder(
         Write images in this format (``".png"``) instead of the input's.
     storage_options : dict, optional
         fsspec options for URL inputs and outputs (sent to the workers with each task).
+    skip_existing : bool
+        An output that exists (complete: outputs appear only whole) counts as
+        done and is not redone, so a rerun resumes an interrupted batch.
     **engine_options
         ``tile_size``, ``frames_in_flight``, ``tile_timeout``... for each engine.
 
@@ -471,6 +475,11 @@ def process_folder(
     hosts = _hosts(client)
     _register(client)
     existed = set() if overwrite else staging.existing([d for _, d in pairs], storage_options)
+    if skip_existing and not overwrite:
+        for s, d in pairs:
+            if str(d) in existed:
+                record(FileResult(s, d, None))
+        pairs = [(s, d) for s, d in pairs if str(d) not in existed]
     job = secrets.token_hex(4)
     numbered = ((i, s, d) for i, (s, d) in enumerate(pairs))
 

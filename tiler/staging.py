@@ -192,12 +192,17 @@ def process_folder(
     *,
     storage_options: Mapping[str, Any] | None = None,
     overwrite: bool = False,
+    skip_existing: bool = False,
     on_result: Callable[[FileResult], None] | None = None,
     on_plan: Callable[[int], None] | None = None,
     ext: str | None = None,
     **options: Any,
 ) -> Report:
     """:func:`tiler.pipeline.process_folder` for a folder or prefix URL and/or an output URL, on ``engine``.
+
+    ``skip_existing``: an output that exists is complete (outputs appear only
+    whole), so its input is not fetched again and counts as done: a rerun
+    resumes an interrupted batch.
 
     Examples
     --------
@@ -216,7 +221,11 @@ def process_folder(
         on_plan(len(pairs) + len(problems))
     for problem in problems:
         record(problem)
+    done = existing([d for _, d in pairs], storage_options) if skip_existing and not overwrite else set()
     for s, d in pairs:
+        if str(d) in done:
+            record(FileResult(s, d, None))
+            continue
         try:
             run_file(engine, s, d, chain, storage_options=storage_options, overwrite=overwrite, **options)
         except TileprocError as exc:

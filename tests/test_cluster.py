@@ -400,3 +400,43 @@ def test_tls_options_are_checked_before_connecting(tmp_path, capsys):
     assert main([*base, "--cluster", "tls://127.0.0.1:1", "--tls-ca-file", str(tmp_path / "ca.pem")]) == 2
     assert f"--tls-ca-file {tmp_path / 'ca.pem'}: no such file" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+# -- folders of video --------------------------------------------------------------
+
+
+def test_a_long_video_in_a_folder_is_cut_into_segments_and_frames_are_counted(client, tmp_path, monkeypatch):
+    src = tmp_path / "in"
+    pngs(src, 2)
+    make_clip(src / "long.mp4", seconds=3.0, gop=10)  # 72 frames, a keyframe every 10
+    make_clip(src / "short.mp4", seconds=0.5)  # 12 frames: one task
+    lossless = dict(crf=0, preset="ultrafast")
+    tiler.process_folder(src, tmp_path / "local", CHAIN, workers=1, **lossless)
+    cuts = []
+
+    def spy(*args, **kwargs):
+        cut = real(*args, **kwargs)
+        cuts.append(None if cut is None else len(cut.segments))
+        return cut
+
+    real = cluster._cut
+    monkeypatch.setattr(cluster, "_cut", spy)
+    frames = []
+    report = cluster.process_folder(
+        client, src, tmp_path / "remote", CHAIN, segment_frames=20, on_frames=frames.append, **lossless
+    )
+    assert report.ok, [str(r.error) for r in report.failed]
+    assert sorted(c for c in cuts if c) == [4] and cuts.count(None) == 1  # long.mp4 cut at 20, 40, 60; short whole
+    for name in ("long.mp4", "short.mp4"):
+        got, want = frames_of(tmp_path / "remote" / name), frames_of(tmp_path / "local" / name)
+        assert len(got) == len(want) and all(np.array_equal(g, w) for g, w in zip(got, want)), name
+        a, b = probe_video(tmp_path / "local" / name), probe_video(tmp_path / "remote" / name)
+        assert (a.fps, [s.codec for s in a.audio]) == (b.fps, [s.codec for s in b.audio])
+    for png in (tmp_path / "local").rglob("*.png"):
+        assert png.read_bytes() == (tmp_path / "remote" / png.relative_to(tmp_path / "local")).read_bytes()
+    expected = probe_video(src / "long.mp4").frame_count + probe_video(src / "short.mp4").frame_count + 2
+    deadline = time.monotonic() + 10
+    while sum(frames) < expected and time.monotonic() < deadline:  # events may trail the last result a little
+        time.sleep(0.05)
+    assert sum(frames) == expected  # every frame of both videos, one per image, reported by the workers
+    assert not leftovers(tmp_path)

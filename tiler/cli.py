@@ -538,4 +538,14 @@ class _OnCluster:
         )
 
     def process_folder(self, src, dst, chain, **options):
-        return self._cluster.process_folder(self.client, src, dst, chain, **self._options, **options)
+        self.frames = 0
+        return self._cluster.process_folder(
+            self.client, src, dst, chain, on_frames=self._count_frames, **self._options, **options
+        )
+
+    def _count_frames(self, n: int) -> None:
+        """Frames done across the workers (Dask's event thread): shown beside the bar's file count."""
+        self.frames += n
+        bar = self._bars.bar
+        if bar is not None:
+            bar.set_postfix_str(f"{self.frames} frames", refresh=False)

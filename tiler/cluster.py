@@ -37,6 +37,7 @@ import secrets
 import shutil
 import subprocess
 import threading
+import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
 from fractions import Fraction
@@ -52,6 +53,7 @@ from tiler.io.images import DEFAULT_MAX_PIXELS
 from tiler.pipeline import FileResult, Report
 
 __all__ = [
+    "FOLDER_SEGMENT_SECONDS",
     "connect",
     "tls",
     "process_file",
@@ -390,6 +392,8 @@ def process_folder(
     ext: str | None = None,
     storage_options: dict[str, Any] | None = None,
     skip_existing: bool = False,
+    segment_frames: int | None = None,
+    on_frames: Callable[[int], None] | None = None,
     **engine_options: Any,
 ) -> Report:
     """Filter every image and video under ``src`` into ``dst`` on a Dask cluster, one task per file.
@@ -426,6 +430,16 @@ def process_folder(
     skip_existing : bool
         An output that exists (complete: outputs appear only whole) counts as
         done and is not redone, so a rerun resumes an interrupted batch.
+    segment_frames : int, optional
+        A video of the folder long enough for two segments of at least this
+        many frames is cut at keyframes and its segments filtered on several
+        workers, as :func:`process_video` does. Default: segments of at least
+        :data:`FOLDER_SEGMENT_SECONDS` seconds (the other files keep workers
+        busy meanwhile). Videos given by URL are one task each.
+    on_frames : callable, optional
+        Called here, from Dask's event thread, with the number of frames
+        filtered since the last call, as the workers report them (about twice
+        a second each): images count one frame each.
     **engine_options
         ``tile_size``, ``frames_in_flight``, ``tile_timeout``... for each engine.
 
@@ -480,38 +494,163 @@ def process_folder(
             if str(d) in existed:
                 record(FileResult(s, d, None))
         pairs = [(s, d) for s, d in pairs if str(d) not in existed]
+    if segment_frames is not None and segment_frames < 1:
+        raise ValueError(f"segment_frames must be >= 1, got {segment_frames}")
     job = secrets.token_hex(4)
-    numbered = ((i, s, d) for i, (s, d) in enumerate(pairs))
+    topic = f"tileproc-frames-{job}" if on_frames is not None else None
+    threads = max(1, sum(hosts.values()))
+    cuts: list[_Cut] = []
+
+    def items() -> Iterator[tuple[int, Any, Any, tuple[_Cut, int] | None]]:
+        """Each file as one task; a long video (cut when the window reaches it) as one task per segment."""
+        for i, (s, d) in enumerate(pairs):
+            cut = None
+            if isinstance(s, Path) and isinstance(d, Path) and pipeline.is_video(s):
+                cut = _cut(s, d, job, i, threads, segment_frames, overwrite=overwrite, options=options)
+            if cut is None:
+                yield i, s, d, None
+                continue
+            cuts.append(cut)
+            for k in range(len(cut.segments)):
+                yield i, s, d, (cut, k)
 
     def submit(item):
-        i, s, d = item
+        i, s, d, part = item
+        if part is None:
+            return client.submit(
+                _file_task,
+                str(s),
+                str(d),
+                chain,
+                spec,
+                hosts,
+                options,
+                topic,
+                key=f"tileproc-file-{job}-{i}",
+                retries=task_retries,
+                pure=False,
+            )
+        cut, k = part
+        first, count, seek = cut.segments[k]
         return client.submit(
-            _file_task,
-            str(s),
-            str(d),
+            _segment_task,
+            cut.info,
+            first,
+            count,
+            seek,
+            str(cut.folder / cut.names[k]),
             chain,
             spec,
             hosts,
-            options,
-            key=f"tileproc-file-{job}-{i}",
+            cut.writer,
+            topic,
+            key=f"tileproc-segment-{job}-{i}-{k}",
             retries=task_retries,
             pure=False,
         )
 
-    tasks = _Window(client, numbered, submit, _window(hosts, window))
+    if topic is not None:
+        client.subscribe_topic(topic, lambda event: on_frames(event[1]))
+    tasks = _Window(client, items(), submit, _window(hosts, window))
     try:
-        for (_, s, d), future in tasks:
-            value = _outcome(future, str(s))
-            result = value if isinstance(value, FileResult) else FileResult(s, None, value)
+        for (_, s, d, part), future in tasks:
+            if part is not None:
+                cut, k = part
+                first, count, _ = cut.segments[k]
+                error = _outcome(future, f"{s} frames {first}-{first + count - 1}")
+                if not cut.segment_done(error):
+                    continue
+                result = cut.finish(overwrite=overwrite)
+            else:
+                value = _outcome(future, str(s))
+                result = value if isinstance(value, FileResult) else FileResult(s, None, value)
             if _rerun_found_its_output(result.error, d, existed):
                 result = FileResult(s, d, None)
             record(result)
     finally:
         tasks.cancel()
+        if topic is not None:
+            with contextlib.suppress(Exception):
+                client.unsubscribe_topic(topic)
+        for cut in cuts:
+            shutil.rmtree(cut.folder, ignore_errors=True)
         _sweep_workers(client)
         for folder in folders:  # what the attempts of dead workers left
             sweep_stale_temps(folder)
     return report
+
+
+FOLDER_SEGMENT_SECONDS = 10
+"""Least length of a segment of a video in a folder job (:func:`process_folder`)."""
+
+
+@dataclasses.dataclass
+class _Cut:
+    """A video of a folder job cut into segments: what to join once every segment is back."""
+
+    info: video.VideoInfo
+    dst: Path
+    plan: Any
+    writer: dict[str, Any]
+    segments: list[tuple[int, int, Fraction | None]]
+    folder: Path
+    left: int = 0
+    error: BaseException | None = None
+
+    def __post_init__(self) -> None:
+        self.left = len(self.segments)
+
+    @property
+    def names(self) -> list[str]:
+        return [f"segment-{i:05d}{self.dst.suffix}" for i in range(len(self.segments))]
+
+    def segment_done(self, error: BaseException | None) -> bool:
+        """Count one segment back (keeping the first error); True when it was the last."""
+        if error is not None and self.error is None:
+            self.error = error
+        self.left -= 1
+        return self.left == 0
+
+    def finish(self, *, overwrite: bool) -> FileResult:
+        """Join the segments into ``dst`` (unless one failed) and remove their folder."""
+        try:
+            if self.error is None:
+                _join(self.info, self.folder, self.names, self.segments, self.dst, self.plan, overwrite=overwrite)
+        except TileprocError as exc:
+            self.error = exc
+        finally:
+            shutil.rmtree(self.folder, ignore_errors=True)
+        if self.error is not None:
+            return FileResult(self.info.path, None, self.error)
+        return FileResult(self.info.path, self.dst, None)
+
+
+def _cut(
+    src: Path, dst: Path, job: str, i: int, threads: int, segment_frames: int | None, *, overwrite: bool, options
+) -> _Cut | None:
+    """The segments of a video of a folder job, or None to run it as one task (short, not cuttable, or refused:
+    the task then reports why)."""
+    try:
+        check_input(src)
+        info = video.probe_video(src, max_pixels=options["max_pixels"])
+        check_output(dst, inputs=[src], overwrite=overwrite)
+        writer = {k: options[k] for k in ("codec", "crf", "preset", "pix_fmt")}
+        dtype = pipeline.video_dtype(info, dst)
+        plan = video.encoder_plan(dst, info, dtype, **writer)
+    except (TileprocError, ValueError):
+        return None
+    target = segment_frames or max(
+        math.ceil(info.frame_count / (2 * threads)), math.ceil(FOLDER_SEGMENT_SECONDS * info.fps)
+    )
+    if info.variable_rate or plan.muxer == "gif" or info.frame_count < 2 * target:
+        return None
+    keys = _keyframes(info)
+    segments = _plan_segments(keys, info.frame_count, target) if keys else []
+    if len(segments) < 2:
+        return None
+    folder = dst.parent / f".{dst.stem[:80]}.tileproc-segments-{job}-{i}"
+    folder.mkdir()
+    return _Cut(info, dst, plan, writer, segments, folder)
 
 
 def process_file(
@@ -1073,6 +1212,42 @@ def _sweep_segments(dask_worker=None) -> int:
     return len(sweep_stale_segments())
 
 
+_REPORT_EVERY = 0.5
+"""Seconds between two progress events of a task (frames done on a worker, sent to the driver)."""
+
+
+@contextlib.contextmanager
+def _reporting(engine: Engine, topic: str | None) -> Iterator[None]:
+    """While a task runs: count the frames ``engine`` finishes, and send the count as a Dask event on ``topic``."""
+    if topic is None:
+        yield
+        return
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+    except (ImportError, ValueError):  # not inside a Dask worker
+        yield
+        return
+    pending = [0, time.monotonic()]
+
+    def progress(event) -> None:
+        if event.kind != "frame":
+            return
+        pending[0] += event.done
+        if time.monotonic() - pending[1] >= _REPORT_EVERY:
+            worker.log_event(topic, pending[0])
+            pending[:] = [0, time.monotonic()]
+
+    previous, engine.progress = engine.progress, progress
+    try:
+        yield
+    finally:
+        engine.progress = previous
+        if pending[0]:
+            worker.log_event(topic, pending[0])
+
+
 def _portable(exc: BaseException) -> BaseException:
     """``exc`` if it survives pickling, else a plain tileproc error with its message."""
     try:
@@ -1083,12 +1258,18 @@ def _portable(exc: BaseException) -> BaseException:
 
 
 def _file_task(
-    src: str, dst: str, chain, spec: _EngineSpec, hosts: dict[str, int], options: dict[str, Any]
+    src: str,
+    dst: str,
+    chain,
+    spec: _EngineSpec,
+    hosts: dict[str, int],
+    options: dict[str, Any],
+    topic: str | None = None,
 ) -> FileResult:
     """One file on this worker: read (fetched first if a URL), filter with the local engine, write atomically."""
     source = src if remote.is_url(src) else Path(src)
     try:
-        with _engine(spec, hosts) as engine:
+        with _engine(spec, hosts) as engine, _reporting(engine, topic):
             out = staging.run_file(engine, source, dst, chain, sweep=False, **options)
     except TileprocError as exc:
         return FileResult(source, None, _portable(exc))
@@ -1132,11 +1313,12 @@ def _segment_task(
     spec: _EngineSpec,
     hosts: dict[str, int],
     writer: dict[str, Any],
+    topic: str | None = None,
 ) -> BaseException | None:
     """Frames ``first .. first+count-1`` of the source, filtered, into a video-only file ``dst``."""
     part = dataclasses.replace(info, frame_count=count, duration=Fraction(count) / info.fps)
     try:
-        with _engine(spec, hosts) as engine:
+        with _engine(spec, hosts) as engine, _reporting(engine, topic):
             _filter_range(
                 engine, part, first, None if seek is None else _seek_point(seek, info.fps), Path(dst), chain, writer
             )

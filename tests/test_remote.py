@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from test_cluster import client, frames_of  # noqa: F401 - the LocalCluster fixture, shared
+from test_cluster import make_clip as clip
 
 import tiler
 from tiler import cluster, staging
@@ -87,19 +89,7 @@ def s3(monkeypatch):
         server.stop()
 
 
-@pytest.fixture
-def client():
-    distributed = pytest.importorskip("distributed")
-    with (
-        distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as local,
-        distributed.Client(local) as c,
-    ):
-        yield c
-
-
 def make_clip(path: Path) -> Path:
-    from test_cluster import make_clip as clip
-
     return clip(path, seconds=1.0)
 
 
@@ -156,8 +146,6 @@ def test_a_remote_video_is_staged_filtered_and_uploaded_whole(memfs, tmp_path):
     memfs.get_file("/v/clip.tileproc.mp4", str(tmp_path / "back.mp4"))
     a, b = probe_video(tmp_path / "local.mp4"), probe_video(tmp_path / "back.mp4")
     assert (a.frame_count, a.fps, len(a.audio)) == (b.frame_count, b.fps, len(b.audio))
-    from test_cluster import frames_of
-
     assert all(
         np.array_equal(x, y) for x, y in zip(frames_of(tmp_path / "local.mp4"), frames_of(tmp_path / "back.mp4"))
     )
@@ -209,8 +197,6 @@ def check_outputs(fs, prefix: str, reference: Path, tmp_path: Path) -> None:
             assert got[key] == data, key
     video = tmp_path / f"{prefix.replace('/', '_')}.mp4"
     video.write_bytes(got["sub/clip.mp4"])
-    from test_cluster import frames_of
-
     ref = frames_of(reference / "sub" / "clip.mp4")
     back = frames_of(video)
     assert len(ref) == len(back) and all(np.array_equal(x, y) for x, y in zip(ref, back))
@@ -229,7 +215,7 @@ def test_s3_folder_of_images_and_a_video_equals_a_local_disk_run(s3, tmp_path):
 
 
 @pytest.mark.slow
-def test_s3_folder_of_images_and_a_video_on_a_cluster(s3, client, tmp_path):
+def test_s3_folder_of_images_and_a_video_on_a_cluster(s3, client, tmp_path):  # noqa: F811
     fs, options = s3
     src = put_inputs(fs, tmp_path)
     tiler.process_folder(src, tmp_path / "local", CHAIN, workers=1, **LOSSLESS)
@@ -253,7 +239,7 @@ def test_s3_folder_of_images_and_a_video_on_a_cluster(s3, client, tmp_path):
 
 
 @pytest.mark.slow
-def test_s3_worker_killed_mid_batch_leaves_nothing_partial_in_the_bucket(s3, client, tmp_path):
+def test_s3_worker_killed_mid_batch_leaves_nothing_partial_in_the_bucket(s3, client, tmp_path):  # noqa: F811
     fs, options = s3
     local_tree(tmp_path / "in", 8)
     fs.put(str(tmp_path / "in") + "/", "bucket/in/", recursive=True)

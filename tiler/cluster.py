@@ -688,7 +688,8 @@ def process_file(
     video_options = dict(codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt)
     if staging.involved(src, dst):
         options = dict(overwrite=overwrite, max_pixels=max_pixels, quality=quality, **video_options)
-        return _remote_file(client, src, dst, chain, workers, options, engine_options, storage_options, task_retries)
+        options["storage_options"] = storage_options
+        return _single_file(client, src, dst, chain, workers, options, engine_options, task_retries)
     if pipeline.is_video(src):
         return process_video(
             client,
@@ -702,13 +703,23 @@ def process_file(
             **video_options,
             **engine_options,
         )
-    dst = dst if dst is not None else output_name(src)
+    options = dict(overwrite=overwrite, max_pixels=max_pixels, quality=quality, **video_options)
+    return _single_file(client, src, dst, chain, workers, options, engine_options, task_retries)
+
+
+def _single_file(
+    client, src, dst, chain, workers, options: dict, engine_options: dict, task_retries: int
+) -> Path | str:
+    """One whole file as one task (an image, or a file given by URL: its worker fetches, filters and uploads)."""
+    if dst is None:
+        dst = staging.default_output(src) if isinstance(src, str) else output_name(src)
     chain = _checked_chain(chain)
     spec = _engine_spec(workers, engine_options)
-    sweep_stale_temps(dst.parent)
+    folder = dst.parent if isinstance(dst, Path) else None
+    if folder is not None:
+        sweep_stale_temps(folder)
     hosts = _hosts(client)
     _register(client)
-    options = dict(overwrite=overwrite, max_pixels=max_pixels, quality=quality, **video_options)
     try:
         _whole_file_task(
             client,
@@ -719,42 +730,14 @@ def process_file(
             spec,
             hosts,
             options,
-            overwrite=overwrite,
-            key=f"tileproc-file-{secrets.token_hex(4)}-0",
-            task_retries=task_retries,
-        )
-    finally:
-        _sweep_workers(client)
-        sweep_stale_temps(dst.parent)
-    return dst
-
-
-def _remote_file(
-    client, src, dst, chain, workers, options: dict, engine_options: dict, storage_options, task_retries: int
-) -> Path | str:
-    """One file with a URL for its input or output: one task; its worker fetches, filters and uploads."""
-    if dst is None:
-        dst = staging.default_output(src) if isinstance(src, str) else output_name(src)
-    chain = _checked_chain(chain)
-    spec = _engine_spec(workers, engine_options)
-    hosts = _hosts(client)
-    _register(client)
-    try:
-        _whole_file_task(
-            client,
-            _file_task,
-            src,
-            dst,
-            chain,
-            spec,
-            hosts,
-            dict(options, storage_options=storage_options),
             overwrite=options["overwrite"],
             key=f"tileproc-file-{secrets.token_hex(4)}-0",
             task_retries=task_retries,
         )
     finally:
         _sweep_workers(client)
+        if folder is not None:
+            sweep_stale_temps(folder)
     return dst
 
 
@@ -846,8 +829,8 @@ def process_video(
     dst = _location(dst) if dst is not None else None
     if staging.involved(src, dst):  # one task: its worker fetches the source once and uploads the output
         writer = dict(codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt)
-        options = dict(overwrite=overwrite, max_pixels=max_pixels, **writer)
-        return _remote_file(client, src, dst, chain, workers, options, engine_options, storage_options, task_retries)
+        options = dict(overwrite=overwrite, max_pixels=max_pixels, storage_options=storage_options, **writer)
+        return _single_file(client, src, dst, chain, workers, options, engine_options, task_retries)
     dst = dst if dst is not None else output_name(src)
     chain = _checked_chain(chain)
     spec = _engine_spec(workers, engine_options)

@@ -77,6 +77,7 @@ def s3(monkeypatch):
     server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://{host}:{port}")  # for Dask workers started after this
     options = {"endpoint_url": f"http://{host}:{port}", "skip_instance_cache": True}
     fs = fsspec.filesystem("s3", **options)
     fs.mkdir("bucket")
@@ -236,6 +237,10 @@ def test_s3_folder_of_images_and_a_video_on_a_cluster(s3, client, tmp_path):  # 
     )
     assert report.ok and len(report.results) == 6
     check_outputs(fs, "bucket/there", tmp_path / "local", tmp_path)
+    # the command line, on the same cluster, credentials and endpoint from the environment
+    args = ["s3://bucket/in", "-f", CHAIN, "-o", "s3://bucket/cli", "--crf", "0", "--preset", "ultrafast", "-q"]
+    assert main([*args, "--cluster", client.scheduler.address]) == 0
+    check_outputs(fs, "bucket/cli", tmp_path / "local", tmp_path)
 
 
 @pytest.mark.slow

@@ -69,7 +69,8 @@ def memfs():
 @pytest.fixture
 def s3(monkeypatch):
     """An S3 API on 127.0.0.1 (moto), a bucket in it; credentials from the environment, as a user would set them."""
-    pytest.importorskip("s3fs")
+    s3fs = pytest.importorskip("s3fs")
+    s3fs.S3FileSystem.clear_instance_cache()  # file systems made from the environment are cached per process
     server_mod = pytest.importorskip("moto.server")
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         monkeypatch.setenv(name, "tileproc-test")
@@ -88,6 +89,7 @@ def s3(monkeypatch):
 
         urllib.request.urlopen(urllib.request.Request(f"http://{host}:{port}/moto-api/reset", method="POST")).close()
         server.stop()
+        s3fs.S3FileSystem.clear_instance_cache()
 
 
 def make_clip(path: Path) -> Path:

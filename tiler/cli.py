@@ -144,8 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--cluster",
         metavar="ADDRESS",
-        help="run on a Dask cluster: tcp://HOST:8786, or local[:N] for N worker processes here "
-        "(pip install 'tileproc[dask]'); -w is then each Dask worker's engine size",
+        help="run on a Dask cluster: tls://HOST:8786 (with --tls-*), tcp://HOST:8786, "
+        "or local[:N] for N worker processes here (pip install 'tileproc[dask]'); "
+        "-w is then each Dask worker's engine size",
     )
     t = p.add_argument_group("cluster TLS (a tls:// scheduler; default: Dask's distributed.comm.tls configuration)")
     t.add_argument("--tls-ca-file", metavar="PEM", help="certificate authority that signed the scheduler's certificate")
@@ -289,36 +290,31 @@ def _with_ext(target, ext: str):
 
 def _run_url(engine, src, dst, chain, bars: _Bars, options, video_options, is_folder: bool, ext) -> tuple[int, int]:
     """One job whose input or output is a URL: on the cluster's workers, or staged through this machine's engine."""
-    if isinstance(engine, _OnCluster):
-        if is_folder:
-            return _run_folder(engine, src, dst, chain, bars, options, video_options, ext)
-        run_one, run_folder = engine.process_file, None
-    else:
-
-        def run_one(s, d, c, **o):
-            return staging.run_file(engine, s, d, c, **o)
-
-        def run_folder(s, d, c, **o):
-            return staging.process_folder(engine, s, d, c, **o)
-
-        if is_folder:
-            return _run_folder(_Folders(run_folder), src, dst, chain, bars, options, video_options, ext)
-    if not is_folder and not pipeline.is_supported(Path(str(src).rpartition("/")[2])):
+    runner = engine if isinstance(engine, _OnCluster) else _Staged(engine)
+    if is_folder:
+        return _run_folder(runner, src, dst, chain, bars, options, video_options, ext)
+    if not pipeline.is_supported(Path(str(src).rpartition("/")[2])):
         _fail_line(bars, f"{src}: not a supported image or video (by its extension)")
         return 0, 1
     try:
-        run_one(src, dst, chain, **options, **video_options)
+        runner.process_file(src, dst, chain, **options, **video_options)
     except TileprocError as exc:
         _fail_line(bars, exc)
         return 0, 1
     return 1, 0
 
 
-class _Folders:
-    """Adapts a folder function to the ``process_folder`` method :func:`_run_folder` calls."""
+class _Staged:
+    """The Engine methods the command uses, for URLs: each file staged through this machine's engine."""
 
-    def __init__(self, run):
-        self.process_folder = run
+    def __init__(self, engine: Engine):
+        self._engine = engine
+
+    def process_file(self, src, dst, chain, **options):
+        return staging.run_file(self._engine, src, dst, chain, **options)
+
+    def process_folder(self, src, dst, chain, **options):
+        return staging.process_folder(self._engine, src, dst, chain, **options)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -494,8 +490,6 @@ def _security(args):
     given = {k: v for k, v in files.items() if v}
     if not given:
         return None
-    if not args.cluster:
-        raise ValueError(f"{next(iter(given))} needs --cluster")
     if args.tls_key and not args.tls_cert:
         raise ValueError("--tls-key needs --tls-cert")
     for option, path in given.items():

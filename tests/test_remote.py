@@ -295,3 +295,40 @@ def test_staging_workspaces_of_dead_processes_are_swept(tmp_path):
 def test_default_outputs_of_urls():
     assert staging.default_output("s3://b/in/photo.jpg") == "s3://b/in/photo.tileproc.jpg"
     assert staging.default_output("s3://b/photo.jpg", ext=".png") == "s3://b/photo.tileproc.png"
+
+
+# -- http(s):// inputs --------------------------------------------------------------
+
+
+@pytest.fixture
+def http_root(tmp_path):
+    """A folder served over HTTP on 127.0.0.1 by the standard library's server, in a thread of this process."""
+    pytest.importorskip("aiohttp")  # fsspec's http backend
+    import functools
+    import http.server
+    import threading
+
+    root = tmp_path / "www"
+    root.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_http_inputs_are_staged_and_filtered(http_root, memfs, tmp_path):
+    root, base = http_root
+    (root / "a.png").write_bytes(png_bytes(5))
+    local = tiler.process_file(root / "a.png", tmp_path / "local.png", CHAIN, workers=1)
+    assert tiler.process_file(f"{base}/a.png", "memory://h/a.png", CHAIN, workers=1) == "memory://h/a.png"
+    assert memfs.cat_file("/h/a.png") == local.read_bytes()
+    with pytest.raises(InputError, match=rf"^{base}/missing\.png: "):
+        tiler.process_file(f"{base}/missing.png", tmp_path / "m.png", CHAIN, workers=1)
+    assert not (tmp_path / "m.png").exists()

@@ -213,13 +213,19 @@ def test_video_on_the_cluster_matches_a_local_run(client, tmp_path):
     local, remote = tmp_path / "local.mp4", tmp_path / "remote.mp4"
     lossless = dict(crf=0, preset="ultrafast")
     tiler.process_video(src, local, CHAIN, workers=2, **lossless)
-    done = []
+    done, frames = [], []
     assert (
-        cluster.process_video(client, src, remote, CHAIN, segment_frames=20, on_segment=done.append, **lossless)
+        cluster.process_video(
+            client, src, remote, CHAIN, segment_frames=20, on_segment=done.append, on_frames=frames.append, **lossless
+        )
         == remote
     )
     a, b = probe_video(local), probe_video(remote)
     assert len(done) >= 3 and sum(done) == a.frame_count == probe_video(src).frame_count
+    deadline = time.monotonic() + 10
+    while sum(frames) < a.frame_count and time.monotonic() < deadline:  # events may trail the last result
+        time.sleep(0.05)
+    assert sum(frames) == a.frame_count  # reported by the workers as they filter
     assert (b.frame_count, b.fps, b.duration) == (a.frame_count, a.fps, a.duration)
     assert b.fps == Fraction(24000, 1001)
     assert abs(stream_seconds(remote, "0:v") - stream_seconds(local, "0:v")) < 1 / b.fps

@@ -528,7 +528,7 @@ class _OnCluster:
 
     def process_video(self, src, dst, chain, **options):
         return self._cluster.process_video(
-            self.client, src, dst, chain, on_segment=self._bars.advance, **self._options, **options
+            self.client, src, dst, chain, on_frames=self._bars.advance, **self._options, **options
         )
 
     def process_folder(self, src, dst, chain, **options):

@@ -497,87 +497,97 @@ def process_folder(
     if segment_frames is not None and segment_frames < 1:
         raise ValueError(f"segment_frames must be >= 1, got {segment_frames}")
     job = secrets.token_hex(4)
-    topic = f"tileproc-frames-{job}" if on_frames is not None else None
-    threads = max(1, sum(hosts.values()))
-    cuts: list[_Cut] = []
+    with _frames_topic(client, job, on_frames) as topic:
+        threads = max(1, sum(hosts.values()))
+        cuts: list[_Cut] = []
 
-    def items() -> Iterator[tuple[int, Any, Any, tuple[_Cut, int] | None]]:
-        """Each file as one task; a long video (cut when the window reaches it) as one task per segment."""
-        for i, (s, d) in enumerate(pairs):
-            cut = None
-            if isinstance(s, Path) and isinstance(d, Path) and pipeline.is_video(s):
-                cut = _cut(s, d, job, i, threads, segment_frames, overwrite=overwrite, options=options)
-            if cut is None:
-                yield i, s, d, None
-                continue
-            cuts.append(cut)
-            for k in range(len(cut.segments)):
-                yield i, s, d, (cut, k)
+        def items() -> Iterator[tuple[int, Any, Any, tuple[_Cut, int] | None]]:
+            """Each file as one task; a long video (cut when the window reaches it) as one task per segment."""
+            for i, (s, d) in enumerate(pairs):
+                cut = None
+                if isinstance(s, Path) and isinstance(d, Path) and pipeline.is_video(s):
+                    cut = _cut(s, d, job, i, threads, segment_frames, overwrite=overwrite, options=options)
+                if cut is None:
+                    yield i, s, d, None
+                    continue
+                cuts.append(cut)
+                for k in range(len(cut.segments)):
+                    yield i, s, d, (cut, k)
 
-    def submit(item):
-        i, s, d, part = item
-        if part is None:
+        def submit(item):
+            i, s, d, part = item
+            if part is None:
+                return client.submit(
+                    _file_task,
+                    str(s),
+                    str(d),
+                    chain,
+                    spec,
+                    hosts,
+                    options,
+                    topic,
+                    key=f"tileproc-file-{job}-{i}",
+                    retries=task_retries,
+                    pure=False,
+                )
+            cut, k = part
+            first, count, seek = cut.segments[k]
             return client.submit(
-                _file_task,
-                str(s),
-                str(d),
+                _segment_task,
+                cut.info,
+                first,
+                count,
+                seek,
+                str(cut.folder / cut.names[k]),
                 chain,
                 spec,
                 hosts,
-                options,
+                cut.writer,
                 topic,
-                key=f"tileproc-file-{job}-{i}",
+                key=f"tileproc-segment-{job}-{i}-{k}",
                 retries=task_retries,
                 pure=False,
             )
-        cut, k = part
-        first, count, seek = cut.segments[k]
-        return client.submit(
-            _segment_task,
-            cut.info,
-            first,
-            count,
-            seek,
-            str(cut.folder / cut.names[k]),
-            chain,
-            spec,
-            hosts,
-            cut.writer,
-            topic,
-            key=f"tileproc-segment-{job}-{i}-{k}",
-            retries=task_retries,
-            pure=False,
-        )
 
-    if topic is not None:
-        client.subscribe_topic(topic, lambda event: on_frames(event[1]))
-    tasks = _Window(client, items(), submit, _window(hosts, window))
-    try:
-        for (_, s, d, part), future in tasks:
-            if part is not None:
-                cut, k = part
-                first, count, _ = cut.segments[k]
-                error = _outcome(future, f"{s} frames {first}-{first + count - 1}")
-                if not cut.segment_done(error):
-                    continue
-                result = cut.finish(overwrite=overwrite)
-            else:
-                value = _outcome(future, str(s))
-                result = value if isinstance(value, FileResult) else FileResult(s, None, value)
-            if _rerun_found_its_output(result.error, d, existed):
-                result = FileResult(s, d, None)
-            record(result)
-    finally:
-        tasks.cancel()
-        if topic is not None:
-            with contextlib.suppress(Exception):
-                client.unsubscribe_topic(topic)
-        for cut in cuts:
-            shutil.rmtree(cut.folder, ignore_errors=True)
-        _sweep_workers(client)
-        for folder in folders:  # what the attempts of dead workers left
-            sweep_stale_temps(folder)
+        tasks = _Window(client, items(), submit, _window(hosts, window))
+        try:
+            for (_, s, d, part), future in tasks:
+                if part is not None:
+                    cut, k = part
+                    first, count, _ = cut.segments[k]
+                    error = _outcome(future, f"{s} frames {first}-{first + count - 1}")
+                    if not cut.segment_done(error):
+                        continue
+                    result = cut.finish(overwrite=overwrite)
+                else:
+                    value = _outcome(future, str(s))
+                    result = value if isinstance(value, FileResult) else FileResult(s, None, value)
+                if _rerun_found_its_output(result.error, d, existed):
+                    result = FileResult(s, d, None)
+                record(result)
+        finally:
+            tasks.cancel()
+            for cut in cuts:
+                shutil.rmtree(cut.folder, ignore_errors=True)
+            _sweep_workers(client)
+            for folder in folders:  # what the attempts of dead workers left
+                sweep_stale_temps(folder)
     return report
+
+
+@contextlib.contextmanager
+def _frames_topic(client, job: str, on_frames: Callable[[int], None] | None) -> Iterator[str | None]:
+    """The Dask event topic on which this job's tasks report frames done (None without ``on_frames``)."""
+    if on_frames is None:
+        yield None
+        return
+    topic = f"tileproc-frames-{job}"
+    client.subscribe_topic(topic, lambda event: on_frames(event[1]))
+    try:
+        yield topic
+    finally:
+        with contextlib.suppress(Exception):
+            client.unsubscribe_topic(topic)
 
 
 FOLDER_SEGMENT_SECONDS = 10
@@ -754,12 +764,13 @@ def _whole_file_task(
     overwrite: bool,
     key: str,
     task_retries: int,
+    topic: str | None = None,
 ) -> None:
     """Run ``task`` for one whole file on some worker; raise its error unless a rerun
     (after a worker died) found the output its first attempt had already completed."""
     existed = set() if overwrite else staging.existing([dst], options.get("storage_options"))
     future = client.submit(
-        task, str(src), str(dst), chain, spec, hosts, options, key=key, retries=task_retries, pure=False
+        task, str(src), str(dst), chain, spec, hosts, options, topic, key=key, retries=task_retries, pure=False
     )
     try:
         value = _outcome(future, str(src))
@@ -788,6 +799,7 @@ def process_video(
     segment_frames: int | None = None,
     on_start: Callable[[video.VideoInfo], None] | None = None,
     on_segment: Callable[[int], None] | None = None,
+    on_frames: Callable[[int], None] | None = None,
     task_retries: int = 2,
     window: int | None = None,
     storage_options: dict[str, Any] | None = None,
@@ -818,6 +830,10 @@ def process_video(
         Called with the source's :class:`~tiler.io.video.VideoInfo` before any task.
     on_segment : callable, optional
         Called with the number of frames of each segment as it finishes.
+    on_frames : callable, optional
+        Called here, from Dask's event thread, with the number of frames
+        filtered since the last call, as the workers report them (about
+        twice a second each).
 
     Examples
     --------
@@ -855,19 +871,21 @@ def process_video(
     try:
         if len(segments) == 1:
             options = dict(overwrite=overwrite, max_pixels=max_pixels, **writer)
-            _whole_file_task(
-                client,
-                _video_task,
-                src,
-                dst,
-                chain,
-                spec,
-                hosts,
-                options,
-                overwrite=overwrite,
-                key=f"tileproc-video-{job}",
-                task_retries=task_retries,
-            )
+            with _frames_topic(client, job, on_frames) as topic:
+                _whole_file_task(
+                    client,
+                    _video_task,
+                    src,
+                    dst,
+                    chain,
+                    spec,
+                    hosts,
+                    options,
+                    overwrite=overwrite,
+                    key=f"tileproc-video-{job}",
+                    task_retries=task_retries,
+                    topic=topic,
+                )
             if on_segment is not None:
                 on_segment(info.frame_count)
             return dst
@@ -885,6 +903,7 @@ def process_video(
             overwrite=overwrite,
             job=job,
             on_segment=on_segment,
+            on_frames=on_frames,
             task_retries=task_retries,
             window=_window(hosts, window),
         )
@@ -908,6 +927,7 @@ def _segments(
     overwrite: bool,
     job: str,
     on_segment,
+    on_frames,
     task_retries: int,
     window: int,
 ) -> Path:
@@ -915,38 +935,40 @@ def _segments(
     folder = dst.parent / f".{dst.stem[:80]}.tileproc-segments-{job}"
     folder.mkdir()
     try:
-        names = [f"segment-{i:05d}{dst.suffix}" for i in range(len(segments))]
+        with _frames_topic(client, job, on_frames) as topic:
+            names = [f"segment-{i:05d}{dst.suffix}" for i in range(len(segments))]
 
-        def submit(item):
-            i, (first, count, seek) = item
-            return client.submit(
-                _segment_task,
-                info,
-                first,
-                count,
-                seek,
-                str(folder / names[i]),
-                chain,
-                spec,
-                hosts,
-                writer,
-                key=f"tileproc-segment-{job}-{i}",
-                retries=task_retries,
-                pure=False,
-            )
+            def submit(item):
+                i, (first, count, seek) = item
+                return client.submit(
+                    _segment_task,
+                    info,
+                    first,
+                    count,
+                    seek,
+                    str(folder / names[i]),
+                    chain,
+                    spec,
+                    hosts,
+                    writer,
+                    topic,
+                    key=f"tileproc-segment-{job}-{i}",
+                    retries=task_retries,
+                    pure=False,
+                )
 
-        tasks = _Window(client, enumerate(segments), submit, window)
-        try:
-            for (_, (first, count, _)), future in tasks:
-                error = _outcome(future, f"{info.path} frames {first}-{first + count - 1}")
-                if error is not None:
-                    tasks.settle()  # the segments in flight end before their folder goes
-                    raise error
-                if on_segment is not None:
-                    on_segment(count)
-        finally:
-            tasks.cancel()
-        _join(info, folder, names, segments, dst, plan, overwrite=overwrite)
+            tasks = _Window(client, enumerate(segments), submit, window)
+            try:
+                for (_, (first, count, _)), future in tasks:
+                    error = _outcome(future, f"{info.path} frames {first}-{first + count - 1}")
+                    if error is not None:
+                        tasks.settle()  # the segments in flight end before their folder goes
+                        raise error
+                    if on_segment is not None:
+                        on_segment(count)
+            finally:
+                tasks.cancel()
+            _join(info, folder, names, segments, dst, plan, overwrite=overwrite)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     return dst
@@ -1260,11 +1282,17 @@ def _file_task(
 
 
 def _video_task(
-    src: str, dst: str, chain, spec: _EngineSpec, hosts: dict[str, int], options: dict[str, Any]
+    src: str,
+    dst: str,
+    chain,
+    spec: _EngineSpec,
+    hosts: dict[str, int],
+    options: dict[str, Any],
+    topic: str | None = None,
 ) -> BaseException | None:
     """A whole video on this worker, as on one machine."""
     try:
-        with _engine(spec, hosts) as engine:
+        with _engine(spec, hosts) as engine, _reporting(engine, topic):
             pipeline.process_video(engine, src, dst, chain, sweep=False, **options)
     except TileprocError as exc:
         return _portable(exc)

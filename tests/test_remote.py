@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -94,6 +95,9 @@ def s3(monkeypatch):
 
 def make_clip(path: Path) -> Path:
     return clip(path, seconds=1.0)
+
+
+clip_of = clip
 
 
 # -- memory:// (this process) -----------------------------------------------------
@@ -332,3 +336,46 @@ def test_http_inputs_are_staged_and_filtered(http_root, memfs, tmp_path):
     with pytest.raises(InputError, match=rf"^{base}/missing\.png: "):
         tiler.process_file(f"{base}/missing.png", tmp_path / "m.png", CHAIN, workers=1)
     assert not (tmp_path / "m.png").exists()
+
+
+@pytest.mark.slow
+def test_s3_video_on_a_cluster_is_cut_into_segments_staged_once_per_worker(s3, client, tmp_path):  # noqa: F811
+    fs, options = s3
+    clip = clip_of(tmp_path / "clip.mp4", seconds=3.0, gop=10)
+    fs.put_file(str(clip), "bucket/v/clip.mp4")
+    tiler.process_video(clip, tmp_path / "local.mp4", CHAIN, workers=1, **LOSSLESS)
+    done, frames = [], []
+    out = cluster.process_video(
+        client,
+        "s3://bucket/v/clip.mp4",
+        "s3://bucket/v/out.mp4",
+        CHAIN,
+        segment_frames=20,
+        on_segment=done.append,
+        on_frames=frames.append,
+        storage_options=options,
+        **LOSSLESS,
+    )
+    assert out == "s3://bucket/v/out.mp4" and len(done) == 4  # cut at the keyframes 20, 40, 60
+    fs.get_file("bucket/v/out.mp4", str(tmp_path / "back.mp4"))
+    a, b = probe_video(tmp_path / "local.mp4"), probe_video(tmp_path / "back.mp4")
+    assert (a.frame_count, a.fps, [s.codec for s in a.audio]) == (b.frame_count, b.fps, [s.codec for s in b.audio])
+    got, want = frames_of(tmp_path / "back.mp4"), frames_of(tmp_path / "local.mp4")
+    assert len(got) == len(want) and all(np.array_equal(g, w) for g, w in zip(got, want))
+    assert sorted(fs.find("bucket/v")) == ["bucket/v/clip.mp4", "bucket/v/out.mp4"]  # no segment left
+    staged = client.run(
+        lambda: sorted(p.name for p in Path(tempfile.gettempdir()).glob(f"tileproc-stage-{os.getpid()}-*"))
+    )
+    assert not any(staged.values()), staged  # each worker's copy of the source went with the job
+    # a failing filter: nothing in the bucket, one error naming the URL
+    with pytest.raises(tiler.FilterFailed, match="raises"):
+        cluster.process_video(
+            client,
+            "s3://bucket/v/clip.mp4",
+            "s3://bucket/v/bad.mp4",
+            f"{TESTS / 'faultfilters.py'}:raises",
+            segment_frames=20,
+            storage_options=options,
+            preset="ultrafast",
+        )
+    assert sorted(fs.find("bucket/v")) == ["bucket/v/clip.mp4", "bucket/v/out.mp4"]

@@ -36,6 +36,7 @@ import pickle
 import secrets
 import shutil
 import subprocess
+import tempfile
 import threading
 import time
 import urllib.parse
@@ -818,7 +819,11 @@ def process_video(
     written atomically.
 
     A variable-frame-rate source or a GIF output is not cut: the whole video
-    is one task. Options are those of :func:`tiler.process_video`, and:
+    is one task. From a URL to a URL, workers fetch the source and upload
+    their segments under a hidden prefix beside ``dst``, and one task joins
+    them (nothing passes through this process); a video from a URL to a
+    path, or from a path to a URL, is one task. Options are those of
+    :func:`tiler.process_video`, and:
 
     Parameters
     ----------
@@ -843,9 +848,24 @@ def process_video(
     """
     src = _location(src)
     dst = _location(dst) if dst is not None else None
-    if staging.involved(src, dst):  # one task: its worker fetches the source once and uploads the output
+    if staging.involved(src, dst):
         writer = dict(codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt)
         options = dict(overwrite=overwrite, max_pixels=max_pixels, storage_options=storage_options, **writer)
+        if isinstance(src, str) and (dst is None or isinstance(dst, str)) and pipeline.is_video(Path(src)):
+            return _remote_video(
+                client,
+                src,
+                dst or staging.default_output(src),
+                chain,
+                workers,
+                options,
+                engine_options,
+                segment_frames=segment_frames,
+                on_segment=on_segment,
+                on_frames=on_frames,
+                task_retries=task_retries,
+                window=window,
+            )
         return _single_file(client, src, dst, chain, workers, options, engine_options, task_retries)
     dst = dst if dst is not None else output_name(src)
     chain = _checked_chain(chain)
@@ -972,6 +992,113 @@ def _segments(
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     return dst
+
+
+def _remote_video(
+    client,
+    src: str,
+    dst: str,
+    chain,
+    workers,
+    options: dict[str, Any],
+    engine_options: dict[str, Any],
+    *,
+    segment_frames: int | None,
+    on_segment,
+    on_frames,
+    task_retries: int,
+    window: int | None,
+) -> str:
+    """A video from object storage to object storage, cut into segments like a local one.
+
+    A worker fetches the source and plans the cut; each worker that filters a
+    segment fetches the source once (kept for the job), and uploads its
+    segment under a hidden prefix beside ``dst``; one more task joins them
+    and uploads ``dst``. Nothing but the plan passes through this process.
+    """
+    chain = _checked_chain(chain)
+    spec = _engine_spec(workers, engine_options)
+    if segment_frames is not None and segment_frames < 1:
+        raise ValueError(f"segment_frames must be >= 1, got {segment_frames}")
+    storage = options["storage_options"]
+    remote.check_output(dst, storage, overwrite=options["overwrite"])
+    hosts = _hosts(client)
+    _register(client)
+    job = secrets.token_hex(4)
+    source = (src, storage, job)
+    name = Path(dst.rpartition("/")[2])
+    prefix = f"{dst.rpartition('/')[0]}/.{name.stem[:80]}.tileproc-segments-{job}"
+    try:
+        planned = client.submit(_plan_task, source, options["max_pixels"], key=f"tileproc-plan-{job}", pure=False)
+        info, keys = _outcome_or_raise(planned, src)
+        writer = {k: options[k] for k in ("codec", "crf", "preset", "pix_fmt")}
+        plan = video.encoder_plan(name, info, pipeline.video_dtype(info, name), **writer)
+        threads = max(1, sum(hosts.values()))
+        target = segment_frames or max(math.ceil(info.frame_count / (2 * threads)), math.ceil(2 * info.fps))
+        use_keys = keys if not info.variable_rate and plan.muxer != "gif" else None
+        segments = _plan_segments(use_keys, info.frame_count, target) if use_keys else [(0, info.frame_count, None)]
+        if len(segments) == 1:
+            _drop_sources(client, job)
+            return _single_file(client, src, dst, chain, workers, options, engine_options, task_retries)
+        names = [f"{prefix}/segment-{i:05d}{name.suffix}" for i in range(len(segments))]
+        with _frames_topic(client, job, on_frames) as topic:
+
+            def submit(item):
+                i, (first, count, seek) = item
+                return client.submit(
+                    _segment_task,
+                    info,
+                    first,
+                    count,
+                    seek,
+                    names[i],
+                    chain,
+                    spec,
+                    hosts,
+                    writer,
+                    topic,
+                    source,
+                    key=f"tileproc-segment-{job}-{i}",
+                    retries=task_retries,
+                    pure=False,
+                )
+
+            tasks = _Window(client, enumerate(segments), submit, _window(hosts, window))
+            try:
+                for (_, (first, count, _)), future in tasks:
+                    error = _outcome(future, f"{src} frames {first}-{first + count - 1}")
+                    if error is not None:
+                        tasks.settle()  # the segments in flight end before their prefix goes
+                        raise error
+                    if on_segment is not None:
+                        on_segment(count)
+            finally:
+                tasks.cancel()
+        joined = client.submit(
+            _join_task, info, source, names, segments, dst, plan, options["overwrite"], key=f"tileproc-join-{job}"
+        )
+        _outcome_or_raise(joined, src)
+    finally:
+        _drop_sources(client, job)
+        with contextlib.suppress(Exception):
+            fs, path = remote.filesystem(prefix, storage)
+            if fs.exists(path):
+                fs.rm(path, recursive=True)
+        _sweep_workers(client)
+    return dst
+
+
+def _outcome_or_raise(future, label: str) -> Any:
+    """A task's value; its failure (or a tileproc error it returned) raised here."""
+    value = _outcome(future, label)
+    if isinstance(value, BaseException):
+        raise value
+    return value
+
+
+def _drop_sources(client, job: str) -> None:
+    with contextlib.suppress(Exception):
+        client.run(_drop_staged_sources, job)
 
 
 def _keyframes(info: video.VideoInfo) -> list[tuple[int, Fraction]] | None:
@@ -1325,15 +1452,99 @@ def _segment_task(
     hosts: dict[str, int],
     writer: dict[str, Any],
     topic: str | None = None,
+    source: tuple[str, Any, str] | None = None,
 ) -> BaseException | None:
-    """Frames ``first .. first+count-1`` of the source, filtered, into a video-only file ``dst``."""
+    """Frames ``first .. first+count-1`` of the source, filtered, into a video-only file ``dst``.
+
+    With ``source`` (url, storage options, job) the source is this worker's staged copy of that URL and ``dst``
+    a URL the segment is uploaded to.
+    """
     part = dataclasses.replace(info, frame_count=count, duration=Fraction(count) / info.fps)
+    seek_at = None if seek is None else _seek_point(seek, info.fps)
     try:
         with _engine(spec, hosts) as engine, _reporting(engine, topic):
-            _filter_range(
-                engine, part, first, None if seek is None else _seek_point(seek, info.fps), Path(dst), chain, writer
-            )
+            if source is None:
+                _filter_range(engine, part, first, seek_at, Path(dst), chain, writer)
+                return None
+            part = dataclasses.replace(part, path=_staged_source(*source))
+            with remote.workspace() as work:
+                local = work / dst.rpartition("/")[2]
+                _filter_range(engine, part, first, seek_at, local, chain, writer)
+                remote.upload(local, dst, source[1], overwrite=True)
     except TileprocError as exc:
+        return _portable(exc)
+    return None
+
+
+_sources_lock = threading.Lock()
+_sources: dict[tuple[str, str], tuple[Path, Path]] = {}  # (url, job) -> (staged copy, its workspace)
+
+
+def _staged_source(url: str, storage_options: Any, job: str) -> Path:
+    """This process's local copy of ``url`` for ``job``: fetched by the first task that needs it, then kept."""
+    with _sources_lock:
+        if (url, job) not in _sources:
+            remote.sweep_stale_workspaces()
+            work = Path(tempfile.mkdtemp(prefix=f"tileproc-stage-{os.getpid()}-"))
+            try:
+                _sources[(url, job)] = (remote.stage_input(url, work, storage_options), work)
+            except BaseException:
+                shutil.rmtree(work, ignore_errors=True)
+                raise
+        return _sources[(url, job)][0]
+
+
+def _drop_staged_sources(job: str, dask_worker=None) -> int:
+    """Delete this process's staged copies for ``job`` (the job has ended)."""
+    with _sources_lock:
+        done = [k for k in _sources if k[1] == job]
+        for key in done:
+            shutil.rmtree(_sources.pop(key)[1], ignore_errors=True)
+    return len(done)
+
+
+def _plan_task(source: tuple[str, Any, str], max_pixels: int | None) -> Any:
+    """On a worker: fetch the source (kept for the job's segments), probe it, find its keyframes."""
+    try:
+        info = video.probe_video(_staged_source(*source), max_pixels=max_pixels)
+        return info, _keyframes(info)
+    except TileprocError as exc:
+        return _portable(_renamed(exc, source))
+
+
+def _renamed(exc: TileprocError, source: tuple[str, Any, str]) -> TileprocError:
+    """``exc`` naming the source URL rather than this worker's staged copy of it."""
+    staged = _sources.get((source[0], source[2]))
+    if staged is not None and exc.args and isinstance(exc.args[0], str):
+        exc.args = (exc.args[0].replace(str(staged[0]), source[0]), *exc.args[1:])
+    return exc
+
+
+def _join_task(
+    info: video.VideoInfo,
+    source: tuple[str, Any, str],
+    names: list[str],
+    segments: list,
+    dst: str,
+    plan,
+    overwrite: bool,
+) -> BaseException | None:
+    """On a worker: fetch the segments, join them with the source's audio, upload ``dst`` whole."""
+    storage = source[1]
+    out = None
+    try:
+        info = dataclasses.replace(info, path=_staged_source(*source))
+        with remote.workspace() as work:
+            folder = work / "segments"
+            for name in names:
+                remote.stage_input(name, folder, storage)
+            out = work / dst.rpartition("/")[2]
+            _join(info, folder, [n.rpartition("/")[2] for n in names], segments, out, plan, overwrite=True)
+            remote.upload(out, dst, storage, overwrite=overwrite)
+    except TileprocError as exc:
+        exc = _renamed(exc, source)
+        if out is not None and exc.args and isinstance(exc.args[0], str):
+            exc.args = (exc.args[0].replace(str(out), dst), *exc.args[1:])
         return _portable(exc)
     return None
 

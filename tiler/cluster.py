@@ -955,43 +955,77 @@ def _segments(
     folder = dst.parent / f".{dst.stem[:80]}.tileproc-segments-{job}"
     folder.mkdir()
     try:
-        with _frames_topic(client, job, on_frames) as topic:
-            names = [f"segment-{i:05d}{dst.suffix}" for i in range(len(segments))]
-
-            def submit(item):
-                i, (first, count, seek) = item
-                return client.submit(
-                    _segment_task,
-                    info,
-                    first,
-                    count,
-                    seek,
-                    str(folder / names[i]),
-                    chain,
-                    spec,
-                    hosts,
-                    writer,
-                    topic,
-                    key=f"tileproc-segment-{job}-{i}",
-                    retries=task_retries,
-                    pure=False,
-                )
-
-            tasks = _Window(client, enumerate(segments), submit, window)
-            try:
-                for (_, (first, count, _)), future in tasks:
-                    error = _outcome(future, f"{info.path} frames {first}-{first + count - 1}")
-                    if error is not None:
-                        tasks.settle()  # the segments in flight end before their folder goes
-                        raise error
-                    if on_segment is not None:
-                        on_segment(count)
-            finally:
-                tasks.cancel()
-            _join(info, folder, names, segments, dst, plan, overwrite=overwrite)
+        names = [f"segment-{i:05d}{dst.suffix}" for i in range(len(segments))]
+        _run_segments(
+            client,
+            info,
+            segments,
+            [str(folder / n) for n in names],
+            (chain, spec, hosts, writer),
+            None,
+            label=str(info.path),
+            job=job,
+            on_segment=on_segment,
+            on_frames=on_frames,
+            task_retries=task_retries,
+            window=window,
+        )
+        _join(info, folder, names, segments, dst, plan, overwrite=overwrite)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     return dst
+
+
+def _run_segments(
+    client,
+    info: video.VideoInfo,
+    segments: list,
+    targets: list[str],
+    work: tuple,
+    source: tuple[str, Any, str] | None,
+    *,
+    label: str,
+    job: str,
+    on_segment,
+    on_frames,
+    task_retries: int,
+    window: int,
+) -> None:
+    """Filter each segment into its target on the workers; raise the first failure once those in flight end."""
+    chain, spec, hosts, writer = work
+    with _frames_topic(client, job, on_frames) as topic:
+
+        def submit(item):
+            i, (first, count, seek) = item
+            return client.submit(
+                _segment_task,
+                info,
+                first,
+                count,
+                seek,
+                targets[i],
+                chain,
+                spec,
+                hosts,
+                writer,
+                topic,
+                source,
+                key=f"tileproc-segment-{job}-{i}",
+                retries=task_retries,
+                pure=False,
+            )
+
+        tasks = _Window(client, enumerate(segments), submit, window)
+        try:
+            for (_, (first, count, _)), future in tasks:
+                error = _outcome(future, f"{label} frames {first}-{first + count - 1}")
+                if error is not None:
+                    tasks.settle()  # the segments in flight end before their folder goes
+                    raise error
+                if on_segment is not None:
+                    on_segment(count)
+        finally:
+            tasks.cancel()
 
 
 def _remote_video(
@@ -1041,39 +1075,20 @@ def _remote_video(
             _drop_sources(client, job)
             return _single_file(client, src, dst, chain, workers, options, engine_options, task_retries)
         names = [f"{prefix}/segment-{i:05d}{name.suffix}" for i in range(len(segments))]
-        with _frames_topic(client, job, on_frames) as topic:
-
-            def submit(item):
-                i, (first, count, seek) = item
-                return client.submit(
-                    _segment_task,
-                    info,
-                    first,
-                    count,
-                    seek,
-                    names[i],
-                    chain,
-                    spec,
-                    hosts,
-                    writer,
-                    topic,
-                    source,
-                    key=f"tileproc-segment-{job}-{i}",
-                    retries=task_retries,
-                    pure=False,
-                )
-
-            tasks = _Window(client, enumerate(segments), submit, _window(hosts, window))
-            try:
-                for (_, (first, count, _)), future in tasks:
-                    error = _outcome(future, f"{src} frames {first}-{first + count - 1}")
-                    if error is not None:
-                        tasks.settle()  # the segments in flight end before their prefix goes
-                        raise error
-                    if on_segment is not None:
-                        on_segment(count)
-            finally:
-                tasks.cancel()
+        _run_segments(
+            client,
+            info,
+            segments,
+            names,
+            (chain, spec, hosts, writer),
+            source,
+            label=src,
+            job=job,
+            on_segment=on_segment,
+            on_frames=on_frames,
+            task_retries=task_retries,
+            window=_window(hosts, window),
+        )
         joined = client.submit(
             _join_task, info, source, names, segments, dst, plan, options["overwrite"], key=f"tileproc-join-{job}"
         )
@@ -1515,9 +1530,7 @@ def _plan_task(source: tuple[str, Any, str], max_pixels: int | None) -> Any:
 def _renamed(exc: TileprocError, source: tuple[str, Any, str]) -> TileprocError:
     """``exc`` naming the source URL rather than this worker's staged copy of it."""
     staged = _sources.get((source[0], source[2]))
-    if staged is not None and exc.args and isinstance(exc.args[0], str):
-        exc.args = (exc.args[0].replace(str(staged[0]), source[0]), *exc.args[1:])
-    return exc
+    return staging.named(exc, None if staged is None else staged[0], source[0])
 
 
 def _join_task(
@@ -1542,10 +1555,7 @@ def _join_task(
             _join(info, folder, [n.rpartition("/")[2] for n in names], segments, out, plan, overwrite=True)
             remote.upload(out, dst, storage, overwrite=overwrite)
     except TileprocError as exc:
-        exc = _renamed(exc, source)
-        if out is not None and exc.args and isinstance(exc.args[0], str):
-            exc.args = (exc.args[0].replace(str(out), dst), *exc.args[1:])
-        return _portable(exc)
+        return _portable(staging.named(_renamed(exc, source), out, dst))
     return None
 
 

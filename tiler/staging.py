@@ -24,7 +24,16 @@ from tiler.io import remote
 from tiler.io.files import output_name
 from tiler.pipeline import FileResult, Report
 
-__all__ = ["involved", "default_output", "run_file", "plan_folder", "process_folder", "existing"]
+__all__ = [
+    "involved",
+    "default_output",
+    "named",
+    "run_file",
+    "plan_folder",
+    "join_output",
+    "process_folder",
+    "existing",
+]
 
 
 def involved(*paths: Any) -> bool:
@@ -38,8 +47,8 @@ def default_output(src: str, *, ext: str | None = None) -> str:
     return f"{head}/{output_name(name, ext=ext).name}"
 
 
-def _named(exc: TileprocError, local: Path | None, url: str) -> TileprocError:
-    """``exc`` with the staged local path in its message replaced by the URL it stands for."""
+def named(exc: TileprocError, local: Path | None, url: str) -> TileprocError:
+    """``exc`` with the staged local path ``local`` in its message replaced by the URL it stands for."""
     if local is not None and exc.args and isinstance(exc.args[0], str):
         exc.args = (exc.args[0].replace(str(local), url), *exc.args[1:])
     return exc
@@ -93,7 +102,7 @@ def run_file(
             else:
                 pipeline.process_file(engine, local_src, dst, chain, overwrite=overwrite, sweep=sweep, **options)
         except TileprocError as exc:
-            raise _named(_named(exc, local_src, str(src)), local_dst, str(dst)) from None
+            raise named(named(exc, local_src, str(src)), local_dst, str(dst)) from None
     return dst
 
 

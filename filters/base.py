@@ -115,7 +115,7 @@ class Filter:
         return (_rebuild_filter, (where or cls, self.params))
 
 
-def _rebuild_filter(where: tuple[str, str, str | None] | type, params: dict[str, Any]) -> Filter:
+def _rebuild_filter(where: tuple[str, str, str | None] | type[Filter], params: dict[str, Any]) -> Filter:
     cls = where if isinstance(where, type) else _import_factory(*where)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     obj = cls(**{k: v for k, v in params.items() if fields[k].init})
@@ -143,7 +143,7 @@ def _reference(obj: Any, module: str | None, qualname: str) -> tuple[str, str, s
     finds ``obj``, else the module-level name bound to it (``f = filter(halo=1)(g)``).
     """
     mod = sys.modules.get(module) if module else None
-    if mod is None or module in _MAIN:
+    if module is None or mod is None or module in _MAIN:
         return None
     found: Any = mod
     for part in qualname.split("."):
@@ -206,7 +206,7 @@ def load_file_module(path: str, module: str | None = None):
     return mod
 
 
-def _import_factory(module: str, qualname: str, path: str | None) -> FilterFunction:
+def _import_factory(module: str, qualname: str, path: str | None) -> Any:
     obj = _load_module(module, path)
     for part in qualname.split("."):
         obj = getattr(obj, part)

@@ -50,10 +50,10 @@ __all__ = [
 
 @dataclass(frozen=True)
 class FileResult:
-    """One input of a batch: where it went, or why it failed."""
+    """One input of a batch: where it went, or why it failed (a URL's places are strings)."""
 
-    src: Path
-    dst: Path | None
+    src: Path | str
+    dst: Path | str | None
     error: BaseException | None = None
 
     @property
@@ -104,7 +104,7 @@ def _image_frame(src: Path, dst: Path, *, overwrite: bool, max_pixels: int, qual
         info = source.probe()
         images.check_image_output(info, dst, overwrite=overwrite, inputs=[src])
     except TileprocError as exc:
-        return Frame(str(src), (1, 1), np.uint8, error=exc, meta=(src, dst))
+        return Frame(str(src), (1, 1), np.dtype(np.uint8), error=exc, meta=(src, dst))
     sink = images.ImageSink(dst, info, overwrite=overwrite, quality=quality)
     if source.runs == "parent":
         return Frame(str(src), info.shape, info.dtype, meta=(src, dst, source, sink))  # an animation: see below

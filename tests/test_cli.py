@@ -330,3 +330,22 @@ def test_a_slip_in_a_spec_names_the_spec_meant(tmp_path, capsys):
     png(src)
     assert main([str(src), "-f", "blur sigma=3"]) == 2
     assert "did you mean 'blur:sigma=3'" in capsys.readouterr().err
+
+
+def test_a_closed_pipe_ends_the_listing_quietly():
+    """`tileproc filters | head -1`: the reader going away is no error of ours (no traceback)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tiler", "filters"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    proc.stdout.close()  # before the listing is written: every write meets a closed pipe
+    err = proc.stderr.read()
+    proc.wait(timeout=60)
+    assert proc.returncode == 128 + signal.SIGPIPE and "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+def test_tile_timeout_without_workers_is_a_usage_error(tmp_path, capsys):
+    src = tmp_path / "a.png"
+    png(src)
+    assert main([str(src), "-f", "invert", "-o", str(tmp_path / "b.png"), "-w", "0", "--tile-timeout", "2"]) == 2
+    assert "--tile-timeout needs workers" in capsys.readouterr().err
+    assert not (tmp_path / "b.png").exists()

@@ -205,3 +205,22 @@ def test_jobs_filtered_in_this_process_start_no_workers(tmp_path):
         np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out.png")), 255 - small)
         e.process(small, negate)  # not a built-in: only ever on a worker
         assert e.started
+
+
+def test_empty_where_shared_memory_cannot_hold_the_frame_uses_the_disk(monkeypatch):
+    """As for the engine's own slots: one warning, a frame on disk, the same result."""
+    from tiler import platform
+    from tiler.errors import TileprocWarning
+
+    real = platform.free_bytes
+    monkeypatch.setattr(platform, "free_bytes", lambda folder: 0 if folder == "/dev/shm" else real(folder))
+    with Engine(workers=2, inline_below=0) as e:
+        with pytest.warns(TileprocWarning, match="files in"):
+            frame = e.empty(FRAME.shape, FRAME.dtype)
+        frame[...] = FRAME
+        np.testing.assert_array_equal(e.process(frame, CHAIN), WANT)
+
+
+def test_a_tile_timeout_needs_workers():
+    with pytest.raises(ValueError, match="a tile timeout needs worker processes"):
+        Engine(workers=0, tile_timeout=1)

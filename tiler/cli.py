@@ -361,9 +361,14 @@ class _Staged:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
-    with warnings.catch_warnings():  # this process is the command: its warnings print as one line each
-        warnings.showwarning = _show_warning
-        return _main(argv)
+    try:
+        with warnings.catch_warnings():  # this process is the command: its warnings print as one line each
+            warnings.showwarning = _show_warning
+            return _main(argv)
+    except BrokenPipeError:  # `tileproc filters | head`: the reader is gone, which is no error of ours
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush cannot raise again
+        return 128 + signal.SIGPIPE
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -400,6 +405,10 @@ def _main(argv: Sequence[str] | None) -> int:
             jobs = _jobs([Path(i) for i in args.inputs], args.output, args.format)
         if args.workers is not None and args.workers < 0:
             raise ValueError(f"--workers must be >= 0, got {args.workers}")
+        if args.workers == 0 and args.tile_timeout is not None and not args.cluster:
+            raise ValueError(
+                "--tile-timeout needs workers: with -w 0 filters run in this process, where a tile cannot be stopped"
+            )
         if args.frames_in_flight is not None and args.frames_in_flight < 1:
             raise ValueError(f"--frames-in-flight must be >= 1, got {args.frames_in_flight}")
         if args.quality is not None and not 1 <= args.quality <= 100:

@@ -143,12 +143,18 @@ class Engine:
             raise ValueError(f"threads must be >= 1, got {threads}")
         if tile_timeout is not None and tile_timeout <= 0:
             raise ValueError(f"tile timeout must be > 0 seconds, got {tile_timeout}")
+        if tile_timeout is not None and self.workers == 0:
+            raise ValueError(
+                "a tile timeout needs worker processes: with workers=0 filters run in this process, "
+                "where a tile cannot be stopped"
+            )
         self.threads, self.start_method = threads, start_method
         self.retries, self.tile_timeout = retries, tile_timeout
         self.progress, self.inline_below = progress, inline_below
         self._pool: WorkerPool | None = None
         sweep_stale_segments()  # what killed runs left, before this engine takes any space
         self._ring = FrameRing(self.frames_in_flight)
+        self._pins = FrameRing(1)  # where Engine.empty's frames are made (shared memory, else disk)
         self._loans = Loans(self._ring)
         self._pinned: dict[str, tuple[weakref.ref, FrameSlot]] = {}  # Engine.empty's slots
         self._lent: dict[str, weakref.ref] = {}  # their outputs handed back as views
@@ -179,7 +185,7 @@ class Engine:
         nothing shares them any more.
         """
         self._closed = True
-        _finish(self._close_pool, self._ring.close, self._loans.forget, self._close_pinned)
+        _finish(self._close_pool, self._ring.close, self._loans.forget, self._close_pinned, self._pins.close)
 
     def _close_pool(self) -> None:
         if self._pool is not None:
@@ -274,7 +280,7 @@ class Engine:
             raise TileprocError("engine is closed")
         self._free_pinned()
         dtype = np.dtype(dtype)
-        slot = FrameSlot(int(np.prod(shape)) * dtype.itemsize)
+        slot = self._pins.create_slot(int(np.prod(shape)) * dtype.itemsize)
         src, _ = slot.bind(shape, dtype)
         shared = _Shared(src, slot, self)
         self._pinned[slot.name] = (weakref.ref(shared), slot)

@@ -215,6 +215,11 @@ class FrameRing:
         self._busy.add(slot)
         return slot
 
+    def create_slot(self, nbytes: int) -> FrameSlot:
+        """A slot outside the rotation, for the caller to own and close: made where this
+        ring's plan puts slots (/dev/shm, else the temporary folder), or one clear error."""
+        return self._create(nbytes)
+
     def _retire(self, slot: FrameSlot) -> None:
         self.retired.append(slot.name)
         slot.close()

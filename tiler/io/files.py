@@ -98,7 +98,7 @@ def check_output(dst: Path, *, inputs: Iterable[Path] = (), overwrite: bool = Fa
     if st is not None and stat.S_ISDIR(st.st_mode):
         raise OutputError(f"{dst}: output is a folder")
     if st is not None and not overwrite:
-        raise OutputExists(f"{dst}: output exists (use --overwrite to replace it)")
+        raise OutputExists(f"{dst}: output exists (overwrite=True or --overwrite replaces it)")
     if not dst.parent.is_dir():
         raise OutputError(f"{dst}: output folder {dst.parent} does not exist")
 
@@ -144,10 +144,10 @@ def _move_no_replace(tmp: Path, dst: Path) -> None:
     try:
         os.link(tmp, dst)
     except FileExistsError:
-        raise OutputExists(f"{dst}: output exists (use --overwrite to replace it)") from None
+        raise OutputExists(f"{dst}: output exists (overwrite=True or --overwrite replaces it)") from None
     except OSError:
         if os.path.lexists(dst):
-            raise OutputExists(f"{dst}: output exists (use --overwrite to replace it)") from None
+            raise OutputExists(f"{dst}: output exists (overwrite=True or --overwrite replaces it)") from None
         os.rename(tmp, dst)
         return
     os.unlink(tmp)

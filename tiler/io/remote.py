@@ -151,7 +151,7 @@ def check_output(url: str, storage_options: Mapping[str, Any] | None = None, *, 
     if info.get("type") == "directory":
         raise OutputError(f"{url}: output is a folder")
     if not overwrite:
-        raise OutputExists(f"{url}: output exists (use --overwrite to replace it)")
+        raise OutputExists(f"{url}: output exists (overwrite=True or --overwrite replaces it)")
 
 
 def stage_input(url: str, folder: Path, storage_options: Mapping[str, Any] | None = None) -> Path:

@@ -47,6 +47,7 @@ from filters.blur import BoxBlur, GaussianBlur
 from filters.color import Contrast, Gamma, Grayscale, Invert, Threshold
 from filters.edges import Edges, Emboss
 from filters.rank import Median
+from filters.resize import Resize
 from filters.sharpen import Sharpen
 
 __all__ = [
@@ -78,6 +79,7 @@ BUILTINS: Mapping[str, type[Filter]] = MappingProxyType(
             Contrast,
             Gamma,
             Threshold,
+            Resize,
         )
     }
 )

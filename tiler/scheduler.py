@@ -31,10 +31,10 @@ import numpy as np
 from filters.base import Chain
 from tiler import errors
 from tiler.errors import FilterFailed, TileprocError, TileTimeout, WorkerDied, WorkerError
-from tiler.geometry import TileGrid, default_tile_shape
+from tiler.geometry import TileGrid, chain_tiles, default_tile_shape
 from tiler.pool import WorkerPool
 from tiler.sharedmem import FrameRing, FrameSlot
-from tiler.worker import Call, ChainError, Done, Failed, Forget, TileBatch, describe_exception, run_chain
+from tiler.worker import Call, ChainError, Done, Failed, Forget, TileBatch, describe_exception, full_plan, run_chain
 
 __all__ = ["Frame", "Inline", "OnPool", "OnThread", "IOThread", "Scheduler", "Progress"]
 
@@ -79,6 +79,7 @@ class Frame:
     error: BaseException | None = None
     value: Any = None  # what load / store returned, for the caller
     meta: Any = None  # the caller's own data
+    out_shape: tuple[int, ...] | None = None  # the filtered frame's shape, when the chain changes it
 
     # the scheduler's bookkeeping
     seq: int = -1
@@ -92,7 +93,9 @@ class Frame:
 
     @property
     def nbytes(self) -> int:
-        return int(np.prod(self.shape)) * np.dtype(self.dtype).itemsize
+        """Bytes of the larger of the input and output frames."""
+        pixels = max(int(np.prod(self.shape)), int(np.prod(self.out_shape or self.shape)))
+        return pixels * np.dtype(self.dtype).itemsize
 
 
 @dataclass(frozen=True)
@@ -252,6 +255,8 @@ class Scheduler:
         if frame.error is not None:  # failed before it needed a slot (e.g. probing)
             frame.state = "finished"
             return
+        if self.chain.reshapes:
+            frame.out_shape = self.chain.output_shape(frame.shape)
         try:
             frame.slot = self.ring.acquire(frame.nbytes)
         except TileprocError as exc:
@@ -263,7 +268,7 @@ class Scheduler:
                 for name in self.ring.retired:
                     self.pool.broadcast(Forget(name))
             self.ring.retired.clear()
-        frame.slot_views = frame.slot.bind(frame.shape, frame.dtype)
+        frame.slot_views = frame.slot.bind(frame.shape, frame.dtype, frame.out_shape)
         frame.state = "loading"
         self._step(frame, frame.load, self._loaded)
 
@@ -298,7 +303,7 @@ class Scheduler:
         height, width = frame.shape[:2]
         if self.pool is None or height * width < self.inline_below:
             try:
-                dst[...] = run_chain(self.chain.filters, src)
+                dst[...] = run_chain(self.chain.filters, src, full_plan(self.chain.filters, src.shape))
             except ChainError as exc:
                 cause = exc.__cause__
                 self._fail(
@@ -315,9 +320,13 @@ class Scheduler:
             self._emit(Progress("tiles", frame, 1))
             frame.state = "ready"
             return
-        tile_shape = self.tile_shape or default_tile_shape(height, width, self.pool.n, self.chain.halo)
-        grid = TileGrid(height, width, tile_shape, self.chain.halo)
-        tiles = list(grid)
+        if self.chain.reshapes:
+            out_height, out_width = dst.shape[:2]
+            tile_shape = self.tile_shape or default_tile_shape(out_height, out_width, self.pool.n, 0)
+            tiles = chain_tiles(self.chain.filters, (height, width), tile_shape)
+        else:
+            tile_shape = self.tile_shape or default_tile_shape(height, width, self.pool.n, self.chain.halo)
+            tiles = list(TileGrid(height, width, tile_shape, self.chain.halo))
         frame.tiles = len(tiles)
         # Tasks per frame: four per worker balance the load of a lone frame; with other frames
         # in flight, they balance it, and one task per worker costs the least dispatch.

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from filters.base import check_result
+from filters.base import Stage, check_result, output_shape, plan_stages
 from tiler.geometry import Tile
 from tiler.sharedmem import SlotRef, attach_views
 
@@ -42,6 +42,7 @@ __all__ = [
     "Failed",
     "ChainError",
     "run_chain",
+    "full_plan",
     "describe_exception",
     "worker_main",
 ]
@@ -98,20 +99,48 @@ class ChainError(Exception):
         self.name, self.kind = name, kind
 
 
-def run_chain(chain, window: np.ndarray) -> np.ndarray:
-    """Apply the filters of ``chain`` to ``window`` in order, checking each result."""
+def run_chain(chain, window: np.ndarray, stages: tuple[Stage, ...] | None = None) -> np.ndarray:
+    """Apply the filters of ``chain`` to ``window`` in order, checking each result.
+
+    With ``stages`` (a chain that changes the frame's size), ``window`` holds the
+    first stage's window and each filter computes its stage's rectangle
+    (:func:`filters.base.plan_stages`); the result is the last stage's rectangle.
+    """
     out = window
-    for f in chain:
+    for i, f in enumerate(chain):
         try:
-            result = f.apply(out)
+            result = f.apply(out) if stages is None else f.apply_rect(out, stages[i])
         except Exception as exc:
             raise ChainError(f.name, "error") from exc
         try:
-            check_result(f, out, result)
+            if stages is None:
+                check_result(f, out, result)
+            else:
+                _check_stage(f, out, result, stages[i])
         except Exception as exc:
             raise ChainError(f.name, "invalid") from exc
         out = result
     return out
+
+
+def _check_stage(f, x: np.ndarray, result: object, stage: Stage) -> None:
+    r0, r1, c0, c1 = stage.rect
+    want = (r1 - r0, c1 - c0, *x.shape[2:])
+    if not isinstance(result, np.ndarray) or result.shape != want or result.dtype != x.dtype:
+        got = f"{result.dtype}{list(result.shape)}" if isinstance(result, np.ndarray) else type(result).__name__
+        raise ValueError(f"{f.name}: returned {got}, expected {x.dtype}{list(want)}")
+
+
+def full_plan(chain, shape: tuple[int, ...]) -> tuple[Stage, ...] | None:
+    """The stages of a whole frame for a chain that changes its size; None for one that does not."""
+    if not any(f.reshapes for f in chain):
+        return None
+    out = output_shape(chain, shape)
+    return plan_stages(chain, (0, out[0], 0, out[1]), shape)
+
+
+def _rect4(r) -> tuple[int, int, int, int]:
+    return (r.r0, r.r1, r.c0, r.c1)
 
 
 def _text(exc: BaseException) -> str:
@@ -170,9 +199,13 @@ class _Worker:
                 msg.task_id, describe_exception(chain), "".join(traceback.format_exception(chain)), kind="load"
             )
         src, dst = self.views(msg.slot)
+        reshapes = any(f.reshapes for f in chain)
         for tile in msg.tiles:
             try:
-                out = run_chain(chain, src[tile.window.slices])
+                if reshapes:  # the output core, computed stage by stage from its input window
+                    out = run_chain(chain, src[tile.window.slices], plan_stages(chain, _rect4(tile.core), src.shape))
+                else:
+                    out = run_chain(chain, src[tile.window.slices])[tile.core_in_window.slices]
             except ChainError as exc:
                 cause = exc.__cause__
                 return Failed(
@@ -183,7 +216,7 @@ class _Worker:
                     filter_name=exc.name,
                     kind=exc.kind,
                 )
-            dst[tile.core.slices] = out[tile.core_in_window.slices]
+            dst[tile.core.slices] = out
         return Done(msg.task_id)
 
     def call(self, msg: Call) -> Done | Failed:

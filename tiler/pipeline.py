@@ -13,6 +13,7 @@ folder     each file as above, several images in flight; one bad file fails alon
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import stat
 from collections.abc import Callable, Iterator
@@ -23,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from tiler.engine import resolve_chain
 from tiler.errors import InputError, OutputError, TileprocError
 from tiler.io import images, video
 from tiler.io.files import check_input, inside, output_name, sweep_stale_temps
@@ -36,6 +38,8 @@ __all__ = [
     "prepare_folder",
     "filter_stream",
     "video_dtype",
+    "resized_info",
+    "resized_video_info",
     "FileResult",
     "Report",
     "is_video",
@@ -90,7 +94,17 @@ def _decode(src: np.ndarray, dst: np.ndarray, info: images.ImageInfo) -> None:
 def _encode(
     src: np.ndarray, dst: np.ndarray, path: Path, info: images.ImageInfo, overwrite: bool, quality: int | None
 ) -> None:
+    info = resized_info(info, dst.shape)
     images.write_image(dst, path, info, overwrite=overwrite, inputs=[info.path], quality=quality)
+
+
+def resized_info(info: images.ImageInfo, shape: tuple[int, ...]) -> images.ImageInfo:
+    """``info`` for an output of ``shape``: a resized image keeps its physical size, so its
+    resolution (DPI) scales with its pixel count on each axis."""
+    if tuple(shape[:2]) == tuple(info.shape[:2]) or not info.dpi:
+        return info
+    dpi = (info.dpi[0] * shape[1] / info.shape[1], info.dpi[1] * shape[0] / info.shape[0])
+    return dataclasses.replace(info, dpi=dpi)
 
 
 def _image_frame(src: Path, dst: Path, *, overwrite: bool, max_pixels: int, quality: int | None) -> Frame:
@@ -116,8 +130,10 @@ def _animation(
     engine, src: Path, dst: Path, info: images.ImageInfo, chain: Any, *, overwrite: bool, quality: int | None
 ) -> None:
     frames = (images.read_image(info, frame=i) for i in range(info.n_frames))
+    chain = resolve_chain(chain)
+    out = resized_info(info, chain.output_shape(info.shape))
     images.write_animation(
-        engine.map_frames(frames, chain), dst, info, overwrite=overwrite, inputs=[src], quality=quality
+        engine.map_frames(frames, chain), dst, out, overwrite=overwrite, inputs=[src], quality=quality
     )
 
 
@@ -200,10 +216,25 @@ def process_video(
         on_start(info)
     dtype = video_dtype(info, dst)
     writer = video.VideoWriter(
-        dst, info, dtype=dtype, codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt, overwrite=overwrite
+        dst,
+        resized_video_info(info, chain),
+        dtype=dtype,
+        codec=codec,
+        crf=crf,
+        preset=preset,
+        pix_fmt=pix_fmt,
+        overwrite=overwrite,
     )
     filter_stream(engine, video.VideoReader(info, dtype=dtype), writer, chain)
     return dst
+
+
+def resized_video_info(info: video.VideoInfo, chain: Any) -> video.VideoInfo:
+    """``info`` as the writer sees it: the size the chain makes of each frame (a resize)."""
+    height, width = resolve_chain(chain).output_shape(info.frame_shape)[:2]
+    if (height, width) == (info.height, info.width):
+        return info
+    return dataclasses.replace(info, width=width, height=height)
 
 
 def video_dtype(info: video.VideoInfo, dst: Path) -> np.dtype:

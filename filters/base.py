@@ -362,7 +362,47 @@ def sys_params(sig: inspect.Signature):
     return [p for p in params[1:] if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
 
 
-class FunctionFilter(_Geometry):
+class _Scaled(_Geometry):
+    """Geometry of a filter whose ``apply`` returns ``round(size * scale)`` for any input size.
+
+    ``scale`` is a Fraction p/q (None: the size is kept, halo geometry) and
+    ``halo`` is in input pixels. Windows start on multiples of q input pixels,
+    so that each window's output starts on a whole output pixel.
+    """
+
+    scale: Fraction | None
+
+    def output_shape(self, shape: tuple[int, int]) -> tuple[int, int]:
+        if self.scale is None:
+            return super().output_shape(shape)
+        return (scaled_size(shape[0], self.scale), scaled_size(shape[1], self.scale))
+
+    def source_rect(self, rect: Rect4, shape: tuple[int, int]) -> Rect4:
+        if self.scale is None:
+            return super().source_rect(rect, shape)
+        s, q, h = self.scale, self.scale.denominator, self.halo  # type: ignore[attr-defined]
+        spans = []
+        for o0, o1, n in ((rect[0], rect[1], shape[0]), (rect[2], rect[3], shape[1])):
+            i0 = math.floor(o0 / s) - h
+            i1 = math.ceil(o1 / s) + h
+            spans += [max(0, i0 // q * q), min(n, -(-i1 // q) * q)]
+        return tuple(spans)  # type: ignore[return-value]
+
+    def apply_rect(self, x: np.ndarray, stage: Stage) -> np.ndarray:
+        if self.scale is None:
+            return super().apply_rect(x, stage)
+        out = self.apply(x)  # type: ignore[attr-defined]
+        want = (*self.output_shape(x.shape[:2]), *x.shape[2:])
+        if not isinstance(out, np.ndarray) or out.shape != want or out.dtype != x.dtype:
+            got = f"{out.dtype}{list(out.shape)}" if isinstance(out, np.ndarray) else type(out).__name__
+            raise FilterError(
+                f"{self.name}: returned {got} for a {x.dtype}{list(x.shape)} input, expected "  # type: ignore[attr-defined]
+                f"{x.dtype}{list(want)} (the input's size times its declared scale {self.scale}, rounded)"
+            )
+        return out[_inside(stage.rect, stage.window, (self.scale, self.scale))]
+
+
+class FunctionFilter(_Scaled):
     """A :class:`FilterFunction` with its params bound: a filter value.
 
     With a declared ``scale`` s (a fraction p/q), the function's output for an
@@ -384,35 +424,6 @@ class FunctionFilter(_Geometry):
 
     def apply(self, tile: np.ndarray) -> np.ndarray:
         return self.factory.func(tile, **self._params)
-
-    def output_shape(self, shape: tuple[int, int]) -> tuple[int, int]:
-        if self.scale is None:
-            return super().output_shape(shape)
-        return (scaled_size(shape[0], self.scale), scaled_size(shape[1], self.scale))
-
-    def source_rect(self, rect: Rect4, shape: tuple[int, int]) -> Rect4:
-        if self.scale is None:
-            return super().source_rect(rect, shape)
-        s, q, h = self.scale, self.scale.denominator, self.halo
-        spans = []
-        for o0, o1, n in ((rect[0], rect[1], shape[0]), (rect[2], rect[3], shape[1])):
-            i0 = math.floor(o0 / s) - h
-            i1 = math.ceil(o1 / s) + h
-            spans += [max(0, i0 // q * q), min(n, -(-i1 // q) * q)]
-        return tuple(spans)  # type: ignore[return-value]
-
-    def apply_rect(self, x: np.ndarray, stage: Stage) -> np.ndarray:
-        if self.scale is None:
-            return super().apply_rect(x, stage)
-        out = self.apply(x)
-        want = (*self.output_shape(x.shape[:2]), *x.shape[2:])
-        if not isinstance(out, np.ndarray) or out.shape != want or out.dtype != x.dtype:
-            got = f"{out.dtype}{list(out.shape)}" if isinstance(out, np.ndarray) else type(out).__name__
-            raise FilterError(
-                f"{self.name}: returned {got} for a {x.dtype}{list(x.shape)} input, expected "
-                f"{x.dtype}{list(want)} (the input's size times its declared scale {self.scale}, rounded)"
-            )
-        return out[_inside(stage.rect, stage.window, (self.scale, self.scale))]
 
     def describe(self) -> str:
         args = ",".join(f"{k}={v}" for k, v in self._params.items())

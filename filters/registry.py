@@ -52,6 +52,7 @@ from filters.sharpen import Sharpen
 
 __all__ = [
     "BUILTINS",
+    "OPTIONAL",
     "ENTRY_POINT_GROUP",
     "FilterInfo",
     "Spec",
@@ -62,6 +63,9 @@ __all__ = [
 ]
 
 ENTRY_POINT_GROUP = "tileproc.filters"
+
+#: Built-in filters that need an optional extra: name -> (module, class, extra).
+OPTIONAL: Mapping[str, tuple[str, str, str]] = MappingProxyType({"onnx": ("filters.onnx", "Onnx", "onnx")})
 
 #: Built-in filter classes by name, in the order ``available()`` lists them.
 BUILTINS: Mapping[str, type[Filter]] = MappingProxyType(
@@ -222,6 +226,9 @@ def lookup(name: str) -> Any:
     """
     if name in BUILTINS:
         return BUILTINS[name]
+    if name in OPTIONAL:
+        module, attr, _ = OPTIONAL[name]
+        return getattr(importlib.import_module(module), attr)
     if ":" in name:
         target, _, attr = name.rpartition(":")
         if target.endswith(".py") or "/" in target or "\\" in target:
@@ -236,7 +243,7 @@ def lookup(name: str) -> Any:
             raise FilterError(
                 f"filter plugin {name!r} ({ep.value}) failed to load: {type(exc).__name__}: {exc}"
             ) from exc
-    known = sorted(set(BUILTINS) | set(plugins))
+    known = sorted(set(BUILTINS) | set(OPTIONAL) | set(plugins))
     close = difflib.get_close_matches(name, known, n=3)
     hint = f"; did you mean {' or '.join(close)}?" if close else "."
     raise FilterError(
@@ -404,6 +411,11 @@ def available() -> list[FilterInfo]:
     ('blur:sigma=1.0,truncate=4.0', 4)
     """
     infos = [_info(name, cls, "built-in") for name, cls in BUILTINS.items()]
+    for name, (module, attr, extra) in OPTIONAL.items():
+        cls = getattr(importlib.import_module(module), attr)
+        params = {k: d for k, (_, d) in cls.param_types().items()}
+        summary = (cls.__doc__ or "").strip().split("\n", 1)[0].strip().replace("``", "")
+        infos.append(FilterInfo(name, summary, params, None, False, f"built-in, needs pip install 'tileproc[{extra}]'"))
     for name, ep in sorted(_entry_points().items()):
         dist = getattr(ep, "dist", None)
         source = f"plugin {dist.name if dist is not None else '?'} ({ep.value})"

@@ -209,7 +209,8 @@ class Engine:
             yield frame.value
 
     def process(self, frame: np.ndarray, chain: Any) -> np.ndarray:
-        """Filter one frame; returns a new array of the same shape and dtype.
+        """Filter one frame; returns a new array of the same dtype, and the same shape unless
+        the chain changes the size (``resize``, an upscaling model).
 
         Examples
         --------

@@ -215,15 +215,9 @@ def process_video(
     if on_start is not None:
         on_start(info)
     dtype = video_dtype(info, dst)
+    out = resized_video_info(info, chain)  # the writer's frame size: the chain's output
     writer = video.VideoWriter(
-        dst,
-        resized_video_info(info, chain),
-        dtype=dtype,
-        codec=codec,
-        crf=crf,
-        preset=preset,
-        pix_fmt=pix_fmt,
-        overwrite=overwrite,
+        dst, out, dtype=dtype, codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt, overwrite=overwrite
     )
     filter_stream(engine, video.VideoReader(info, dtype=dtype), writer, chain)
     return dst

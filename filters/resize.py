@@ -226,9 +226,9 @@ class Resize(Filter):
         if kind == "nearest" or (rows is None and cols is None):
             y = x[keep_rows] if rows is None else x[rows[0][:, 0]]
             return np.array(y[:, keep_cols] if cols is None else y[:, cols[0][:, 0]], order="C")
-        y = x.astype(np.float32)
-        y = y[keep_rows] if rows is None else _pass(y, *rows, axis=0)
+        y = x[keep_rows] if rows is None else _pass(x, *rows, axis=0)
         y = y[:, keep_cols] if cols is None else _pass(y, *cols, axis=1)
+        y = y.astype(np.float32, copy=False)
         return px.to_dtype(y, x.dtype, clip=kind in ("cubic", "lanczos"))
 
 
@@ -242,16 +242,24 @@ def _axis(n_in: int, n_out: int, kind: str, o0: int, o1: int, start: int) -> tup
 
 
 def _pass(y: np.ndarray, taps: np.ndarray, weights: np.ndarray, axis: int) -> np.ndarray:
-    """``sum_k weights[:, k] * y[taps[:, k]]`` along ``axis``, in k order, in float32."""
+    """``sum_k weights[:, k] * y[taps[:, k]]`` along ``axis``, in k order, in float32.
+
+    ``y`` may be an integer array: each gathered term is converted on the fly,
+    so the window is never copied whole to float32.
+    """
     shape = [1] * y.ndim
     shape[axis] = len(taps)
     acc: np.ndarray | None = None
+    term: np.ndarray | None = None
     for k in range(taps.shape[1]):
-        term = np.take(y, taps[:, k], axis=axis)
-        term *= weights[:, k].reshape(shape)
+        gathered = np.take(y, taps[:, k], axis=axis)
+        w = weights[:, k].reshape(shape)
         if acc is None:
-            acc = term
-        else:
-            acc += term
+            acc = np.multiply(gathered, w, dtype=np.float32)
+            continue
+        if term is None:
+            term = np.empty_like(acc)
+        np.multiply(gathered, w, out=term, dtype=np.float32)
+        acc += term
     assert acc is not None
     return acc

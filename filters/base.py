@@ -54,6 +54,7 @@ __all__ = [
     "as_filter",
     "plan_stages",
     "output_shape",
+    "check_stage",
 ]
 
 Rect4 = tuple[int, int, int, int]  # rows r0:r1, columns c0:c1 (half-open)
@@ -540,8 +541,11 @@ class Chain:
             stages = self.plan((0, shape[0], 0, shape[1]), frame.shape)
             out = frame[_inside(stages[0].window, (0, 0, 0, 0))]
         for i, f in enumerate(self.filters):
-            result = f.apply(out) if not self.reshapes else f.apply_rect(out, stages[i])
-            if not self.reshapes:
+            if self.reshapes:
+                result = f.apply_rect(out, stages[i])
+                check_stage(f, out, result, stages[i])
+            else:
+                result = f.apply(out)
                 check_result(f, out, result)
             out = result
         return out
@@ -572,6 +576,17 @@ class Chain:
 
     def __repr__(self) -> str:
         return f"Chain({', '.join(map(repr, self.filters))})"
+
+
+def check_stage(f: AnyFilter, x: np.ndarray, result: Any, stage: Stage) -> None:
+    """Raise :class:`FilterError` unless ``result`` is ``stage.rect`` of ``x``'s dtype and channels."""
+    r0, r1, c0, c1 = stage.rect
+    want = (r1 - r0, c1 - c0, *x.shape[2:])
+    if not isinstance(result, np.ndarray) or result.shape != want or result.dtype != x.dtype:
+        got = f"{result.dtype}{list(result.shape)}" if isinstance(result, np.ndarray) else type(result).__name__
+        raise FilterError(f"{f.name}: returned {got}, expected {x.dtype}{list(want)}")
+    if result.dtype.kind == "f" and not np.isfinite(result).all():
+        raise FilterError(f"{f.name}: returned NaN or infinite values")
 
 
 def check_result(f: AnyFilter, tile: np.ndarray, result: Any) -> None:

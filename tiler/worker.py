@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from filters.base import Stage, check_result, output_shape, plan_stages
+from filters.base import Stage, check_result, check_stage, output_shape, plan_stages
 from tiler.geometry import Tile
 from tiler.sharedmem import SlotRef, attach_views
 
@@ -116,19 +116,11 @@ def run_chain(chain, window: np.ndarray, stages: tuple[Stage, ...] | None = None
             if stages is None:
                 check_result(f, out, result)
             else:
-                _check_stage(f, out, result, stages[i])
+                check_stage(f, out, result, stages[i])
         except Exception as exc:
             raise ChainError(f.name, "invalid") from exc
         out = result
     return out
-
-
-def _check_stage(f, x: np.ndarray, result: object, stage: Stage) -> None:
-    r0, r1, c0, c1 = stage.rect
-    want = (r1 - r0, c1 - c0, *x.shape[2:])
-    if not isinstance(result, np.ndarray) or result.shape != want or result.dtype != x.dtype:
-        got = f"{result.dtype}{list(result.shape)}" if isinstance(result, np.ndarray) else type(result).__name__
-        raise ValueError(f"{f.name}: returned {got}, expected {x.dtype}{list(want)}")
 
 
 def full_plan(chain, shape: tuple[int, ...]) -> tuple[Stage, ...] | None:

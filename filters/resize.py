@@ -15,7 +15,9 @@ Kernels:
 * ``linear``, ``cubic`` (a = -0.5), ``lanczos`` (3 lobes): Pillow's
   convolution resampling. The kernel is stretched by the shrink factor when
   shrinking (antialiased), taps beyond the frame are dropped and the weights
-  renormalised. ``lanczos`` is the default when the frame grows.
+  renormalised. ``lanczos`` is the default when the frame grows. Pillow's
+  rather than OpenCV's because OpenCV's linear and cubic do not widen the
+  kernel when shrinking (they alias); when enlarging both agree within a step.
 * ``nearest``: the input pixel under the output pixel's centre (Pillow,
   OpenCV's ``INTER_NEAREST_EXACT``).
 

@@ -105,6 +105,16 @@ def test_convolution_kernels_match_pillow(interp, pil, width):
     assert np.abs(ours.astype(int) - ref).max() <= 1
 
 
+@pytest.mark.parametrize(
+    "interp, flag", [("linear", cv2.INTER_LINEAR), ("cubic", cv2.INTER_CUBIC), ("lanczos", cv2.INTER_LANCZOS4)]
+)
+def test_enlarging_is_within_a_step_of_opencv_too(interp, flag):
+    img = smooth_image(np.random.default_rng(2), (300, 400, 3))
+    ours = Resize(width=777, interp=interp).apply(img)
+    ref = cv2.resize(img, (777, ours.shape[0]), interpolation=flag)
+    assert np.abs(ours.astype(int) - ref).mean() <= 0.5
+
+
 def test_nearest_matches_pillow_and_opencv_exact():
     img = np.random.default_rng(3).integers(0, 256, (300, 400, 3), dtype=np.uint8)
     ours = Resize(width=777, interp="nearest").apply(img)

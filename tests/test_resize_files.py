@@ -23,6 +23,10 @@ def test_folder_resize_from_the_command_line(tmp_path):
     src = tmp_path / "photos"
     (src / "sub").mkdir(parents=True)
     (src / "exif6.jpg").write_bytes(EXIF6.read_bytes())
+    with Image.open(EXIF6) as im:  # the same photo, with the pixel dimensions a camera writes
+        exif = im.getexif()
+        exif.get_ifd(0x8769).update({0xA002: 1200, 0xA003: 1800, 0x9003: "2020:01:02 03:04:05"})
+        im.save(src / "camera.jpg", exif=exif, quality=90)
     rng = np.random.default_rng(0)
     rgba = rng.integers(0, 256, (300, 500, 4), dtype=np.uint8)
     Image.fromarray(rgba).save(src / "sub" / "rgba.png", dpi=(300, 300))
@@ -37,6 +41,10 @@ def test_folder_resize_from_the_command_line(tmp_path):
         assert im.getexif().get(0x0112, 1) == 1
         assert im.info.get("dpi") == (24, 24)  # 72 dpi over 1800 pixels -> 24 dpi over 600
         photo = np.asarray(im.convert("RGB")).astype(np.float64)
+    with Image.open(out / "camera.jpg") as im:
+        sub = im.getexif().get_ifd(0x8769)
+        assert im.size == (600, 400) and (sub[0xA002], sub[0xA003]) == (600, 400)
+        assert sub[0x9003] == "2020:01:02 03:04:05"  # the rest of the metadata kept
     with Image.open(EXIF6) as im:
         from PIL import ImageOps
 

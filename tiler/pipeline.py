@@ -100,11 +100,29 @@ def _encode(
 
 def resized_info(info: images.ImageInfo, shape: tuple[int, ...]) -> images.ImageInfo:
     """``info`` for an output of ``shape``: a resized image keeps its physical size, so its
-    resolution (DPI) scales with its pixel count on each axis."""
-    if tuple(shape[:2]) == tuple(info.shape[:2]) or not info.dpi:
+    resolution (DPI) scales with its pixel count on each axis, and the EXIF pixel
+    dimensions (PixelXDimension, PixelYDimension) say the new size."""
+    if tuple(shape[:2]) == tuple(info.shape[:2]):
         return info
-    dpi = (info.dpi[0] * shape[1] / info.shape[1], info.dpi[1] * shape[0] / info.shape[0])
-    return dataclasses.replace(info, dpi=dpi)
+    dpi = info.dpi and (info.dpi[0] * shape[1] / info.shape[1], info.dpi[1] * shape[0] / info.shape[0])
+    return dataclasses.replace(info, dpi=dpi or None, exif=_exif_resized(info.exif, shape[1], shape[0]))
+
+
+def _exif_resized(exif: bytes | None, width: int, height: int) -> bytes | None:
+    if not exif:
+        return exif
+    from PIL import Image
+
+    try:
+        tags = Image.Exif()
+        tags.load(exif)
+        sub = tags.get_ifd(0x8769)
+        if 0xA002 not in sub and 0xA003 not in sub:
+            return exif
+        sub[0xA002], sub[0xA003] = width, height
+        return tags.tobytes()
+    except Exception:  # unreadable EXIF is written back as it came (the images module vetted it)
+        return exif
 
 
 def _image_frame(src: Path, dst: Path, *, overwrite: bool, max_pixels: int, quality: int | None) -> Frame:

@@ -18,11 +18,18 @@ Two ways to write one:
 
 * a frozen dataclass subclass of :class:`Filter` (the built-ins), whose fields
   are the params;
-* a plain numpy function wrapped by :func:`filter`::
+* a plain numpy function wrapped by :func:`filter`, as a decorator or a call
+  (the same thing, also for a function imported from elsewhere)::
 
       @filter(halo=lambda radius=1: radius)
       def boxmean(tile, *, radius=1):
           ...
+
+      median3 = filter(halo=1)(mylib.median3)
+
+Filters travel to worker processes as :func:`dumps` makes them: by reference
+(module and name) when another process can import them, else by value with
+cloudpickle (``__main__``, notebook cells, closures, lambdas, partials).
 
 This module never imports the engine.
 """
@@ -30,17 +37,20 @@ This module never imports the engine.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import importlib
 import importlib.util
 import inspect
 import math
+import os
 import pickle
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from fractions import Fraction
 from typing import Any
 
+import cloudpickle
 import numpy as np
 
 __all__ = [
@@ -55,6 +65,7 @@ __all__ = [
     "plan_stages",
     "output_shape",
     "check_stage",
+    "dumps",
 ]
 
 Rect4 = tuple[int, int, int, int]  # rows r0:r1, columns c0:c1 (half-open)
@@ -188,16 +199,17 @@ class Filter(_Geometry):
         return hints
 
     def __reduce__(self):
-        # By module, qualname and defining file, like FilterFunction: a class
-        # loaded from "path/to/file.py:Name" lives in a module that a worker
-        # process cannot import by name, only from its file.
+        # By module, qualname and defining file where a worker can import the
+        # class (a class loaded from "path/to/file.py:Name" lives in a module
+        # that a worker can only load from its file); by value (cloudpickle)
+        # for a class from __main__, a notebook cell or a function body.
         cls = type(self)
-        path = getattr(sys.modules.get(cls.__module__), "__file__", None)
-        return (_rebuild_filter, (cls.__module__, cls.__qualname__, path, self.params))
+        where = _reference(cls, cls.__module__, cls.__qualname__)
+        return (_rebuild_filter, (where or cls, self.params))
 
 
-def _rebuild_filter(module: str, qualname: str, path: str | None, params: dict[str, Any]) -> Filter:
-    cls = _import_factory(module, qualname, path)
+def _rebuild_filter(where: tuple[str, str, str | None] | type, params: dict[str, Any]) -> Filter:
+    cls = where if isinstance(where, type) else _import_factory(*where)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     obj = cls(**{k: v for k, v in params.items() if fields[k].init})
     for k, v in params.items():
@@ -210,9 +222,44 @@ def _rebuild_filter(module: str, qualname: str, path: str | None, params: dict[s
 # Function filters: @filter(halo=...) on a plain numpy function.
 
 
+#: Modules whose objects never travel by reference: worker processes do not
+#: import the caller's main script or notebook.
+_MAIN = ("__main__", "__mp_main__")
+
+
+def _reference(obj: Any, module: str | None, qualname: str) -> tuple[str, str, str | None] | None:
+    """(module, attribute path, file) by which another process imports ``obj``, or None.
+
+    None means ``obj`` must travel by value: it lives in ``__main__`` (a
+    script, ``python -c``, stdin, a notebook cell), inside a function, or under
+    no module attribute at all. The attribute path is ``qualname`` when that
+    finds ``obj``, else the module-level name bound to it (``f = filter(halo=1)(g)``).
+    """
+    mod = sys.modules.get(module) if module else None
+    if mod is None or module in _MAIN:
+        return None
+    found: Any = mod
+    for part in qualname.split("."):
+        found = getattr(found, part, None)
+    if found is not obj:
+        qualname = next((k for k, v in list(vars(mod).items()) if v is obj), "")
+        if not qualname:
+            return None
+    return module, qualname, getattr(mod, "__file__", None)
+
+
+def dumps(obj: Any) -> bytes:
+    """``obj`` serialised the way filters travel to worker processes and cluster nodes.
+
+    Importable filters are pickled by reference (their module and name); what
+    cannot be imported by another process (``__main__``, notebook cells,
+    closures, lambdas, ``functools.partial`` of those) is pickled by value with
+    cloudpickle. The result loads with :func:`pickle.loads`.
+    """
+    return cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+
+
 def _load_module(module: str, path: str | None):
-    if module in ("__main__", "__mp_main__"):
-        return sys.modules["__main__"]
     if module in sys.modules:
         return sys.modules[module]
     try:
@@ -224,7 +271,15 @@ def _load_module(module: str, path: str | None):
 
 
 def load_file_module(path: str, module: str | None = None):
-    """Import a Python file as a module (cached by name in ``sys.modules``)."""
+    """Import a Python file as a module (cached by name in ``sys.modules``).
+
+    The file's folder is appended to ``sys.path`` (as Python does for a script,
+    but after every other entry, so that it never hides an installed package):
+    a sibling import such as ``import helpers`` works, here and in workers.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    if folder not in sys.path:
+        sys.path.append(folder)
     if module is None:
         digest = hashlib.sha1(str(path).encode()).hexdigest()[:10]
         stem = "".join(c if c.isalnum() else "_" for c in str(path).rsplit("/", 1)[-1][:-3])
@@ -266,19 +321,29 @@ class FilterFunction:
         halo: int | Callable,
         name: str | None,
         pointwise: bool,
+        module: str | None = None,
         scale: float | Fraction | Callable | None = None,
     ):
+        if not callable(func):
+            raise FilterError(f"filter: expected a function of a tile, got {func!r}")
+        inner = getattr(func, "func", func)  # functools.partial has no name of its own
+        fname = getattr(func, "__name__", None) or getattr(inner, "__name__", None) or "filter"
         self.func = func
         self._halo = halo
         self._scale = scale
-        self.name = name or func.__name__
+        self.name = name or fname
         self.pointwise = pointwise
-        self.__module__ = func.__module__
-        self.__qualname__ = func.__qualname__
-        self.__name__ = func.__name__
-        self.__doc__ = func.__doc__
+        # The module whose code made this filter (where @filter or filter(...)(g)
+        # was written), which may differ from the function's own module.
+        self.__module__ = module or getattr(func, "__module__", None) or "__main__"
+        self.__qualname__ = getattr(func, "__qualname__", fname)
+        self.__name__ = fname
+        self.__doc__ = getattr(func, "__doc__", None) if not isinstance(func, functools.partial) else inner.__doc__
         self.__wrapped__ = func
-        sig = inspect.signature(func)
+        try:
+            sig = inspect.signature(func)
+        except (TypeError, ValueError) as exc:
+            raise FilterError(f"{self.name}: cannot read its signature ({exc})") from None
         self._defaults = {p.name: p.default for p in sys_params(sig) if p.default is not inspect.Parameter.empty}
         self._accepts_any = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
 
@@ -325,33 +390,15 @@ class FilterFunction:
             return fn(**params)
         return fn(**{k: v for k, v in params.items() if k in sig.parameters})
 
-    def where(self) -> tuple[str, str, str | None]:
-        """(module, qualname, file) by which a worker process re-imports this factory."""
-        module = self.__module__
-        mod = sys.modules.get(module)
-        path = getattr(mod, "__file__", None)
-        return module, self.__qualname__, path
-
-    def check_importable(self) -> None:
-        """Raise :class:`FilterError` unless a worker process can import this filter."""
-        module, qualname, path = self.where()
-        if "<locals>" in qualname or "<lambda>" in qualname:
-            raise FilterError(
-                f"{self.name}: defined inside a function ({qualname}); worker processes "
-                "can only import filters defined at module level. Move it to the top "
-                "level of a module or script."
-            )
-        try:
-            found = _import_factory(module, qualname, path)
-        except Exception as exc:
-            raise FilterError(f"{self.name}: worker processes cannot import {module}.{qualname} ({exc})") from None
-        if found is not self:
-            raise FilterError(
-                f"{self.name}: {module}.{qualname} is not this filter; define each filter once, at module level"
-            )
+    def where(self) -> tuple[str, str, str | None] | None:
+        """(module, attribute, file) by which a worker imports this factory; None: it travels by value."""
+        return _reference(self, self.__module__, self.__qualname__)
 
     def __reduce__(self):
-        return (_import_factory, self.where())
+        where = self.where()
+        if where is not None:
+            return (_import_factory, where)
+        return (FilterFunction, (self.func, self._halo, self.name, self.pointwise, self.__module__, self._scale))
 
     def __repr__(self) -> str:
         return f"<filter function {self.name}>"
@@ -470,6 +517,12 @@ def filter(
     pointwise : bool
         True when each output pixel depends only on the same input pixel.
 
+    Used as a decorator (``@filter(halo=1)``) or called on a function
+    (``f = filter(halo=1)(g)``, ``filter(g, halo=1)``): the same thing, for a
+    function of this module, an imported one, a lambda or a
+    ``functools.partial``. A filter that another process can import by name
+    travels so; any other travels by value (see :func:`dumps`).
+
     Examples
     --------
     >>> @filter(halo=lambda radius=1: radius)
@@ -477,6 +530,9 @@ def filter(
     ...     return tile
     >>> boxmean(radius=4).halo
     4
+    >>> invert = filter(halo=0, pointwise=True)(lambda tile: ~tile)
+    >>> invert().halo
+    0
     >>> @filter(scale=2)
     ... def double(tile):
     ...     return tile.repeat(2, axis=0).repeat(2, axis=1)
@@ -484,8 +540,12 @@ def filter(
     (6, 10)
     """
 
+    # Like collections.namedtuple: the module of the code that calls filter()
+    # is the filter's home, where another process looks it up by name.
+    home = sys._getframe(1).f_globals.get("__name__")
+
     def wrap(f: Callable) -> FilterFunction:
-        return FilterFunction(f, halo=halo, name=name, pointwise=pointwise, scale=scale)
+        return FilterFunction(f, halo=halo, name=name, pointwise=pointwise, module=home, scale=scale)
 
     return wrap(func) if func is not None else wrap
 
@@ -559,18 +619,19 @@ class Chain:
         return plan_stages(self.filters, rect, shape)
 
     def check_picklable(self) -> bytes:
-        """The chain pickled, or :class:`FilterError` saying how to fix it."""
-        for f in self.filters:
-            if isinstance(f, FunctionFilter):
-                f.factory.check_importable()
+        """The chain serialised as it travels to workers (:func:`dumps`), or :class:`FilterError` saying why not.
+
+        The blob is loaded back here too, so a filter that cannot be rebuilt
+        is refused before any process starts.
+        """
         try:
-            blob = pickle.dumps(self.filters, protocol=pickle.HIGHEST_PROTOCOL)
+            blob = dumps(self.filters)
             pickle.loads(blob)
         except Exception as exc:
             raise FilterError(
-                f"filter chain {self.name!r} cannot be sent to worker processes: {exc}. "
-                "Filters and their params must be picklable (no lambdas or closures; "
-                "define functions at module level)."
+                f"filter chain {self.name!r} cannot be sent to worker processes: {type(exc).__name__}: {exc}. "
+                "A filter's params and whatever its function uses must be picklable "
+                "(no open files, locks, generators or live connections)."
             ) from None
         return blob
 

@@ -30,6 +30,7 @@ import difflib
 import importlib
 import importlib.metadata
 import os
+import re
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, Union
@@ -185,6 +186,7 @@ def parse(text: str) -> list[tuple[str, dict[str, str]]]:
         token = token.strip()
         if not token:
             continue
+        _check_separators(text, token)
         head, eq, value = token.partition("=")
         if not eq:
             items.append((_clean_name(token), {}))
@@ -211,6 +213,33 @@ def parse(text: str) -> list[tuple[str, dict[str, str]]]:
     return items
 
 
+_SPACED = re.compile(r"\s+")
+_NAME_SPACE_PARAM = re.compile(r"[\w.]+(\s+[A-Za-z_]\w*\s*=\s*\S+)+")
+_COLON_PARAM = re.compile(r":\s*([A-Za-z_]\w*)\s*=")
+
+
+def _check_separators(text: str, token: str) -> None:
+    """Refuse the likely slips of a spec token, naming the spec that was meant.
+
+    ``blur sigma=3`` (a space for the colon), ``blur:sigma=3:truncate=2`` (a
+    colon for the comma); ``blur:3`` (no parameter name) is caught by lookup.
+    """
+    plain = re.sub(r"\s*=\s*", "=", token.strip())
+    if _NAME_SPACE_PARAM.fullmatch(plain):
+        words = _SPACED.split(plain)
+        meant = words[0] + (":" + ",".join(words[1:]) if len(words) > 1 else "")
+        raise FilterError(
+            f"filter spec {text!r}: spaces do not separate a filter from its parameters; did you mean {meant!r}?"
+        )
+    value = token.partition("=")[2]
+    if _COLON_PARAM.search(value):
+        name, _, first = token.partition("=")
+        meant = name + "=" + _COLON_PARAM.sub(r",\1=", first)
+        raise FilterError(
+            f"filter spec {text!r}: parameters are separated by commas, not colons; did you mean {meant!r}?"
+        )
+
+
 def _clean_name(name: str) -> str:
     name = name.strip()
     return name[:-1].rstrip() if name.endswith(":") and len(name) > 1 else name
@@ -231,6 +260,8 @@ def lookup(name: str) -> Any:
         return getattr(importlib.import_module(module), attr)
     if ":" in name:
         target, _, attr = name.rpartition(":")
+        if target in BUILTINS:  # "blur:3" or "blur:sigma": a parameter without its name or value
+            _missing_name_or_value(name, target, attr.strip())
         if target.endswith(".py") or "/" in target or "\\" in target:
             return _from_file(name, target, attr)
         return _from_module(name, target, attr)
@@ -249,6 +280,20 @@ def lookup(name: str) -> Any:
     raise FilterError(
         f"unknown filter {name!r}{hint} Known filters: {', '.join(known)}. "
         "Custom filters are named 'package.module:name' or 'path/to/file.py:name'."
+    )
+
+
+def _missing_name_or_value(name: str, target: str, attr: str) -> None:
+    params = BUILTINS[target].param_types()
+    if attr in params:
+        meant = f"{target}:{attr}={_format(params[attr][1])}"
+        raise FilterError(f"filter {name!r}: parameter {attr} needs a value; did you mean {meant!r}?")
+    first = next(iter(params), None)
+    if first is None:
+        raise FilterError(f"filter {name!r}: {target} takes no parameters; did you mean {target!r}?")
+    raise FilterError(
+        f"filter {name!r}: parameters are given by name; did you mean {target + ':' + first + '=' + attr!r}? "
+        f"{target} takes {', '.join(params)}"
     )
 
 

@@ -13,12 +13,16 @@ filter run on the whole frame, bit for bit. Use it in your own tests::
 
 from __future__ import annotations
 
+import os
 import pickle
+import subprocess
+import sys
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+import filters
 from filters.base import Chain, FilterError, Stage
 from filters.registry import Spec, resolve
 
@@ -41,8 +45,11 @@ def check_filter(
 ) -> None:
     """Assert that a filter is safe to run over tiles in worker processes.
 
-    Checks that it (or each filter of a chain) pickles and comes back giving
-    the same results; that ``apply`` returns its input's shape and dtype,
+    Checks that it (or each filter of a chain) goes through the engine's own
+    serialisation (:func:`filters.base.dumps`: by reference where another
+    process can import it, else by value), loads in a new Python process as a
+    worker would load it, with the same halo and scale there, and comes back
+    giving the same results; that ``apply`` returns its input's shape and dtype,
     leaves its input alone (it gets read-only views) and is deterministic; and
     that its halo is honest: on random frames of every given dtype and channel
     count, cut into tiles of several sizes, each tile computed from its window
@@ -133,7 +140,58 @@ def _check_pickle(chain: Chain, label: str) -> Chain:
         blob = chain.check_picklable()
     except FilterError as exc:
         raise AssertionError(f"check_filter: {exc}") from None
+    _load_in_fresh_process(blob, label, _geometry(chain.filters))
     return Chain(pickle.loads(blob))
+
+
+# Loads a chain as a worker does: a new interpreter that has not imported the
+# caller's modules, with the caller's import path (tileproc's own first).
+_LOADER = """\
+import pickle, sys
+paths = pickle.loads(sys.stdin.buffer.read(int(sys.argv[1])))
+sys.path[:] = paths
+loaded = pickle.loads(sys.stdin.buffer.read())
+shape = tuple(int(v) for v in sys.argv[2].split("x"))
+sys.stdout.write(repr([(f.halo, tuple(f.output_shape(shape))) for f in loaded]))
+"""
+
+#: A frame size at which the loaded copy's geometry (halo, output size) is compared.
+_PROBE_SHAPE = (97, 89)
+
+
+def _geometry(filters: Sequence[Any]) -> str:
+    """Each filter's halo and output size for :data:`_PROBE_SHAPE`, as the loader prints them."""
+    return repr([(f.halo, tuple(f.output_shape(_PROBE_SHAPE))) for f in filters])
+
+
+def _load_in_fresh_process(blob: bytes, label: str, geometry: str) -> None:
+    """Raise AssertionError unless ``blob`` loads in a new Python process with the same
+    ``geometry`` (each filter's halo and output size, :func:`_geometry`) as here."""
+    home = os.path.dirname(os.path.dirname(os.path.abspath(filters.__file__)))
+    paths = pickle.dumps([home] + [os.path.abspath(p or os.curdir) for p in sys.path])
+    try:
+        done = subprocess.run(
+            [sys.executable, "-I", "-c", _LOADER, str(len(paths)), "x".join(map(str, _PROBE_SHAPE))],
+            input=paths + blob,
+            capture_output=True,
+            timeout=120,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise AssertionError(f"check_filter: {label}: could not start a Python process to load it ({exc})") from None
+    if done.returncode != 0:
+        lines = done.stderr.decode(errors="replace").strip().splitlines() or [f"exit code {done.returncode}"]
+        raise AssertionError(
+            f"check_filter: {label}: a new worker process could not load it: {lines[-1]}. "
+            "Define the filter in an importable module, or make what it uses picklable."
+        )
+    there = done.stdout.decode(errors="replace")
+    if there != geometry:
+        raise AssertionError(
+            f"check_filter: {label}: a new worker process loads it with another geometry "
+            f"(halo, output size of a {_PROBE_SHAPE[0]}x{_PROBE_SHAPE[1]} frame per filter): {there} there, "
+            f"{geometry} here. Keep the halo and scale in the filter's params or its declaration, "
+            "not in state set after it was made."
+        )
 
 
 def _cases(

@@ -33,6 +33,8 @@ def no_leaks():
         return (stray_processes() - procs_before) | marked_processes(mark)
 
     yield
+    if "tiler" in sys.modules:
+        sys.modules["tiler"].shutdown()  # the default engine stays warm between calls, not between tests
     os.environ.pop(MARK, None)
     wait_until(lambda: not strays() and not (shm_entries() - shm_before), 5.0)
     leaked_shm = shm_entries() - shm_before

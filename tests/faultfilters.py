@@ -170,3 +170,18 @@ def kill_if_marked(tile):
     if (tile == 255).any():
         os.kill(os.getpid(), signal.SIGKILL)
     return tile
+
+
+@filter(halo=0)
+def announce_then_slow(tile, *, marker="", seconds=0.01):
+    """Creates ``marker`` (once work has begun on a worker), then sleeps ``seconds`` per tile."""
+    if marker and not os.path.exists(marker):
+        open(marker, "a").close()
+    time.sleep(seconds)
+    return tile
+
+
+@filter(halo=0)
+def exits(tile):
+    """Ends its process at once, as a filter calling ``os._exit`` would."""
+    os._exit(3)

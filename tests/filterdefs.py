@@ -35,6 +35,8 @@ __all__ = [
     "thirds",
     "wrong_scale",
     "position_grid",
+    "UPSCALE",
+    "module_scaled",
 ]
 
 
@@ -211,3 +213,14 @@ def position_grid(tile):
     out = tile.repeat(2, axis=0).repeat(2, axis=1)
     out[0] = 0
     return out
+
+
+#: Read by ``module_scaled``'s scale at call time: a test changes it in its own process
+#: only, so that a new worker process sees another scale than the caller.
+UPSCALE = 2
+
+
+@filter(scale=lambda: UPSCALE)
+def module_scaled(tile):
+    """Each pixel repeated ``UPSCALE`` x ``UPSCALE`` times, at the scale the module says now."""
+    return tile.repeat(UPSCALE, axis=0).repeat(UPSCALE, axis=1)

@@ -1,10 +1,12 @@
 """The tileproc command on real files: outputs, exit codes, messages, interruption."""
 
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -90,7 +92,7 @@ def test_folder_goes_on_past_bad_files_and_exits_1(tmp_path, capsys):
     ]
     bad = [line for line in err if line.startswith("tileproc: error:")]
     assert len(bad) == 2 and any("empty.png" in line for line in bad) and any("noise.jpg" in line for line in bad)
-    assert err[-1] == "tileproc: 2 written, 2 failed"
+    assert re.fullmatch(r"tileproc: .*in: 2 written, 0 skipped, 2 failed in \d+\.\d s", err[-1])
 
 
 def test_usage_errors_exit_2(tmp_path, capsys):
@@ -213,3 +215,116 @@ def test_killed_master_workers_exit_and_next_run_sweeps(tmp_path):
     assert main([str(src), "-f", "invert", "-o", str(out), "-q", "--overwrite"]) == 0
     assert not [p for p in out.rglob(".*")]
     assert not [s for s in shm_entries() if s.split("_")[1] == str(proc.pid)]
+
+
+# -- what the command says ---------------------------------------------------------
+
+
+def test_a_run_says_what_it_wrote_unless_quiet(tmp_path, capsys):
+    src = tmp_path / "a.png"
+    png(src)
+    assert main([str(src), "-f", "invert", "-o", str(tmp_path / "b.png")]) == 0
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert re.fullmatch(r"tileproc: .*a\.png -> .*b\.png \(\d+\.\d s\)", line)
+    assert main([str(src), str(tmp_path / "b.png"), "-f", "invert", "-o", str(tmp_path / "out") + os.sep]) == 0
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 3 and lines[-1].startswith("tileproc: all inputs: 2 written, 0 skipped, 0 failed in ")
+    assert main([str(src), "-f", "invert", "-o", str(tmp_path / "c.png"), "-q"]) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_verbose_shows_the_failing_filters_traceback(tmp_path, capsys):
+    src = tmp_path / "a.png"
+    png(src, (300, 300, 3))
+    args = [str(src), "-f", "faultfilters:raises:message=kaboom", "-o", str(tmp_path / "b.png"), "-w", "2"]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "kaboom" in err and "Traceback" not in err
+    assert main([*args, "-v"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and 'faultfilters.py", line' in err
+
+
+def test_skip_existing_resumes_an_interrupted_batch_with_exit_0(tmp_path, capsys):
+    src = slow_folder(tmp_path, n=4)
+    out = tmp_path / "out"
+    args = [str(src), "-f", "faultfilters:slow:seconds=0.05", "-o", str(out), "-w", "2", "--tile-size", "50"]
+
+    def written() -> list[str]:  # complete outputs, not the hidden temporaries they are written under
+        return sorted(p.name for p in out.glob("*.png") if not p.name.startswith("."))
+
+    proc = start_cli(args, tmp_path)
+    try:
+        assert wait_until(lambda: len(written()) >= 1, 30), "nothing written"
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130
+    first = written()
+    assert 1 <= len(first) < 4
+    resumed = subprocess.run(
+        [sys.executable, "-m", "tiler", *args, "--skip-existing"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=dict(os.environ, PYTHONPATH=str(TESTS)),
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"{4 - len(first)} written, {len(first)} skipped, 0 failed" in resumed.stderr
+    for i in range(4):
+        np.testing.assert_array_equal(
+            np.asarray(Image.open(out / f"f{i}.png")), np.asarray(Image.open(src / f"f{i}.png"))
+        )
+    assert main([str(src / "f0.png"), "-f", "invert", "-o", str(out / "f0.png"), "--skip-existing"]) == 0
+    assert capsys.readouterr().err.strip() == f"tileproc: {out / 'f0.png'}: output exists, skipped"
+    assert main([str(src), "-f", "invert", "-o", str(out), "--skip-existing", "--overwrite"]) == 2
+
+
+def test_filters_alone_lists_with_options_it_is_a_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "filters").mkdir()
+    png(tmp_path / "filters" / "a.png")
+    assert main(["filters"]) == 0
+    captured = capsys.readouterr()
+    assert "\nblur " in "\n" + captured.out and "tileproc filters -f SPEC" in captured.err
+    assert main(["filters", "-f", "invert", "-o", "out/", "-q"]) == 0
+    assert (tmp_path / "out" / "a.png").exists()
+
+
+def test_a_plugin_file_imports_its_sibling_modules_in_the_workers(tmp_path):
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "helpers.py").write_text(
+        "import numpy as np\n\ndef darker(tile, *, by=1):\n    return tile // np.uint8(by)\n"
+    )
+    (plugins / "myf.py").write_text(
+        textwrap.dedent(
+            """
+            from filters import filter
+            import helpers
+
+            darker = filter(halo=0, pointwise=True)(helpers.darker)  # the call form, on an imported function
+            """
+        )
+    )
+    src = tmp_path / "a.png"
+    a = png(src, (300, 300, 3))
+    run = subprocess.run(
+        [sys.executable, "-m", "tiler", str(src), "-f", "./plugins/myf.py:darker:by=3", "-o", "b.png", "-w", "2"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert run.returncode == 0, run.stderr
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "b.png")), a // 3)
+
+
+def test_a_slip_in_a_spec_names_the_spec_meant(tmp_path, capsys):
+    src = tmp_path / "a.png"
+    png(src)
+    assert main([str(src), "-f", "blur sigma=3"]) == 2
+    assert "did you mean 'blur:sigma=3'" in capsys.readouterr().err

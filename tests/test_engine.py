@@ -6,7 +6,7 @@ from faultfilters import boxmean, jittery_boxmean, negate, numpy_boxsum
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from filters import Chain, FilterError, filter
+from filters import Chain, filter
 from tiler.engine import Engine, check_frame
 
 
@@ -91,13 +91,24 @@ def test_frames_of_changing_size_and_dtype_in_one_stream():
         np.testing.assert_array_equal(o, Chain([boxmean(radius=2), negate]).apply(f))
 
 
-def test_inline_and_pool_paths_agree():
+def test_small_frames_of_built_in_chains_are_filtered_in_the_parent_and_agree(monkeypatch):
+    from tiler.engine import resolve_chain
+    from tiler.scheduler import Scheduler, _built_in
+
+    assert _built_in(resolve_chain("blur:sigma=2,invert"))
+    assert not _built_in(resolve_chain([boxmean, "invert"]))
     rng = np.random.default_rng(4)
     frame = frame_of(rng, (30, 30, 3), np.uint8)
-    with Engine(workers=2) as e:  # small frame: filtered in the parent
-        small = e.process(frame, boxmean(radius=2))
+    sent = []
+    dispatch = Scheduler._dispatch
+    monkeypatch.setattr(Scheduler, "_dispatch", lambda self: sent.append(1) or dispatch(self))
+    with Engine(workers=2) as e:
+        small = e.process(frame, "blur:sigma=2")
+        assert not sent  # a small frame of built-ins: filtered here
+        e.process(frame, boxmean(radius=2))
+        assert sent  # other filter code always runs on a worker
     with Engine(workers=2, inline_below=0) as e:
-        tiled = e.process(frame, boxmean(radius=2))
+        tiled = e.process(frame, "blur:sigma=2")
     np.testing.assert_array_equal(small, tiled)
 
 
@@ -118,19 +129,18 @@ def test_bad_frames_are_refused_with_the_fix():
         check_frame([[1, 2]])
 
 
-def make_closure_filter():
+def make_closure_filter(offset):
     @filter(halo=0)
     def local(tile):
-        return tile
+        return tile + np.uint8(offset)
 
     return local
 
 
-def test_filter_defined_in_a_function_is_refused_before_any_process_starts():
-    with Engine(workers=2) as e:
-        with pytest.raises(FilterError, match="module level"):
-            e.process(np.zeros((300, 300), np.uint8), make_closure_filter())
-        assert e._pool is None or e._pool.pids  # refused before dispatch
+def test_filter_defined_in_a_function_travels_by_value_to_the_workers():
+    frame = np.zeros((300, 300), np.uint8)
+    with Engine(workers=2, inline_below=0) as e:
+        assert (e.process(frame, make_closure_filter(7)) == 7).all()
 
 
 def test_bad_engine_options():

@@ -148,3 +148,143 @@ def test_a_chain_workers_cannot_load_fails_each_frame_with_the_reason(tmp_path):
         for _ in range(2):
             with pytest.raises(FilterFailed, match="could not load the filter chain.*vanishing"):
                 e.process(frame, chain)
+
+
+def test_the_workers_traceback_is_the_cause_so_a_default_print_shows_it():
+    import pickle
+    import traceback
+
+    from tiler.errors import RemoteTraceback
+
+    with pytest.raises(FilterFailed) as info:
+        run(ff.raises(message="bad pixel"))
+    exc = info.value
+    assert isinstance(exc.__cause__, RemoteTraceback)
+    printed = "".join(traceback.format_exception(exc))
+    assert 'faultfilters.py", line' in printed and "RuntimeError: bad pixel" in printed
+    assert "The above exception was the direct cause" in printed
+    assert "faultfilters.py" in exc.remote_traceback  # kept as text too
+    again = pickle.loads(pickle.dumps(exc))  # crosses processes (a cluster) with its traceback
+    assert str(again) == str(exc) and isinstance(again.__cause__, RemoteTraceback)
+
+
+# -- dispatch never blocks on a busy worker -------------------------------------------
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+BIG_JOB = """
+import sys, numpy as np, faultfilters as ff
+from tiler.engine import Engine
+frame = np.zeros((2160, 3840), np.uint8)  # 32,400 tiles of 16x16
+with Engine(workers=1, tile_size=16, {options}) as e:
+    try:
+        e.process(frame, {chain})
+    except Exception as exc:
+        print(type(exc).__name__, exc)
+"""
+
+
+def run_script(code: str, **popen):
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=TESTS)
+    return subprocess.Popen(
+        [sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen
+    )
+
+
+def test_tile_timeout_fires_while_a_huge_frame_is_queued_for_one_busy_worker():
+    proc = run_script(BIG_JOB.format(options="tile_timeout=1.0", chain="ff.hangs"))
+    try:
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 0, err
+    assert out.startswith("TileTimeout") and "tile timeout" in out
+
+
+def test_ctrl_c_mid_run_stops_at_once_and_leaves_nothing(tmp_path):
+    marker = tmp_path / "started"
+    proc = run_script(BIG_JOB.format(options="", chain=f"ff.announce_then_slow(marker={str(marker)!r})"))
+    try:
+        deadline = time.monotonic() + 60
+        while not marker.exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        assert marker.exists(), proc.communicate()[1]
+        time.sleep(0.3)  # the parent is dispatching and waiting now
+        proc.send_signal(signal.SIGINT)
+        t = time.monotonic()
+        _, err = proc.communicate(timeout=20)
+        assert time.monotonic() - t < 10
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode in (-signal.SIGINT, 130, 1) and "KeyboardInterrupt" in err
+
+
+def test_a_slow_frame_whose_tiles_each_keep_the_limit_does_not_time_out():
+    # 16 tiles of 0.15 s on one worker, in batches of 4 (0.6 s each): the limit is per tile.
+    frame = np.zeros((16, 8), np.uint8)
+    with Engine(workers=1, tile_size=(1, 8), tile_timeout=0.4, inline_below=0) as e:
+        out = e.process(frame, ff.slow(seconds=0.15))
+    np.testing.assert_array_equal(out, frame)
+
+
+# -- user code never runs in the caller's process ----------------------------------
+
+SMALL_FRAMES = """
+import numpy as np, faultfilters as ff, tiler
+frame = np.zeros((64, 64, 3), np.uint8)
+for bad in (ff.segfault, ff.exits, ff.hangs):
+    try:
+        tiler.process(frame, bad, workers=1, tile_timeout=1.0)
+    except Exception as exc:
+        print(bad.name, type(exc).__name__, flush=True)
+print("still running", flush=True)
+"""
+
+
+def test_custom_filters_that_crash_exit_or_hang_on_small_frames_leave_the_caller_running():
+    proc = run_script(SMALL_FRAMES)
+    try:
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert out.splitlines() == [
+        "segfault WorkerDied",
+        "exits WorkerDied",
+        "hangs TileTimeout",
+        "still running",
+    ], err
+
+
+@pytest.mark.parametrize("bad", ["raises", "segfault"])
+def test_a_failed_run_prints_its_one_line_and_nothing_else(tmp_path, bad):
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    src = tmp_path / "in.png"
+    Image.fromarray(FRAME).save(src)
+    env = dict(os.environ, PYTHONPATH=TESTS)
+    cmd = [
+        sys.executable,
+        "-m",
+        "tiler",
+        str(src),
+        "-f",
+        f"faultfilters:{bad}",
+        "-w",
+        "2",
+        "-q",
+        "-o",
+        str(tmp_path / "o.png"),
+    ]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert len(done.stderr.splitlines()) == 1, done.stderr
+    assert done.stderr.startswith(f"tileproc: error: {src}, tile ")
+    assert not (tmp_path / "o.png").exists()

@@ -3,7 +3,11 @@ way a filter can be unsafe to tile."""
 
 from __future__ import annotations
 
+import functools
 import re
+import sys
+import threading
+import types
 
 import filterdefs
 import numpy as np
@@ -94,19 +98,38 @@ def test_fails_pointwise_with_a_halo():
         check_filter(["blur", filterdefs.false_pointwise])
 
 
-def test_fails_filters_workers_cannot_import():
-    @filter(halo=0)
+def _shifted(tile, *, by=0):
+    return tile + np.array(by, tile.dtype)
+
+
+def test_passes_closures_lambdas_and_partials_which_travel_by_value():
+    reach = 1
+
+    @filter(halo=reach)
     def local(tile):
         return tile.copy()
 
-    with pytest.raises(AssertionError, match=r"local: defined inside a function .* Move it to the top level"):
-        check_filter(local)
+    shift = filter(halo=0, name="shift")(functools.partial(_shifted, by=0))
+    check_filter([local, shift(by=1), filter(halo=0)(lambda tile: tile.copy())], dtypes=["uint8"], channels=[3])
+
+
+def test_fails_a_filter_a_new_process_cannot_import(monkeypatch):
+    # A module that exists only in this process: it pickles by reference here,
+    # and a worker cannot import it. check_filter loads it as a worker would.
+    mod = types.ModuleType("tileproc_only_in_memory")
+    exec(
+        "import numpy as np\nfrom filters import filter\n@filter(halo=0)\ndef ghost(tile):\n    return tile.copy()",
+        vars(mod),
+    )
+    monkeypatch.setitem(sys.modules, mod.__name__, mod)
+    with pytest.raises(AssertionError, match=r"ghost.*could not load it: ModuleNotFoundError.*tileproc_only_in_memory"):
+        check_filter(mod.ghost)
 
 
 def test_fails_unpicklable_params():
-    # A filter function whose param is a lambda: the chain cannot be pickled.
-    with pytest.raises(AssertionError, match=r"cannot be sent to worker processes"):
-        check_filter(FunctionFilter(filterdefs.boxmean_np, {"radius": 1, "extra": lambda: 0}))
+    # A filter function whose param is a lock: the chain cannot be pickled.
+    with pytest.raises(AssertionError, match=r"cannot be sent to worker processes: TypeError.*lock"):
+        check_filter(FunctionFilter(filterdefs.boxmean_np, {"radius": 1, "extra": threading.Lock()}))
 
 
 def test_fails_bad_specs_as_assertions():

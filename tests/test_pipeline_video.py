@@ -217,3 +217,36 @@ def test_killed_master_mid_video_leaves_no_process_and_next_run_sweeps(tmp_path)
     assert not dst.exists()
     assert tiler.process_video(BEAR, dst, "invert", workers=2) == dst
     assert sorted(os.listdir(tmp_path)) == ["out.mp4"]
+
+
+def test_command_line_keeps_frame_times_converts_on_request_and_says_what_it_drops(tmp_path, capsys):
+    from tiler.cli import main
+
+    src = tmp_path / "gap.mkv"
+    note = tmp_path / "note.txt"
+    note.write_text("attached\n")
+    subprocess.run(
+        [ffmpeg_exe(), "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=64x48:rate=24:duration=3",
+         "-vf", r"select=lt(t\,0.5)+gte(t\,2.5)", "-fps_mode", "passthrough", "-c:v", "libx264",
+         "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-attach", str(note), "-metadata:s:t", "mimetype=text/plain",
+         str(src)],
+        check=True,
+    )  # fmt: skip
+    info = probe_video(src)
+    assert info.variable_rate and info.frame_count == 24
+
+    assert main([str(src), "-f", "invert", "-o", str(tmp_path / "kept.mp4"), "-w", "1", "--preset", "ultrafast"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0] == f"tileproc: {tmp_path / 'kept.mp4'}: stream 1 (attachment): only Matroska holds attachments"
+    assert len(err) == 2 and err[1].startswith(f"tileproc: {src} -> {tmp_path / 'kept.mp4'} (")  # the output line
+    kept = probe_video(tmp_path / "kept.mp4")
+    assert kept.frame_count == 24 and kept.variable_rate
+    assert [float((t - kept.timestamps[0]) * kept.time_base) for t in kept.timestamps][12] == 2.5
+
+    cfr = tmp_path / "cfr.mkv"
+    argv = [str(src), "-f", "invert", "-o", str(cfr), "-w", "1", "--preset", "ultrafast", "--fps", "12"]
+    assert main(argv) == 0
+    out = probe_video(cfr)
+    assert (out.frame_count, out.fps, out.variable_rate) == (36, 12, False)  # 3 s at 12 fps
+    assert main([str(src), "-f", "invert", "-o", str(tmp_path / "x.mp4"), "--fps", "0"]) == 2
+    assert "--fps must be a positive number" in capsys.readouterr().err

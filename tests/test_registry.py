@@ -4,11 +4,13 @@ entry points), parameter typing, errors, and the listing."""
 from __future__ import annotations
 
 import pickle
+import re
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+import cv2
 import filterdefs
 import numpy as np
 import pytest
@@ -22,9 +24,12 @@ from filters import (
     Median,
     Sharpen,
     available,
+    filter,
     resolve,
 )
+from filters.base import dumps
 from filters.registry import BUILTINS, ENTRY_POINT_GROUP, lookup, parse
+from tiler import Engine
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -223,6 +228,7 @@ class Offset(Filter):
 
 @pytest.fixture
 def plugin_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "path", list(sys.path))  # loading a plugin file appends its folder
     path = tmp_path / "plugins" / "myfilters.py"
     path.parent.mkdir()
     path.write_text(PLUGIN_FILE)
@@ -362,3 +368,63 @@ def test_chain_pickles_with_builtins_and_function_filters():
     chain = resolve("blur:sigma=2,filterdefs:boxmean_np:radius=2,invert")
     filters = pickle.loads(chain.check_picklable())
     assert filters == chain.filters
+
+
+@pytest.mark.parametrize(
+    "spec, meant",
+    [
+        ("blur sigma=3", "'blur:sigma=3'"),
+        ("blur sigma=3 truncate=2", "'blur:sigma=3,truncate=2'"),
+        ("blur:3", "'blur:sigma=3'"),
+        ("blur:sigma=3:truncate=2", "'blur:sigma=3,truncate=2'"),
+        ("sharpen:sigma=2:amount=0.5:threshold=1", "'sharpen:sigma=2,amount=0.5,threshold=1'"),
+        ("blur:sigma", "'blur:sigma=1.0'"),
+        ("invert:2", "'invert'"),
+    ],
+)
+def test_slips_in_a_spec_name_the_spec_meant(spec, meant):
+    with pytest.raises(FilterError, match=f"did you mean {re.escape(meant)}"):
+        resolve(spec)
+    assert resolve(meant.strip("'")).filters  # and what it suggests is right
+
+
+# --------------------------------------------------------------------------
+# The decorator form and the call form; what travels by reference or by value
+
+
+def _spread(tile, *, radius=1):
+    """Grey dilation by a (2*radius+1) square, reflect-101 border."""
+    kernel = np.ones((2 * radius + 1, 2 * radius + 1), np.uint8)
+    return cv2.dilate(tile, kernel, borderType=cv2.BORDER_REFLECT_101).reshape(tile.shape)
+
+
+spread = filter(halo=lambda radius=1: radius)(_spread)
+copied = filter(halo=0, pointwise=True)(np.copy)  # a function imported from elsewhere
+
+
+def test_the_call_form_travels_by_reference_like_the_decorator_form():
+    assert spread.where()[:2] == (__name__, "spread")
+    assert copied.where()[:2] == (__name__, "copied")
+    assert filterdefs.boxmean_np.where()[:2] == ("filterdefs", "boxmean_np")
+    for f in (spread, copied, filterdefs.boxmean_np):
+        assert pickle.loads(dumps(f)) is f  # by name: the very same object comes back
+    assert resolve(f"{__name__}:spread:radius=2").filters == (spread(radius=2),)
+
+
+def test_the_call_form_runs_on_workers():
+    frame = np.random.default_rng(0).integers(0, 256, (300, 320, 3), dtype=np.uint8)
+    with Engine(workers=2, inline_below=0, tile_size=40) as e:
+        out = e.process(frame, [spread(radius=2), copied])
+    np.testing.assert_array_equal(out, _spread(frame, radius=2))
+
+
+def test_filters_nothing_can_import_travel_by_value():
+    def make(offset):
+        return filter(halo=0)(lambda tile: tile + np.uint8(offset))
+
+    shift = make(3)
+    assert shift.where() is None
+    blob = dumps(shift)
+    assert b"<lambda>" in blob  # its code travels in the blob
+    (back,) = pickle.loads(Chain([shift]).check_picklable())
+    assert back.apply(np.zeros((2, 2), np.uint8)).max() == 3

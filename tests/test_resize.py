@@ -3,6 +3,8 @@ channel count, and exactness by tiles through the engine at real-world ratios.""
 
 from __future__ import annotations
 
+import pickle
+
 import cv2
 import filterdefs
 import numpy as np
@@ -11,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from filters import FilterError, Resize, check_filter, resolve
-from filters.base import plan_stages
+from filters import FilterError, Resize, check_filter, filter, resolve
+from filters.base import dumps, plan_stages
 from filters.resize import axis_weights
 from tiler.engine import Engine
 from tiler.geometry import chain_tiles
@@ -242,6 +244,61 @@ def test_a_shape_filter_that_lies_fails_with_its_name():
     with Engine(workers=1, inline_below=0) as engine:
         with pytest.raises(FilterFailed, match=r"frame 0, tile 0: filter 'wrong_scale' raised: .*declared scale 2"):
             engine.process(np.zeros((20, 20), np.uint8), filterdefs.wrong_scale)
+
+
+@pytest.fixture
+def sent(monkeypatch):
+    """A list that grows each time the scheduler dispatches work to its workers."""
+    from tiler.scheduler import Scheduler
+
+    calls: list[int] = []
+    dispatch = Scheduler._dispatch
+    monkeypatch.setattr(Scheduler, "_dispatch", lambda self: calls.append(1) or dispatch(self))
+    return calls
+
+
+def test_a_declared_scale_travels_by_value_to_new_processes_and_workers(sent):
+    """A closure's scale (a number, or a function of the params) survives cloudpickle,
+    check_filter's load in a new process and the workers, which the caller never replaces."""
+    base = 2
+
+    @filter(halo=1, scale=lambda k=base: k)
+    def local_up(tile, *, k=base):  # a closure: it travels by value
+        out = cv2.blur(tile, (3, 3), borderType=cv2.BORDER_REPLICATE).reshape(tile.shape)
+        return out.repeat(k, axis=0).repeat(k, axis=1)
+
+    up = local_up(k=3)
+    assert up.scale == 3 and up.reshapes
+    copy = pickle.loads(dumps(up))
+    assert copy.scale == 3 and copy.output_shape((10, 7)) == (30, 21)
+    check_filter(up, dtypes=["uint8"], channels=[None, 3])
+    frame = np.random.default_rng(9).integers(0, 256, (90, 70, 3), dtype=np.uint8)
+    with Engine(workers=2, tile_size=16) as engine:  # a small frame: filter code still on a worker
+        got = engine.process(frame, up)
+    assert sent and got.shape == (270, 210, 3)
+    np.testing.assert_array_equal(got, resolve(up).apply(frame))
+
+
+def test_check_filter_compares_the_scale_a_new_process_loads(monkeypatch):
+    check_filter(filterdefs.module_scaled, dtypes=["uint8"], channels=[None])
+    monkeypatch.setattr(filterdefs, "UPSCALE", 3)  # here only: a worker still imports 2
+    with pytest.raises(AssertionError, match=r"module_scaled: a new worker process loads it with another geometry"):
+        check_filter(filterdefs.module_scaled, dtypes=["uint8"], channels=[None])
+
+
+def test_small_resizes_run_inline_and_equal_the_workers(sent):
+    """resize is a built-in: a small frame is filtered in the caller, like blur; the inline
+    path counts the larger of the input and the output against the threshold."""
+    frame = np.random.default_rng(10).integers(0, 256, (40, 30, 3), dtype=np.uint8)
+    with Engine(workers=2, inline_below=40 * 30 * 4) as engine:
+        small = engine.process(frame, "blur:sigma=1,resize:scale=1.5")
+        assert not sent  # 60 x 45 out: below the threshold, filtered here
+        engine.process(frame, "resize:scale=2.5")
+        assert sent  # 100 x 75 out: above it, by tiles on the workers
+    with Engine(workers=2, inline_below=0, tile_size=16) as engine:
+        tiled = engine.process(frame, "blur:sigma=1,resize:scale=1.5")
+    assert small.shape == (60, 45, 3)
+    np.testing.assert_array_equal(small, tiled)
 
 
 @settings(max_examples=150, deadline=None)

@@ -3,6 +3,9 @@
     tileproc IN [IN ...] --filter SPEC [--filter SPEC ...] [-o OUT] [options]
     tileproc filters
 
+``tileproc filters`` alone lists the filters; with anything after it,
+``filters`` is an input like any other (a folder named ``filters``).
+
 Exit codes: 0 success; 1 some inputs failed (each named on one line); 2 usage
 error (bad option, unknown filter, bad parameter); 130 interrupted (Ctrl-C);
 143 terminated (SIGTERM).
@@ -14,12 +17,14 @@ import argparse
 import os
 import signal
 import sys
+import time
 from collections.abc import Sequence
+from fractions import Fraction
 from pathlib import Path
 
 from filters import FilterError
 from tiler.engine import Engine, resolve_chain
-from tiler.errors import TileprocError
+from tiler.errors import OutputExists, TileprocError
 from tiler.io.files import output_name
 from tiler.io.images import DEFAULT_MAX_PIXELS
 from tiler.pipeline import FileResult, is_supported, is_video
@@ -36,6 +41,8 @@ examples:
   tileproc photos/ --filter sharpen --filter gamma:gamma=1.2 -o out/
   tileproc in.png --filter ./my_filters.py:boxmean:radius=4
   tileproc filters                                     lists every filter
+  tileproc filters -f blur -o out/                     filters the folder "filters"
+                                                       ("filters" alone lists; with options it is an input)
 
 exit codes: 0 ok, 1 some inputs failed, 2 usage error, 130 interrupted, 143 terminated
 """
@@ -116,8 +123,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--frames-in-flight", type=int, metavar="K", help="frames read, filtered and written at once (default 4)"
     )
-    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no summary")
+    exists = p.add_mutually_exclusive_group()
+    exists.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    exists.add_argument(
+        "--skip-existing",
+        action="store_true",
+        help="skip inputs whose output exists (outputs appear only when complete): an interrupted batch resumes",
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no lines for what was written")
+    p.add_argument("-v", "--verbose", action="store_true", help="show a failing filter's traceback")
     p.add_argument(
         "--max-pixels",
         type=_positive(int),
@@ -149,6 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--crf", type=float, help="constant quality (default: 18 for H.264, 31 for VP9)")
     v.add_argument("--preset", default="medium", help="encoder preset (default medium)")
     v.add_argument("--pix-fmt", help="encoder pixel format (default yuv420p, yuv420p10le for 10-bit)")
+    v.add_argument(
+        "--fps",
+        help="write at this constant frame rate (25, 24000/1001) instead of keeping each frame at its own time",
+    )
     return p
 
 
@@ -240,7 +258,12 @@ def _jobs(inputs: list[Path], output: str | None, ext: str | None) -> list[tuple
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["filters"]:
+    if argv == ["filters"]:  # alone; with options after it, "filters" is an input (a folder of that name)
+        if os.path.exists("filters"):
+            print(
+                "tileproc: listing filters; to process the folder 'filters', give a filter: tileproc filters -f SPEC",
+                file=sys.stderr,
+            )
         return _list_filters(sys.stdout)
     parser = build_parser()
     try:
@@ -261,6 +284,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ValueError(f"--frames-in-flight must be >= 1, got {args.frames_in_flight}")
         if args.quality is not None and not 1 <= args.quality <= 100:
             raise ValueError(f"--quality must be 1..100, got {args.quality}")
+        if args.fps is not None:
+            if args.cluster:
+                raise ValueError("--fps does not combine with --cluster (a cluster keeps each frame's time)")
+            try:
+                rate = Fraction(args.fps)
+            except (ValueError, ZeroDivisionError):
+                rate = Fraction(0)
+            if rate <= 0:
+                raise ValueError(f"--fps must be a positive number or fraction such as 24000/1001, got {args.fps}")
     except (FilterError, ValueError) as exc:
         print(f"tileproc: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
@@ -275,6 +307,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             return EXIT_FAILED
     bars = _Bars(args.quiet)
+    report = _Report(bars, quiet=args.quiet, verbose=args.verbose, skip_existing=args.skip_existing)
     try:
         on_cluster = _OnCluster(args, bars) if args.cluster else None
     except (TileprocError, ValueError) as exc:
@@ -289,8 +322,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise _Terminated()
 
     signal.signal(signal.SIGTERM, terminate)
-    failures = 0
-    written = 0
     try:
         with on_cluster or Engine(
             args.workers,
@@ -301,13 +332,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         ) as engine:
             options = dict(overwrite=args.overwrite, max_pixels=args.max_pixels, quality=args.quality)
             video_options = dict(codec=args.codec, crf=args.crf, preset=args.preset, pix_fmt=args.pix_fmt)
+            if args.fps is not None:
+                video_options["fps"] = args.fps
+            if on_cluster is None:
+                video_options["on_note"] = lambda line: bars.write(f"tileproc: {_one_line(line)}")
             for src, dst, is_folder in jobs:
                 if is_folder:
-                    n_ok, n_bad = _run_folder(engine, src, dst, chain, bars, options, video_options, args.format)
+                    _run_folder(engine, src, dst, chain, report, options, video_options, args.format)
                 else:
-                    n_ok, n_bad = _run_file(engine, src, dst, chain, bars, options, video_options)
-                written += n_ok
-                failures += n_bad
+                    _run_file(engine, src, dst, chain, report, options, video_options)
     except KeyboardInterrupt:
         bars.close()
         print("tileproc: interrupted", file=sys.stderr)
@@ -319,9 +352,48 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)
         bars.close()
-    if not args.quiet and (failures or written != 1):
-        print(f"tileproc: {written} written, {failures} failed", file=sys.stderr)
-    return EXIT_FAILED if failures else EXIT_OK
+    if len(jobs) > 1:
+        report.summary("all inputs", report.total)
+    return EXIT_FAILED if report.total[2] else EXIT_OK
+
+
+class _Report:
+    """What the command did, on stderr: a line per output or folder, errors, tracebacks with -v."""
+
+    def __init__(self, bars: _Bars, *, quiet: bool, verbose: bool, skip_existing: bool):
+        self.bars, self.quiet, self.verbose, self.skip_existing = bars, quiet, verbose, skip_existing
+        self.total = [0, 0, 0]  # written, skipped, failed
+        self.started = time.monotonic()
+
+    def written(self, src: Path, dst: Path | None, seconds: float, *, line: bool = True) -> None:
+        self.total[0] += 1
+        if line and not self.quiet:
+            self.bars.write(f"tileproc: {_one_line(src)} -> {_one_line(dst)} ({seconds:.1f} s)")
+
+    def failed(self, exc: BaseException | str, *, say_skip: bool = False) -> str:
+        """Count a failure (or a skip, for an existing output with --skip-existing); returns which."""
+        if self.skip_existing and isinstance(exc, OutputExists):
+            self.total[1] += 1
+            if say_skip and not self.quiet:
+                self.bars.write(f"tileproc: {_one_line(exc)}, skipped")
+            return "skipped"
+        self.total[2] += 1
+        _fail_line(self.bars, exc)
+        remote = getattr(exc, "remote_traceback", "") or getattr(
+            getattr(exc, "__cause__", None), "remote_traceback", ""
+        )
+        if self.verbose and remote:
+            self.bars.write(remote.rstrip())
+        return "failed"
+
+    def summary(self, label: str, counts: list[int], seconds: float | None = None) -> None:
+        if self.quiet:
+            return
+        seconds = time.monotonic() - self.started if seconds is None else seconds
+        written, skipped, failed = counts
+        self.bars.write(
+            f"tileproc: {_one_line(label)}: {written} written, {skipped} skipped, {failed} failed in {seconds:.1f} s"
+        )
 
 
 def _on_progress(bars: _Bars, event: Progress) -> None:
@@ -338,13 +410,18 @@ def _fail_line(bars: _Bars, exc: BaseException | str) -> None:
     bars.write(f"tileproc: error: {_one_line(exc)}")
 
 
-def _run_file(engine, src: Path, dst: Path | None, chain, bars: _Bars, options, video_options) -> tuple[int, int]:
+def _run_file(engine, src: Path, dst: Path | None, chain, report: _Report, options, video_options) -> None:
+    bars = report.bars
     if not src.exists() and not src.is_symlink():
-        _fail_line(bars, f"{src}: no such file")
-        return 0, 1
+        report.failed(f"{src}: no such file")
+        return
     if not is_supported(src):
-        _fail_line(bars, f"{src}: not a supported image or video (by its extension)")
-        return 0, 1
+        report.failed(f"{src}: not a supported image or video (by its extension)")
+        return
+    if report.skip_existing and dst is not None and dst.exists():
+        report.failed(OutputExists(f"{dst}: output exists"), say_skip=True)
+        return
+    start = time.monotonic()
     try:
         if is_video(src):
 
@@ -352,17 +429,17 @@ def _run_file(engine, src: Path, dst: Path | None, chain, bars: _Bars, options, 
                 bars.counts = "frame"
                 bars.open(info.frame_count, "frame", src.name)
 
-            engine.process_video(src, dst, chain, on_start=started, **options_for_video(options), **video_options)
+            out = engine.process_video(src, dst, chain, on_start=started, **options_for_video(options), **video_options)
         else:
             bars.counts = "tiles"
             bars.open(None, "tile", src.name)
-            engine.process_file(src, dst, chain, **options)
+            out = engine.process_file(src, dst, chain, **options)
     except TileprocError as exc:
         bars.close()
-        _fail_line(bars, exc)
-        return 0, 1
+        report.failed(exc)
+        return
     bars.close()
-    return 1, 0
+    report.written(src, out or dst, time.monotonic() - start)
 
 
 def options_for_video(options: dict) -> dict:
@@ -370,10 +447,12 @@ def options_for_video(options: dict) -> dict:
 
 
 def _run_folder(
-    engine, src: Path, dst: Path | None, chain, bars: _Bars, options, video_options, ext: str | None
-) -> tuple[int, int]:
-    counts = [0, 0]
+    engine, src: Path, dst: Path | None, chain, report: _Report, options, video_options, ext: str | None
+) -> None:
+    bars = report.bars
+    counts = [0, 0, 0]  # written, skipped, failed
     bars.counts = None  # the bar counts files, as they finish
+    start = time.monotonic()
 
     def planned(n: int) -> None:
         bars.open(n, "file", src.name)
@@ -382,17 +461,16 @@ def _run_folder(
         bars.advance()
         if result.ok:
             counts[0] += 1
+            report.written(result.src, result.dst, 0.0, line=False)
         else:
-            counts[1] += 1
-            _fail_line(bars, result.error)
+            counts[1 if report.failed(result.error) == "skipped" else 2] += 1
 
     try:
         engine.process_folder(src, dst, chain, on_result=done, on_plan=planned, ext=ext, **options, **video_options)
     except TileprocError as exc:
-        _fail_line(bars, exc)
-        counts[1] += 1
+        counts[1 if report.failed(exc) == "skipped" else 2] += 1
     bars.close()
-    return counts[0], counts[1]
+    report.summary(str(src), counts, time.monotonic() - start)
 
 
 class _OnCluster:

@@ -727,52 +727,12 @@ def _segments(
 def _keyframes(info: video.VideoInfo) -> list[tuple[int, Fraction]] | None:
     """(frame index, seconds from the file's start) of each keyframe, in presentation order.
 
-    One demux pass, no decoding. None when the packets do not map one to one
-    onto the frames the reader delivers (then the video is not cut).
+    From the probe's packet scan (no decoding). None when the packets do not
+    map one to one onto the frames the reader delivers (then the video is not cut).
     """
-    cmd = [
-        video.ffmpeg_exe(),
-        "-hide_banner",
-        "-nostdin",
-        "-nostats",
-        "-loglevel",
-        "error",
-        "-i",
-        video.ffmpeg_path(info.path),
-        "-map",
-        f"0:{info.stream_index}",
-        "-c",
-        "copy",
-    ]
-    if info.codec == "vp9":
-        cmd += ["-bsf:v", "vp9_superframe"]  # as probe_video counts frames
-    proc = subprocess.run(
-        cmd + ["-f", "framecrc", "pipe:1"],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        start_new_session=True,
-    )
-    if proc.returncode != 0:
+    if len(info.timestamps) != info.frame_count or not info.keyframes:
         return None
-    tb = None
-    packets: list[tuple[int, bool]] = []
-    for line in proc.stdout.decode("ascii", "replace").splitlines():
-        if line.startswith("#tb ") and tb is None:
-            tb = Fraction(line.split(":", 1)[1].strip())
-            continue
-        fields = [f.strip() for f in line.split(",")]
-        if line.startswith("#") or len(fields) < 6:
-            continue
-        try:
-            dts, pts = int(fields[1]), int(fields[2])
-        except ValueError:
-            return None
-        # framecrc marks every packet that is not exactly a keyframe with "F=0x.."
-        packets.append((dts if pts == -(2**63) else pts, not any(f.startswith("F=") for f in fields[6:])))
-    if tb is None or len(packets) != info.frame_count:
-        return None
-    packets.sort()
-    return [(i, pts * tb) for i, (pts, key) in enumerate(packets) if key]
+    return video.keyframe_times(info)
 
 
 def _plan_segments(keys: list[tuple[int, Fraction]], n: int, target: int) -> list[tuple[int, int, Fraction | None]]:
@@ -814,7 +774,7 @@ def _join(
         )
     )
     copy = dataclasses.replace(plan, filters="", video_args=["-c:v", "copy"])
-    audio = info.audio if plan.muxer != "gif" else ()
+    audio = info.streams if plan.muxer != "gif" else ()  # every stream the container holds
     cmd = [
         video.ffmpeg_exe(),
         "-hide_banner",

@@ -6,7 +6,7 @@ input      read                        filter                 write
 array      copy into a slot (parent)   tiles on the workers   copy out (parent)
 image      decode on a worker          tiles on the workers   encode on a worker, atomic
 animation  decode each frame (parent)  tiles, frame by frame  one animated file, atomic
-video      ffmpeg -> slot (thread)     tiles on the workers   slot -> ffmpeg (thread), atomic
+video      ffmpeg -> slot (thread)     tiles on the workers   slot -> ffmpeg (thread), remux, atomic
 folder     each file as above, several images in flight; one bad file fails alone
 =========  ==========================  =====================  ==========================
 """
@@ -212,24 +212,29 @@ def process_video(
     preset: str = "medium",
     pix_fmt: str | None = None,
     max_pixels: int | None = images.DEFAULT_MAX_PIXELS,
+    fps: Any = None,
     on_start: Callable[[video.VideoInfo], None] | None = None,
+    on_note: Callable[[str], None] | None = None,
     sweep: bool = True,
 ) -> Path:
     """Filter every frame of a video; decoding, filtering and encoding overlap.
 
-    The output keeps the frame rate (an exact fraction), the displayed size and
-    orientation and every audio stream; it is written under a temporary name
-    and renamed when ffmpeg has succeeded. See :mod:`tiler.io.video` for the
-    format policies (odd sizes, 10-bit, variable frame rate). ``sweep=False``
-    leaves the output folder's stale temporaries alone (on a cluster the
-    driver sweeps, since another machine's process ids mean nothing here).
+    The output keeps every frame at its own time (a variable rate too; ``fps``
+    converts to that constant rate instead), the displayed size and
+    orientation and every stream the container holds; it is written under a
+    temporary name and renamed when ffmpeg has succeeded. ``on_note`` gets one
+    line for each thing the output cannot keep (a stream its container cannot
+    hold...). See :mod:`tiler.io.video` for the format policies (odd sizes,
+    10-bit, fields). ``sweep=False`` leaves the output folder's stale
+    temporaries alone (on a cluster the driver sweeps, since another
+    machine's process ids mean nothing here).
     """
     src = Path(src)
     dst = Path(dst) if dst is not None else output_name(src)
     if sweep:
         sweep_stale_temps(dst.parent)
     check_input(src)
-    info = video.probe_video(src, max_pixels=max_pixels)
+    info, notes = video.output_timing(video.probe_video(src, max_pixels=max_pixels), dst, fps)
     if on_start is not None:
         on_start(info)
     dtype = video_dtype(info, dst)
@@ -237,6 +242,9 @@ def process_video(
     writer = video.VideoWriter(
         dst, out, dtype=dtype, codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt, overwrite=overwrite
     )
+    if on_note is not None:
+        for line in notes + writer.notes:
+            on_note(line)
     filter_stream(engine, video.VideoReader(info, dtype=dtype), writer, chain)
     return dst
 
@@ -262,21 +270,22 @@ def filter_stream(engine, reader: video.VideoReader, writer: video.VideoWriter, 
     renamed into place; on any failure both ffmpeg processes are stopped and nothing is left.
     ``first`` numbers the frames in messages (for a stretch of a longer video)."""
     decode, encode = IOThread("decode"), IOThread("encode")
-    info = reader.info
+    source, sink = video.VideoSource(reader), video.VideoSink(writer)
+    info = source.probe()
 
-    def read(slot_src: np.ndarray, slot_dst: np.ndarray) -> bool:
-        return reader.readinto(slot_src)
+    def read(i: int) -> Callable[[np.ndarray, np.ndarray], bool]:
+        return lambda slot_src, slot_dst: source.read_into(i, slot_src)
 
-    def write(slot_src: np.ndarray, slot_dst: np.ndarray) -> None:
-        writer.write(slot_dst)
+    def write(i: int) -> Callable[[np.ndarray, np.ndarray], None]:
+        return lambda slot_src, slot_dst: sink.write(i, slot_dst)
 
     frames = (
         Frame(
             f"{info.path} frame {first + i}",
             info.frame_shape,
             reader.dtype,
-            load=OnThread(decode, read),
-            store=OnThread(encode, write),
+            load=OnThread(decode, read(i)),
+            store=OnThread(encode, write(i)),
         )
         for i in count()
     )
@@ -289,12 +298,12 @@ def filter_stream(engine, reader: video.VideoReader, writer: video.VideoWriter, 
                 raise frame.error
         ok = True
     finally:
-        reader.close()  # stops ffmpeg: a read blocked in the decode thread returns
+        source.close()  # stops ffmpeg: a read blocked in the decode thread returns
         if not ok:
-            writer.abort()  # likewise for a blocked write; nothing is left at dst
+            sink.abort()  # likewise for a blocked write; nothing is left at dst
         decode.stop()
         encode.stop()
-    writer.close()  # waits for ffmpeg, checks its status, renames into place
+    sink.commit()  # waits for ffmpeg, sets frame times, adds the other streams, renames into place
 
 
 # -- files and folders -----------------------------------------------------------

@@ -24,7 +24,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-from tiler.worker import worker_main
+from tiler.worker import Tick, worker_main
 
 __all__ = ["WorkerPool", "default_workers", "Lost"]
 
@@ -145,12 +145,19 @@ class WorkerPool:
     def send(self, task_id: int, message_for) -> bool:
         """Give a task to the least loaded worker; ``message_for(has_chain)`` builds the message.
 
-        Returns False when every worker is ``depth`` tasks deep.
+        Returns False when no worker can take it now: every worker is ``depth``
+        tasks deep, or the message carries a filter chain (of any size) and the
+        least loaded worker is not idle. Either way this never blocks on a busy
+        worker: task messages are a few hundred bytes and at most ``depth`` are
+        outstanding per worker, far below what its pipe buffers, and a large
+        message goes only to a worker waiting in ``recv``.
         """
         w = min(self._workers, key=lambda w: len(w.tasks))
         if len(w.tasks) >= self.depth:
             return False
         msg, chain_key = message_for(w.chains)
+        if w.tasks and getattr(msg, "chain_blob", None) is not None:
+            return False
         if not w.tasks:
             w.busy_since = time.monotonic()
         w.tasks[task_id] = msg
@@ -163,6 +170,7 @@ class WorkerPool:
         return True
 
     def broadcast(self, message) -> None:
+        """Send a small message (a few dozen bytes) to every worker."""
         for w in self._workers:
             with contextlib.suppress(BrokenPipeError, OSError):
                 w.conn.send(message)
@@ -173,7 +181,9 @@ class WorkerPool:
         """Block until a reply, a death or ``extra`` is ready.
 
         Returns (replies, lost, extra_ready) where replies are the workers'
-        Done/Failed messages and lost a list of :class:`Lost`.
+        Done/Failed messages and lost a list of :class:`Lost`. A worker that
+        sent nothing (no reply, no :class:`Tick`) for ``tile_timeout`` seconds
+        while holding a task is stopped and its tasks are lost, timed out.
         """
         by_conn = {w.conn: w for w in self._workers}
         by_sentinel = {w.process.sentinel: w for w in self._workers}
@@ -192,8 +202,10 @@ class WorkerPool:
                         reply = w.conn.recv()
                     except (EOFError, OSError):
                         break
-                    w.tasks.pop(reply.task_id, None)
                     w.busy_since = time.monotonic()
+                    if isinstance(reply, Tick):  # a tile done: its timer restarts
+                        continue
+                    w.tasks.pop(reply.task_id, None)
                     replies.append(reply)
             elif obj not in by_sentinel:
                 extra_ready.append(obj)
@@ -218,17 +230,23 @@ class WorkerPool:
     # -- stopping ------------------------------------------------------------
 
     def close(self, *, grace: float = 2.0) -> None:
-        """Stop every worker: ask, then terminate, then kill. Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
+        """Stop every worker: ask, then terminate, then kill.
+
+        Idempotent, and safe to call again after an interrupted close: a worker
+        leaves the pool only once it is stopped. Never blocks on a worker's full
+        pipe: the request to stop is a non-blocking write, and a worker that
+        cannot read it is terminated after ``grace`` seconds.
+        """
+        self._closed = True  # no replacements from here on
         for w in self._workers:
-            with contextlib.suppress(BrokenPipeError, OSError):
+            with contextlib.suppress(OSError, ValueError):
+                os.set_blocking(w.conn.fileno(), False)
                 w.conn.send(None)
         deadline = time.monotonic() + grace
-        for w in self._workers:
+        while self._workers:
+            w = self._workers[0]
             _stop(w, grace=max(0.0, deadline - time.monotonic()))
-        self._workers.clear()
+            self._workers.remove(w)
 
     @property
     def pids(self) -> list[int]:
@@ -242,17 +260,21 @@ class WorkerPool:
 
 
 def _stop(w: _Handle, grace: float) -> int | None:
-    """Stop one worker (join, terminate, kill) and return its exit code."""
+    """Stop one worker (join, terminate, kill) and return its exit code; again after
+    an interrupted stop, it finishes the job (the exit code is then unknown)."""
     p = w.process
-    if grace > 0:
-        p.join(grace)
-    if p.is_alive():
-        p.terminate()
-        p.join(1.0)
-    if p.is_alive():
-        p.kill()
-        p.join(1.0)
-    exitcode = p.exitcode
+    try:
+        if grace > 0:
+            p.join(grace)
+        if p.is_alive():
+            p.terminate()
+            p.join(1.0)
+        if p.is_alive():
+            p.kill()
+            p.join(1.0)
+        exitcode = p.exitcode
+    except ValueError:  # closed by an earlier stop
+        exitcode = None
     with contextlib.suppress(Exception):
         w.conn.close()
     with contextlib.suppress(Exception):

@@ -5,7 +5,9 @@ Each :class:`Frame` goes through three steps. Loading and storing are a
 (``OnPool``: decoding and encoding image files), or on an I/O thread
 (``OnThread``: feeding and draining ffmpeg, one thread per direction, in
 order). Filtering is the chain over the frame's tiles, in batches on the
-workers, or in the parent for frames too small to be worth dispatching.
+workers, or in the parent for frames too small to be worth dispatching when
+every filter is a built-in (other filter code never runs in the parent while
+there are workers).
 
 At most ``ring.size`` frames hold a slot at once (promise 3). Frames finish in
 the order they came (promise 7), each with its ``error`` set if a step failed;
@@ -16,12 +18,11 @@ the caller decides whether one failure ends the run (a video) or not (a folder).
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import itertools
-import os
 import queue
 import threading
-import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -30,13 +31,26 @@ import numpy as np
 
 from filters.base import Chain
 from tiler import errors
-from tiler.errors import FilterFailed, TileprocError, TileTimeout, WorkerDied, WorkerError
-from tiler.geometry import TileGrid, chain_tiles, default_tile_shape
+from tiler.dispatch import TaskBook, Wakeup
+from tiler.errors import TileprocError
+from tiler.geometry import TileGrid, default_tile_shape
 from tiler.pool import WorkerPool
 from tiler.sharedmem import FrameRing, FrameSlot
-from tiler.worker import Call, ChainError, Done, Failed, Forget, TileBatch, describe_exception, full_plan, run_chain
+from tiler.worker import (
+    Call,
+    ChainError,
+    Done,
+    Failed,
+    Forget,
+    TileBatch,
+    describe_exception,
+    format_traceback,
+    full_plan,
+    release_frames,
+    run_chain,
+)
 
-__all__ = ["Frame", "Inline", "OnPool", "OnThread", "IOThread", "Scheduler", "Progress"]
+__all__ = ["Frame", "FrameState", "Inline", "OnPool", "OnThread", "IOThread", "Scheduler", "Progress"]
 
 _task_ids = itertools.count(1)
 
@@ -67,6 +81,19 @@ class OnThread:
 Step = Inline | OnPool | OnThread
 
 
+class FrameState(enum.Enum):
+    """Where a frame is: NEW -> LOADING -> TILING -> READY -> STORING -> FINISHED,
+    or FAILED (waiting for its outstanding tasks) -> FINISHED."""
+
+    NEW = "new"
+    LOADING = "loading"
+    TILING = "tiling"
+    READY = "ready"
+    STORING = "storing"
+    FAILED = "failed"
+    FINISHED = "finished"
+
+
 @dataclass(eq=False)
 class Frame:
     """A frame in flight. ``load`` returning False means the source has ended."""
@@ -85,10 +112,11 @@ class Frame:
     seq: int = -1
     slot: FrameSlot | None = None
     slot_views: tuple | None = None  # (src, dst) while the frame holds a slot
-    state: str = "new"  # loading -> tiling -> ready -> storing -> finished; or failed -> finished
+    state: FrameState = FrameState.NEW
     waiting: int = 0  # tasks or steps of this frame not yet answered
     after: Callable | None = None  # what to do when the running step answers
     tiles: int = 0
+    grid: TileGrid | None = None
     eof: bool = False
 
     @property
@@ -159,7 +187,9 @@ class Scheduler:
     tile_shape : (int, int) or None
         Core tile size; None picks strips by :func:`default_tile_shape`.
     inline_below : int
-        Frames with fewer pixels are filtered in the parent (dispatch would cost more).
+        Frames with fewer pixels are filtered in the parent (dispatch would cost
+        more), if every filter of the chain is one of tileproc's built-ins: other
+        filter code never runs in this process while there are workers.
     """
 
     def __init__(
@@ -182,14 +212,15 @@ class Scheduler:
             chain_blob = chain.check_picklable() if pool is not None else b""
         self.chain_blob = chain_blob
         self.chain_key = hashlib.sha1(self.chain_blob).hexdigest()
-        self._pending: list[tuple[Frame, int, Any]] = []  # (frame, task_id, task) to dispatch
-        self._tasks: dict[int, tuple[Frame, Any]] = {}  # on a worker: task_id -> (frame, task)
-        self._attempts: dict[int, int] = {}  # task_id -> times it was lost with a worker
-        self._events: queue.Queue = queue.Queue()
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
-        self._post_lock = threading.Lock()
-        self._closed = False
+        # The tile timeout is per tile: a worker reports (a Tick) after a tile once ``_tick`` s
+        # passed since its last message, and is stopped when silent for ``_limit`` s. The tile
+        # it runs then began at most ``_tick`` s after that last message, so it ran for longer
+        # than ``tile_timeout``; a slow batch of tiles, each within the limit, never times out.
+        self._tick = tile_timeout / 8 if tile_timeout is not None else None
+        self._limit = tile_timeout + self._tick if tile_timeout is not None else None
+        self._inline_below = inline_below if _built_in(chain) else 0
+        self._book = TaskBook()
+        self._wakeup = Wakeup()
 
     # -- public ----------------------------------------------------------------
 
@@ -215,14 +246,16 @@ class Scheduler:
                     inflight.append(frame)
                     self._begin(frame)
                 self._store_in_order(inflight)
-                while inflight and inflight[0].state == "finished":
+                while inflight and inflight[0].state is FrameState.FINISHED:
                     frame = inflight.pop(0)
                     if frame.eof:
                         exhausted = True
                         self._release(frame)
                         continue
-                    yield frame
-                    self._release(frame)
+                    try:
+                        yield frame
+                    finally:  # also when the caller stops here (an error, Ctrl-C)
+                        self._release(frame)
                 if exhausted and not inflight:
                     clean = True
                     return
@@ -231,29 +264,30 @@ class Scheduler:
                 self._dispatch()
                 self._pump()
         finally:
-            for frame in inflight:
-                if frame.slot is not None and frame.waiting == 0:
-                    self._release(frame)
-            if not clean and self._tasks and self.pool is not None:
-                # Workers may still write into slots: stop them before slots are reused.
-                self.pool.close(grace=0.0)
-                self._tasks.clear()
-            with self._post_lock:  # an I/O thread still running a step must not post any more
-                self._closed = True
-                os.close(self._wake_r)
-                os.close(self._wake_w)
-            for frame in inflight:
-                if frame.slot is not None:
-                    # An I/O thread may still hold this slot: never hand it to another frame.
-                    frame.slot_views = None
-                    self.ring.discard(frame.slot)
-                    frame.slot = None
+            self._stop(inflight, clean)
+
+    def _stop(self, inflight: list[Frame], clean: bool) -> None:
+        for frame in inflight:
+            if frame.slot is not None and frame.waiting == 0:
+                self._release(frame)
+        if not clean and self._book.in_flight and self.pool is not None:
+            # Workers may still write into slots: stop them before slots are reused.
+            self.pool.close(grace=0.0)
+            self._book.forget_in_flight()
+        self._wakeup.close()  # an I/O thread still running a step must not post any more
+        for frame in inflight:
+            if frame.slot is not None:
+                # An I/O thread may still hold this slot: never hand it to another frame.
+                release_frames(frame.error)
+                frame.slot_views = None
+                self.ring.discard(frame.slot)
+                frame.slot = None
 
     # -- steps -----------------------------------------------------------------
 
     def _begin(self, frame: Frame) -> None:
         if frame.error is not None:  # failed before it needed a slot (e.g. probing)
-            frame.state = "finished"
+            frame.state = FrameState.FINISHED
             return
         if self.chain.reshapes:
             frame.out_shape = self.chain.output_shape(frame.shape)
@@ -261,7 +295,7 @@ class Scheduler:
             frame.slot = self.ring.acquire(frame.nbytes)
         except TileprocError as exc:
             frame.error = exc
-            frame.state = "finished"
+            frame.state = FrameState.FINISHED
             return
         if self.ring.retired:  # segments given up for larger ones: workers unmap them too
             if self.pool is not None:
@@ -269,7 +303,7 @@ class Scheduler:
                     self.pool.broadcast(Forget(name))
             self.ring.retired.clear()
         frame.slot_views = frame.slot.bind(frame.shape, frame.dtype, frame.out_shape)
-        frame.state = "loading"
+        frame.state = FrameState.LOADING
         self._step(frame, frame.load, self._loaded)
 
     def _step(self, frame: Frame, step: Step | None, then: Callable[[Frame, Any], None]) -> None:
@@ -287,7 +321,7 @@ class Scheduler:
         elif isinstance(step, OnPool):
             task_id = next(_task_ids)
             frame.waiting += 1
-            self._pending.append((frame, task_id, Call(task_id, frame.slot.ref, step.fn, step.args)))
+            self._book.queue(frame, task_id, Call(task_id, frame.slot.ref, step.fn, step.args))
         else:
             frame.waiting += 1
             step.thread.submit(frame, step.fn, self._post)
@@ -295,73 +329,68 @@ class Scheduler:
     def _loaded(self, frame: Frame, value: Any) -> None:
         if value is False:
             frame.eof = True
-            frame.state = "finished"
+            frame.state = FrameState.FINISHED
             return
         frame.value = value
-        frame.state = "tiling"
+        frame.state = FrameState.TILING
         src, dst = frame.slot_views
         height, width = frame.shape[:2]
-        if self.pool is None or height * width < self.inline_below:
+        pixels = max(height * width, dst.shape[0] * dst.shape[1])  # a resize may make more than it reads
+        if self.pool is None or pixels < self._inline_below:
             try:
                 dst[...] = run_chain(self.chain.filters, src, full_plan(self.chain.filters, src.shape))
             except ChainError as exc:
                 cause = exc.__cause__
-                self._fail(
-                    frame,
-                    _filter_failed(
-                        frame.label,
-                        exc.name,
-                        exc.kind,
-                        describe_exception(cause),
-                        "".join(traceback.format_exception(cause)),
-                    ),
-                )
+                tb = format_traceback(cause)
+                self._fail(frame, errors.filter_failed(frame.label, exc.name, exc.kind, describe_exception(cause), tb))
                 return
             self._emit(Progress("tiles", frame, 1))
-            frame.state = "ready"
+            frame.state = FrameState.READY
             return
         if self.chain.reshapes:
+            # Cores are cut from the output frame; each worker maps a core back through
+            # every stage of the chain to the input window it reads (filters.base.plan_stages).
             out_height, out_width = dst.shape[:2]
             tile_shape = self.tile_shape or default_tile_shape(out_height, out_width, self.pool.n, 0)
-            tiles = chain_tiles(self.chain.filters, (height, width), tile_shape)
+            frame.grid = TileGrid(out_height, out_width, tile_shape)
         else:
             tile_shape = self.tile_shape or default_tile_shape(height, width, self.pool.n, self.chain.halo)
-            tiles = list(TileGrid(height, width, tile_shape, self.chain.halo))
-        frame.tiles = len(tiles)
+            frame.grid = TileGrid(height, width, tile_shape, self.chain.halo)
+        frame.tiles = len(frame.grid)
         # Tasks per frame: four per worker balance the load of a lone frame; with other frames
         # in flight, they balance it, and one task per worker costs the least dispatch.
+        # A task is a range of tile indices: its message has the same size for 1 tile or 10,000.
         streaming = self.ring.in_use > 1
-        per = max(1, -(-len(tiles) // (self.pool.n * (1 if streaming else 4))))
-        for start in range(0, len(tiles), per):
+        per = max(1, -(-frame.tiles // (self.pool.n * (1 if streaming else 4))))
+        for start in range(0, frame.tiles, per):
             frame.waiting += 1
-            self._pending.append((frame, next(_task_ids), tuple(tiles[start : start + per])))
+            self._book.queue(frame, next(_task_ids), range(start, min(start + per, frame.tiles)))
 
     def _store_in_order(self, inflight: list[Frame]) -> None:
         """Start stores in frame order: a frame is stored only after every earlier one started."""
         for frame in inflight:
-            if frame.state == "ready":
-                frame.state = "storing"
+            if frame.state is FrameState.READY:
+                frame.state = FrameState.STORING
                 self._step(frame, frame.store, self._stored)
-            if frame.state in ("loading", "tiling", "ready"):
+            if frame.state in (FrameState.LOADING, FrameState.TILING, FrameState.READY):
                 break
 
     def _stored(self, frame: Frame, value: Any) -> None:
         if value is not None:
             frame.value = value
-        frame.state = "finished"
+        frame.state = FrameState.FINISHED
         self._emit(Progress("frame", frame, 1))
 
     def _fail(self, frame: Frame, exc: BaseException) -> None:
         if frame.error is None:
             frame.error = exc
-        frame.state = "failed"
-        dropped = [p for p in self._pending if p[0] is frame]
-        self._pending = [p for p in self._pending if p[0] is not frame]
-        frame.waiting -= len(dropped)
+        frame.state = FrameState.FAILED
+        frame.waiting -= self._book.drop_pending(frame)
         if frame.waiting == 0:
-            frame.state = "finished"
+            frame.state = FrameState.FINISHED
 
     def _release(self, frame: Frame) -> None:
+        release_frames(frame.error)  # a step's locals (views of the slot) die with its slot
         if frame.slot is not None:
             frame.slot_views = None
             self.ring.release(frame.slot)
@@ -372,39 +401,26 @@ class Scheduler:
     def _dispatch(self) -> None:
         if self.pool is None:
             return
-        self._pending.sort(key=lambda p: p[0].seq)  # oldest frame first: frames finish in order
-        while self._pending:
-            frame, task_id, task = self._pending[0]
-            self._tasks[task_id] = (frame, task)  # before sending: an interrupt mid-send still sees it
+        for frame, task_id, task in self._book.in_order():
+            self._book.sending(frame, task_id, task)
             if not self.pool.send(task_id, lambda chains, f=frame, i=task_id, t=task: self._message(f, i, t, chains)):
-                del self._tasks[task_id]
+                self._book.unsent(task_id)
                 return
-            self._pending.pop(0)
+            self._book.sent(task_id)
 
     def _message(self, frame: Frame, task_id: int, task: Any, chains: set):
         if isinstance(task, Call):
             return task, None
         blob = None if self.chain_key in chains else self.chain_blob
-        return TileBatch(task_id, frame.slot.ref, self.chain_key, blob, task), self.chain_key
+        return TileBatch(task_id, frame.slot.ref, self.chain_key, blob, frame.grid, task, self._tick), self.chain_key
 
     def _pump(self) -> None:
-        extra = [self._wake_r]
         if self.pool is None:
             replies, lost = [], []
-            ready = extra if self._wait_fd(1.0) else []
+            self._wakeup.wait(1.0)
         else:
-            replies, lost, ready = self.pool.wait(1.0, extra, self.tile_timeout)
-        if ready:
-            try:
-                while os.read(self._wake_r, 4096):
-                    pass
-            except BlockingIOError:
-                pass
-        while True:
-            try:
-                frame, value, exc = self._events.get_nowait()
-            except queue.Empty:
-                break
+            replies, lost, _ = self.pool.wait(1.0, [self._wakeup.reader], self._limit)
+        for frame, value, exc in self._wakeup.take():
             frame.waiting -= 1
             self._settle(frame, value, exc)
         for reply in replies:
@@ -412,39 +428,26 @@ class Scheduler:
         for gone in lost:
             self._lost(gone)
 
-    def _wait_fd(self, timeout: float | None) -> bool:
-        import select
-
-        return bool(select.select([self._wake_r], [], [], timeout)[0])
-
     def _post(self, frame: Frame, value: Any, exc: BaseException | None) -> None:
-        with self._post_lock:
-            if self._closed:
-                return
-            self._events.put((frame, value, exc))
-            try:
-                os.write(self._wake_w, b"x")
-            except OSError:
-                pass
+        self._wakeup.post((frame, value, exc))
 
     def _settle(self, frame: Frame, value: Any, exc: BaseException | None) -> None:
-        if frame.state == "failed":
+        if frame.state is FrameState.FAILED:
             if frame.waiting == 0:
-                frame.state = "finished"
+                frame.state = FrameState.FINISHED
             return
         if exc is not None:
             self._fail(frame, exc)
-        elif frame.state == "tiling":
+        elif frame.state is FrameState.TILING:
             if frame.waiting == 0:
-                frame.state = "ready"
+                frame.state = FrameState.READY
         else:
             frame.after(frame, value)
 
     def _reply(self, reply: Done | Failed) -> None:
-        entry = self._tasks.pop(reply.task_id, None)
+        entry = self._book.answered(reply.task_id)
         if entry is None:
             return
-        self._attempts.pop(reply.task_id, None)
         frame, task = entry
         frame.waiting -= 1
         if isinstance(reply, Failed):
@@ -456,77 +459,48 @@ class Scheduler:
 
     def _error_for(self, frame: Frame, task: Any, reply: Failed) -> BaseException:
         if isinstance(task, Call):
-            # Decoding or encoding raised: tileproc's own errors name the file already.
-            cls = getattr(errors, reply.error_class, None)
-            if isinstance(cls, type) and issubclass(cls, TileprocError) and cls is not errors.FilterFailed:
-                return cls(reply.text)
-            return TileprocError(f"{frame.label}: {reply.message}")
+            return errors.step_failed(frame.label, reply.error_class, reply.text, reply.message)
         where = f"{frame.label}, tile {reply.tile}" if reply.tile is not None else frame.label
-        return _filter_failed(where, reply.filter_name, reply.kind, reply.message, reply.traceback)
+        return errors.filter_failed(where, reply.filter_name, reply.kind, reply.message, reply.traceback)
 
     def _lost(self, gone) -> None:
         for position, msg in enumerate(gone.tasks):
-            task_id = msg.task_id
-            entry = self._tasks.pop(task_id, None)
+            entry = self._book.lost(msg.task_id)
             if entry is None:
                 continue
-            frame, task = entry
-            attempts = self._attempts.pop(task_id, 0)
-            if frame.state == "failed":
+            frame, task, attempts = entry
+            if frame.state is FrameState.FAILED:
                 frame.waiting -= 1
                 self._settle(frame, None, None)
-                continue
-            if position > 0:
+            elif position > 0:
                 # Queued behind the task that killed (or stalled) the worker: it never ran.
-                if attempts:
-                    self._attempts[task_id] = attempts
-                self._pending.append((frame, task_id, task))
-                continue
-            if attempts < self.retries and not gone.timed_out:
-                self._attempts[task_id] = attempts + 1
-                self._pending.append((frame, task_id, task))
-                continue
-            frame.waiting -= 1
-            what = (
-                "a file step"
-                if isinstance(task, Call)
-                else (f"tile {task[0].index}" if len(task) == 1 else f"tiles {task[0].index}-{task[-1].index}")
-            )
-            if gone.timed_out:
-                err: WorkerError = TileTimeout(
-                    f"{frame.label}, {what}: no result after {self.tile_timeout:g} s (tile timeout); worker stopped"
-                )
+                self._book.queue(frame, msg.task_id, task, attempts=attempts)
+            elif attempts < self.retries and not gone.timed_out:
+                self._book.queue(frame, msg.task_id, task, attempts=attempts + 1)
             else:
-                err = WorkerDied(
-                    f"{frame.label}, {what}: worker process died ({_exit_text(gone.exitcode)})"
-                    + (f" {attempts + 1} times" if attempts else "")
-                )
-            self._settle(frame, None, err)
+                frame.waiting -= 1
+                where = f"{frame.label}, {_what(task)}"
+                if gone.timed_out:
+                    err: BaseException = errors.tile_timed_out(where, self.tile_timeout)
+                else:
+                    err = errors.worker_died(where, gone.exitcode, attempts + 1)
+                self._settle(frame, None, err)
 
     def _emit(self, event: Progress) -> None:
         if self.progress is not None:
             self.progress(event)
 
 
-def _filter_failed(where: str, name: str | None, kind: str, message: str, tb: str) -> FilterFailed:
-    if kind == "load":
-        return FilterFailed(f"{where}: a worker could not load the filter chain: {message}", tb)
-    who = f"filter {name!r}" if name else "worker"
-    verb = "returned an invalid result" if kind == "invalid" else "raised"
-    return FilterFailed(f"{where}: {who} {verb}: {message}", tb)
+def _built_in(chain: Chain) -> bool:
+    """Whether every filter of ``chain`` is one of tileproc's built-ins (exactly, not a subclass)."""
+    from filters.registry import BUILTINS
+
+    kinds = set(BUILTINS.values())
+    return all(type(f) in kinds for f in chain.filters)
 
 
-def _exit_text(code: int | None) -> str:
-    if code is None:
-        return "unknown exit"
-    if code < 0:
-        import signal
-
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            return f"killed by signal {-code}"
-        if name == "SIGBUS":
-            return "killed by SIGBUS: shared memory ran out; is /dev/shm full?"
-        return f"killed by {name}"
-    return f"exit code {code}"
+def _what(task: Any) -> str:
+    """A task in words, for messages."""
+    if isinstance(task, Call):
+        return "a file step"
+    return f"tile {task[0]}" if len(task) == 1 else f"tiles {task[0]}-{task[-1]}"

@@ -2,14 +2,20 @@
 
 A worker is a loop over small messages from its own pipe to the parent:
 
-* :class:`TileBatch` -- run the chain on each tile's window of the slot's input
-  (a read-only view, no copy) and write the tile's core into the slot's output;
+* :class:`TileBatch` -- a tile grid and a range of tile indices: run the chain on
+  each tile's window of the slot's input (a read-only view, no copy) and write
+  the tile's core into the slot's output. For a chain that changes the frame's
+  size the grid cuts the *output* frame, and each core is mapped back through
+  every stage (:func:`filters.base.plan_stages`) to the input window it is
+  computed from;
 * :class:`Call` -- run a module-level function on a slot (decode or encode a file);
 * :class:`Forget` -- unmap a segment the parent retired;
 * ``None`` -- exit.
 
 It answers each task with :class:`Done` or :class:`Failed` (a message and the
-formatted traceback; never the exception object, which may not pickle). It maps
+formatted traceback; never the exception object, which may not pickle). While
+a batch runs under a tile timeout it also sends a :class:`Tick` now and then,
+after a tile, so that the parent times each tile rather than the batch. It maps
 each segment once and keeps the mapping, caches unpickled chains by key, ignores
 SIGINT (the parent handles Ctrl-C and stops it), and exits by itself when the
 parent dies.
@@ -17,6 +23,7 @@ parent dies.
 
 from __future__ import annotations
 
+import mmap
 import os
 import pickle
 import signal
@@ -25,14 +32,13 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from multiprocessing import shared_memory
 from typing import Any
 
 import numpy as np
 
 from filters.base import Stage, check_result, check_stage, output_shape, plan_stages
-from tiler.geometry import Tile
-from tiler.sharedmem import SlotRef, attach_views
+from tiler.geometry import TileGrid
+from tiler.sharedmem import SHM_DIR, SlotRef, attach_views
 
 __all__ = [
     "TileBatch",
@@ -40,21 +46,35 @@ __all__ = [
     "Forget",
     "Done",
     "Failed",
+    "Tick",
     "ChainError",
     "run_chain",
     "full_plan",
     "describe_exception",
+    "format_traceback",
+    "release_frames",
     "worker_main",
 ]
 
 
 @dataclass(frozen=True)
 class TileBatch:
+    """Tiles ``tiles`` (a range of indices) of ``grid``: a few hundred bytes whatever their count.
+
+    ``grid`` cuts the slot's output frame. For a chain of same-size filters that
+    is the input frame's size and each tile's window is its core grown by the
+    chain's halo; for a chain that changes the size (any filter ``reshapes``) it
+    is the output size, and the worker plans each core's stages from the chain,
+    the slot's input shape and the core (:func:`filters.base.plan_stages`).
+    """
+
     task_id: int
     slot: SlotRef
     chain_key: str
-    chain_blob: bytes | None  # sent once per worker and chain; None when the worker has it
-    tiles: tuple[Tile, ...]
+    chain_blob: bytes | None  # sent once per worker and chain, to an idle worker; None when it has it
+    grid: TileGrid
+    tiles: range
+    tick: float | None = None  # send a Tick after a tile when this many seconds passed since the last
 
 
 @dataclass(frozen=True)
@@ -68,6 +88,13 @@ class Call:
 @dataclass(frozen=True)
 class Forget:
     name: str
+
+
+@dataclass(frozen=True)
+class Tick:
+    """Tiles of task ``task_id`` are still being finished (the tile timeout restarts)."""
+
+    task_id: int
 
 
 @dataclass(frozen=True)
@@ -159,26 +186,59 @@ def _watch_parent(parent_pid: int, interval: float = 0.5) -> None:
             pass
 
 
+def _map(name: str) -> mmap.mmap:
+    """Map a segment the parent created.
+
+    Not ``multiprocessing.shared_memory.SharedMemory(name=...)``: before Python
+    3.13 (``track=False``) it registers every attach with the resource tracker
+    as if this process owned the segment. The parent, its one owner, unregisters
+    a segment when it unlinks it; an attach registered just after that made the
+    tracker warn at exit of "leaked" segments and fail to unlink them again.
+    """
+    fd = os.open(os.path.join(SHM_DIR, name), os.O_RDWR)
+    try:
+        return mmap.mmap(fd, 0)
+    finally:
+        os.close(fd)
+
+
+def release_frames(exc: BaseException | None) -> None:
+    """Clear the locals of the finished frames in the tracebacks of ``exc`` and of its
+    causes: a view of a slot held there would keep the segment from being unmapped."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        traceback.clear_frames(exc.__traceback__)
+        exc = exc.__cause__ or exc.__context__
+
+
+def format_traceback(exc: BaseException) -> str:
+    """The traceback of ``exc`` as text; then its frames are released (:func:`release_frames`)."""
+    text = "".join(traceback.format_exception(exc))
+    release_frames(exc)
+    return text
+
+
 class _Worker:
     def __init__(self) -> None:
-        self.segments: dict[str, shared_memory.SharedMemory] = {}
+        self.segments: dict[str, mmap.mmap] = {}
         self.chains: dict[str, tuple] = {}
 
     def views(self, ref: SlotRef, *, writable_input: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        shm = self.segments.get(ref.name)
-        if shm is None:
-            shm = self.segments[ref.name] = shared_memory.SharedMemory(name=ref.name)
-        return attach_views(shm.buf, ref, writable_input=writable_input)
+        mapping = self.segments.get(ref.name)
+        if mapping is None:
+            mapping = self.segments[ref.name] = _map(ref.name)
+        return attach_views(memoryview(mapping), ref, writable_input=writable_input)
 
     def forget(self, name: str) -> None:
-        shm = self.segments.pop(name, None)
-        if shm is not None:
+        mapping = self.segments.pop(name, None)
+        if mapping is not None:
             try:
-                shm.close()
-            except BufferError:
+                mapping.close()
+            except BufferError:  # a view survived (a filter kept one): unmapped when it goes
                 pass
 
-    def tiles(self, msg: TileBatch) -> Done | Failed:
+    def tiles(self, msg: TileBatch, report: Callable[[Tick], None]) -> Done | Failed:
         chain = self.chains.get(msg.chain_key)
         if chain is None:
             try:
@@ -187,15 +247,17 @@ class _Worker:
                 chain = exc
             self.chains[msg.chain_key] = chain
         if isinstance(chain, BaseException):  # the same failure for every task of this chain
-            return Failed(
-                msg.task_id, describe_exception(chain), "".join(traceback.format_exception(chain)), kind="load"
-            )
+            return Failed(msg.task_id, describe_exception(chain), format_traceback(chain), kind="load")
         src, dst = self.views(msg.slot)
         reshapes = any(f.reshapes for f in chain)
-        for tile in msg.tiles:
+        last = time.monotonic()
+        for index in msg.tiles:
+            tile = msg.grid[index]
             try:
                 if reshapes:  # the output core, computed stage by stage from its input window
-                    out = run_chain(chain, src[tile.window.slices], plan_stages(chain, _rect4(tile.core), src.shape))
+                    stages = plan_stages(chain, _rect4(tile.core), src.shape)
+                    r0, r1, c0, c1 = stages[0].window
+                    out = run_chain(chain, src[r0:r1, c0:c1], stages)
                 else:
                     out = run_chain(chain, src[tile.window.slices])[tile.core_in_window.slices]
             except ChainError as exc:
@@ -203,12 +265,15 @@ class _Worker:
                 return Failed(
                     msg.task_id,
                     describe_exception(cause),
-                    "".join(traceback.format_exception(cause)),
+                    format_traceback(cause),
                     tile=tile.index,
                     filter_name=exc.name,
                     kind=exc.kind,
                 )
             dst[tile.core.slices] = out
+            if msg.tick is not None and time.monotonic() - last >= msg.tick:
+                report(Tick(msg.task_id))
+                last = time.monotonic()
         return Done(msg.task_id)
 
     def call(self, msg: Call) -> Done | Failed:
@@ -219,7 +284,7 @@ class _Worker:
             return Failed(
                 msg.task_id,
                 describe_exception(exc),
-                "".join(traceback.format_exception(exc)),
+                format_traceback(exc),
                 error_class=type(exc).__name__,
                 text=_text(exc),
             )
@@ -265,9 +330,9 @@ def worker_main(conn, parent_pid: int, threads: int = 1) -> None:
             worker.forget(msg.name)
             continue
         try:
-            reply = worker.tiles(msg) if isinstance(msg, TileBatch) else worker.call(msg)
+            reply = worker.tiles(msg, conn.send) if isinstance(msg, TileBatch) else worker.call(msg)
         except BaseException as exc:  # attaching, unpickling: report, don't die
-            reply = Failed(msg.task_id, describe_exception(exc), "".join(traceback.format_exception(exc)))
+            reply = Failed(msg.task_id, describe_exception(exc), format_traceback(exc))
         try:
             conn.send(reply)
         except (BrokenPipeError, OSError):

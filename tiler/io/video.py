@@ -1,27 +1,59 @@
-"""Video in and out, streaming, by driving the bundled ffmpeg binary.
+"""Video in and out: PyAV describes, the bundled ffmpeg streams the pixels.
 
 Data flow::
 
-    probe_video(path) ──> VideoInfo (small, frozen, picklable; no decoding)
+    probe_video(path) ──> VideoInfo     PyAV (FFmpeg's API): streams, every packet's time, keyframes;
+                                        small, frozen, picklable; no decoding beyond the first frame
     VideoReader(info):   ffmpeg -i path ... -f rawvideo pipe:1 ──readinto──> (H, W, 3) buffer
     VideoWriter(dst, info):  buffer ──write──> pipe:0 ffmpeg ... .dst.tileproc-PID-X.ext ──rename──> dst
+        variable rate:   ... ffmpeg -> .nut ──PyAV: each packet gets its frame's time──> .nut
+                         ──ffmpeg -c copy, with the source's other streams──> .dst.tileproc-... ──rename──> dst
 
 Frames are RGB, (H, W, 3), ``uint8`` or ``uint16`` (rgb48, full 16-bit
 scale), written by ffmpeg straight into the caller's buffer and encoded
-straight from it: no copy on the Python side.
+straight from it: no copy on the Python side. Pixels go through ffmpeg's
+pipes rather than PyAV's in-process decode and encode: for the same work
+(the same accurate RGB conversion, the same x264 settings) the two measure
+within about 10% of each other either way (``benchmarks/bench_video_io.py``),
+and the pipes keep the codec work in another process, which runs beside
+Python's threads and where a crash or a hang cannot take the caller with it.
+Nothing reads ffmpeg's log for facts: it is only quoted in error messages.
 
 Policies (each one a promise of ``DESIGN.md``):
 
 * **Orientation.** Frames come out as displayed: ffmpeg applies the stream's
   rotation (display matrix) while decoding; ``VideoInfo.width``/``height`` are
   the displayed size. Outputs carry no rotation: their pixels are upright.
-* **Frame rate.** ``VideoInfo.fps`` is an exact :class:`~fractions.Fraction`
-  measured from the packet timestamps (24000/1001, never 23.98). A variable
-  frame rate stream is decoded to a constant rate: the stream's average rate
-  (the simplest fraction that keeps the duration within half a frame), with
-  ffmpeg's ``fps`` filter choosing, for each output instant, the frame shown
-  then. The frame count and duration are kept; frame instants move by less
-  than half a frame. ``VideoInfo.frame_count`` is what the reader delivers.
+* **Frame times.** Every frame is delivered once and written at its own time:
+  a variable-rate source stays variable (gaps included), each frame at its
+  source timestamp in the source's time base (Matroska stores milliseconds).
+  ``VideoInfo.fps`` is the exact rate (24000/1001, never 23.98) of a
+  constant-rate stream, or the average rate of a variable one.
+  ``info.at_rate(fps)`` (``fps=``, ``--fps``) converts to a constant rate
+  instead: each output instant shows the frame on screen then (ffmpeg's
+  ``fps`` filter), frames are repeated or dropped, the duration is kept. GIF
+  and AVI hold one rate: a variable source goes to them at its average rate,
+  with a line saying so (:func:`output_timing`).
+* **Streams.** Every stream the output container can hold is kept, each at
+  its own start and length (nothing is cut to the video's length): audio
+  copied when the container takes its codec (else AAC; Opus for WebM; MP3
+  for AVI), subtitles copied or converted to the container's text format
+  (``mov_text`` in MP4/MOV, WebVTT in WebM), attachments (Matroska), data
+  tracks MP4/MOV can write (GoPro metadata), the timecode (a timecode track in
+  MP4/MOV, a tag in Matroska), chapters and metadata.
+  What cannot be kept (attachments outside Matroska, picture subtitles in
+  MP4, anything in GIF, an audio start offset in AVI, which starts all
+  streams together) is said in one line per stream (``VideoWriter.notes``).
+* **Flags.** Language tags (video and every stream), the sample aspect ratio
+  (also when it is tagged 1:1) and the colour tags are kept.
+* **Fields.** Interlaced input is never deinterlaced: each frame is filtered
+  as stored, both fields woven together, and encoded as interlaced pictures
+  with the source's field order (H.264: ``+ildct+ilme``, ``setfield``). A
+  pointwise filter (``invert``, ``gamma``...) treats each field exactly as it
+  would alone; a spatial filter (``blur``, ``median``...) reaches across
+  lines, so it mixes the two fields, which are 1/50 or 1/60 s apart:
+  deinterlace first (ffmpeg's ``bwdif``) when that matters. Codecs that
+  encode progressive frames only (VP9) say so in a note.
 * **Bit depth.** More than 8 bits (10-bit VP9/HEVC/H.264) reads as ``uint16``
   by default and is written back with 10 bits where the codec can
   (H.264 High 10 ``yuv420p10le``, VP9 profile 2); ``pix_fmt="yuv420p"``
@@ -35,19 +67,15 @@ Policies (each one a promise of ``DESIGN.md``):
   right and/or one row at the bottom, repeating the edge pixels (never
   stretching). VP9 and GIF keep odd sizes. ``VideoWriter.size`` says what is
   written.
-* **Audio.** Every audio stream of the source is kept: copied when the
-  container takes its codec (AAC into MP4/MOV/MKV, Opus/Vorbis into WebM),
-  re-encoded otherwise (AAC, Opus for WebM, MP3 for AVI), and cut at the end
-  of the video. GIF has no audio.
 * **Damage.** A reader that gets fewer frames than ``info.frame_count``
   (a truncated or corrupt file) raises :class:`VideoError` rather than end
   early: a stream is never silently short.
 
 Every ffmpeg process runs in its own session (so Ctrl-C reaches tileproc,
 which stops ffmpeg itself), reads file names as ``file:/absolute/path`` (a
-name starting with ``-`` or holding ``:`` is never an option or a protocol),
-and is reaped on every way out: success, error, an exception in the caller,
-KeyboardInterrupt, garbage collection.
+name starting with ``-``, holding ``:`` or a newline is never an option or a
+protocol; PyAV opens the same form), and is reaped on every way out: success,
+error, an exception in the caller, KeyboardInterrupt, garbage collection.
 """
 
 from __future__ import annotations
@@ -73,14 +101,24 @@ from typing import Any
 import numpy as np
 
 from tiler.errors import InputError, OutputError, VideoError
-from tiler.io.files import atomic_output, output_name
+from tiler.io.base import Sink, Source
+from tiler.io.files import atomic_output, output_name, temp_path_for
 
 __all__ = [
     "VIDEO_EXTENSIONS",
     "AudioStream",
+    "PacketScan",
+    "StreamInfo",
+    "keyframe_times",
+    "output_timing",
+    "probe_streams",
+    "scan_packets",
+    "stream_plan",
     "VideoInfo",
     "VideoReader",
     "VideoWriter",
+    "VideoSink",
+    "VideoSource",
     "ffmpeg_exe",
     "is_video_path",
     "output_name",
@@ -137,35 +175,51 @@ def ffmpeg_path(path: str | os.PathLike[str]) -> str:
 
 
 # ----------------------------------------------------------------------------
-# probing
+# probing (PyAV: FFmpeg's own demuxers, no log parsing)
 
 
 @dataclasses.dataclass(frozen=True)
-class AudioStream:
-    """One audio stream of a video file, as ffmpeg reports it.
+class StreamInfo:
+    """One stream of a video file besides the picture: audio, subtitles, data, attachments.
 
     Attributes
     ----------
     index : int
         Stream index in the file (``ffmpeg -map 0:INDEX``).
+    kind : str
+        ``"audio"``, ``"subtitle"``, ``"data"``, ``"attachment"`` or ``"video"``
+        (a second picture stream, such as cover art).
     codec : str
-        ffmpeg's codec name (``"aac"``, ``"opus"``...).
+        FFmpeg's codec name (``"aac"``, ``"subrip"``...).
     sample_rate : int
-        Samples per second (0 when unknown).
+        Samples per second for audio (0 otherwise).
     channels : int
-        Channel count (0 when unknown).
+        Channel count for audio (0 otherwise).
     layout : str
-        ffmpeg's channel layout name (``"stereo"``, ``"5.1(side)"``).
+        FFmpeg's channel layout name (``"stereo"``, ``"5.1(side)"``).
     language : str or None
-        Language tag when the container has one.
+        ISO 639 language tag when the file has one (never ``"und"``).
+    start : Fraction
+        Seconds from the start of the file to the stream's first packet.
+    tag : str
+        The codec tag (fourcc) as stored, ``""`` when none.
+    timecode : str or None
+        The start timecode of a timecode track (``"01:00:00:00"``).
     """
 
     index: int
     codec: str
-    sample_rate: int
-    channels: int
+    sample_rate: int = 0
+    channels: int = 0
     layout: str = ""
     language: str | None = None
+    kind: str = "audio"
+    start: Fraction = Fraction(0)
+    tag: str = ""
+    timecode: str | None = None
+
+
+AudioStream = StreamInfo  # the name earlier releases used for audio streams
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,7 +231,7 @@ class VideoInfo:
     path : Path
         The file.
     container : str
-        ffmpeg's demuxer name (``"mov,mp4,m4a,3gp,3g2,mj2"``, ``"matroska,webm"``).
+        FFmpeg's demuxer name (``"mov,mp4,m4a,3gp,3g2,mj2"``, ``"matroska,webm"``).
     codec : str
         Video codec (``"h264"``, ``"vp9"``...).
     stream_index : int
@@ -188,30 +242,53 @@ class VideoInfo:
     coded_width, coded_height : int
         Size as stored in the stream, before rotation.
     rotation : int
-        Clockwise degrees (0, 90, 180, 270) ffmpeg turns the stored picture to
-        display it.
+        Clockwise degrees (0, 90, 180, 270) the stored picture is turned to display it.
     fps : Fraction
-        Exact frame rate of the frames delivered (``Fraction(24000, 1001)``).
+        Exact frame rate (``Fraction(24000, 1001)``); for a variable rate, the
+        average rate (frames / seconds shown).
     frame_count : int
         Number of frames the reader delivers.
     duration : Fraction
-        Seconds of video delivered: ``frame_count / fps``.
+        Seconds of video: ``frame_count / fps``.
     variable_rate : bool
-        The source's frames are unevenly spaced; it is delivered at the
-        constant rate ``fps`` (see the module notes).
+        The frames are unevenly spaced; ``timestamps`` says when each is shown.
     pix_fmt : str
-        ffmpeg's pixel format of the stream (``"yuv420p10le"``).
+        FFmpeg's pixel format of the stream (``"yuv420p10le"``).
     bit_depth : int
         Bits per sample of the stream: 8, 10, 12 or 16.
     full_range : bool
         Samples use the full range (0-255 for 8 bits) rather than the
         limited "TV" range (16-235).
     color_matrix, color_primaries, color_transfer : str or None
-        ffmpeg's names of the colour tags (``"bt709"``), None when untagged.
+        FFmpeg's names of the colour tags (``"bt709"``), None when untagged.
     sample_aspect : Fraction
         Pixel aspect ratio of the displayed frame (1 for square pixels).
-    audio : tuple of AudioStream
+    audio : tuple of StreamInfo
         The audio streams, in file order.
+    time_base : Fraction
+        Seconds per tick of ``timestamps``.
+    timestamps : tuple of int
+        Presentation time of each frame, in ``time_base`` ticks, in order.
+    end : int
+        Tick at which the last frame stops being shown.
+    keyframes : tuple of int
+        Indices (in presentation order) of the frames a decoder can start at.
+    offset : Fraction
+        Seconds from the start of the file (its earliest stream) to the first frame.
+    field_order : str
+        ``"progressive"``, ``"tt"``, ``"bb"``, ``"tb"``, ``"bt"`` (interlaced, as
+        FFmpeg names them) or ``"unknown"``.
+    sample_aspect_tagged : bool
+        The stream states its pixel aspect ratio (even 1:1).
+    language : str or None
+        Language tag of the video stream.
+    streams : tuple of StreamInfo
+        Every other stream (audio, subtitles, data, attachments, cover art), in file order.
+    resampled : bool
+        Frames are delivered at the constant rate ``fps`` (see :meth:`at_rate`), not
+        at the source's own instants.
+    timecode : str or None
+        The start timecode (``"01:00:00:00"``) of the video or its timecode track.
 
     Examples
     --------
@@ -240,7 +317,18 @@ class VideoInfo:
     color_primaries: str | None = None
     color_transfer: str | None = None
     sample_aspect: Fraction = Fraction(1)
-    audio: tuple[AudioStream, ...] = ()
+    audio: tuple[StreamInfo, ...] = ()
+    time_base: Fraction = Fraction(1, 1000)
+    timestamps: tuple[int, ...] = ()
+    end: int = 0
+    keyframes: tuple[int, ...] = ()
+    offset: Fraction = Fraction(0)
+    field_order: str = "unknown"
+    sample_aspect_tagged: bool = False
+    language: str | None = None
+    streams: tuple[StreamInfo, ...] = ()
+    resampled: bool = False
+    timecode: str | None = None
 
     @property
     def frame_shape(self) -> tuple[int, int, int]:
@@ -257,275 +345,251 @@ class VideoInfo:
         """Pixels in one frame."""
         return self.width * self.height
 
+    @property
+    def interlaced(self) -> bool:
+        """The stream is tagged interlaced (any field order but progressive or unknown)."""
+        return self.field_order in _FIELD_ORDERS[2:]
 
-_INPUT = re.compile(r"^Input #0, (.*), from '(.*)':\s*$")
-_STREAM = re.compile(r"^\s*Stream #0:(\d+)(?:\[[^\]]*\])?(?:\(([^)]*)\))?: (\w+): (.*)$")
-_ROTATION = re.compile(r"[Dd]isplay ?[Mm]atrix: rotation of (-?[\d.]+) degrees")
-_SIZE = re.compile(r"^(\d+)x(\d+)\b")
-_SAR = re.compile(r"\bSAR (\d+):(\d+)")
-_TB = re.compile(r"^#tb (\d+): (\d+)/(\d+)")
+    def at_rate(self, fps: Fraction | int | str) -> VideoInfo:
+        """This video converted to the constant rate ``fps``: what the reader delivers then.
+
+        Each output instant shows the source frame on screen at that instant
+        (FFmpeg's ``fps`` filter); frames are repeated or dropped, the duration
+        (from the first frame to the end of the last) is kept.
+
+        Examples
+        --------
+        >>> probe_video("vfr.mp4").at_rate(25).fps          # doctest: +SKIP
+        Fraction(25, 1)
+        """
+        rate = Fraction(fps)
+        if rate <= 0:
+            raise ValueError(f"{self.path}: fps must be > 0, got {fps}")
+        shown = (self.end - self.timestamps[0]) * self.time_base if self.timestamps else self.duration
+        n = max(1, round(shown * rate))
+        tb = 1 / rate
+        return dataclasses.replace(
+            self,
+            fps=rate,
+            frame_count=n,
+            duration=n / rate,
+            variable_rate=False,
+            time_base=tb,
+            timestamps=tuple(range(n)),
+            end=n,
+            keyframes=(),
+            resampled=True,
+        )
+
+
+_FIELD_ORDERS = ("unknown", "progressive", "tt", "bb", "tb", "bt")  # FFmpeg's enum AVFieldOrder, in order
+# FFmpeg's names of its colour enums (av_color_*_name); PyAV gives the numbers only.
+_MATRIX_NAMES = {
+    0: "gbr",
+    1: "bt709",
+    4: "fcc",
+    5: "bt470bg",
+    6: "smpte170m",
+    7: "smpte240m",
+    8: "ycgco",
+    9: "bt2020nc",
+    10: "bt2020c",
+    11: "smpte2085",
+    12: "chroma-derived-nc",
+    13: "chroma-derived-c",
+    14: "ictcp",
+}
+_PRIMARY_NAMES = {
+    1: "bt709",
+    4: "bt470m",
+    5: "bt470bg",
+    6: "smpte170m",
+    7: "smpte240m",
+    8: "film",
+    9: "bt2020",
+    10: "smpte428",
+    11: "smpte431",
+    12: "smpte432",
+    22: "ebu3213",
+}
+_TRANSFER_NAMES = {
+    1: "bt709",
+    4: "gamma22",
+    5: "gamma28",
+    6: "smpte170m",
+    7: "smpte240m",
+    8: "linear",
+    9: "log100",
+    10: "log316",
+    11: "iec61966-2-4",
+    12: "bt1361e",
+    13: "iec61966-2-1",
+    14: "bt2020-10",
+    15: "bt2020-12",
+    16: "smpte2084",
+    17: "smpte428",
+    18: "arib-std-b67",
+}
 _ADDRESS = re.compile(r" @ 0x[0-9a-f]+")  # "[h264 @ 0x55ef81d4f240]" -> "[h264]"
-_COLOR_NAMES = {
-    "bt709",
-    "bt470bg",
-    "smpte170m",
-    "smpte240m",
-    "bt2020nc",
-    "bt2020c",
-    "bt2020",
-    "fcc",
-    "ycgco",
-    "gbr",
-    "bt470m",
-    "film",
-    "smpte428",
-    "smpte431",
-    "smpte432",
-    "jedec-p22",
-    "ebu3213",
-    "linear",
-    "log100",
-    "log316",
-    "iec61966-2-4",
-    "bt1361e",
-    "iec61966-2-1",
-    "bt2020-10",
-    "bt2020-12",
-    "smpte2084",
-    "arib-std-b67",
-    "chroma-derived-nc",
-    "chroma-derived-c",
-    "ictcp",
-    "ipt-c2",
-    "ycgco-re",
-    "ycgco-ro",
-    "gamma22",
-    "gamma28",
-}
-_LAYOUT_CHANNELS = {
-    "mono": 1,
-    "stereo": 2,
-    "2.1": 3,
-    "3.0": 3,
-    "3.0(back)": 3,
-    "4.0": 4,
-    "quad": 4,
-    "quad(side)": 4,
-    "3.1": 4,
-    "5.0": 5,
-    "5.0(side)": 5,
-    "4.1": 5,
-    "5.1": 6,
-    "5.1(side)": 6,
-    "6.0": 6,
-    "6.0(front)": 6,
-    "hexagonal": 6,
-    "6.1": 7,
-    "6.1(back)": 7,
-    "6.1(front)": 7,
-    "7.0": 7,
-    "7.0(front)": 7,
-    "7.1": 8,
-    "7.1(wide)": 8,
-    "7.1(wide-side)": 8,
-    "octagonal": 8,
-    "downmix": 2,
-    "22.2": 24,
-}
-
-
-def _split_top(text: str) -> list[str]:
-    """Split ffmpeg's stream description at commas outside brackets."""
-    parts, depth, cur = [], 0, []
-    for ch in text:
-        if ch in "([":
-            depth += 1
-        elif ch in ")]":
-            depth -= 1
-        if ch == "," and depth == 0:
-            parts.append("".join(cur).strip())
-            cur = []
-        else:
-            cur.append(ch)
-    parts.append("".join(cur).strip())
-    return [p for p in parts if p]
-
-
-# packed and semi-planar formats whose names do not end in their depth
-_DEPTH_PREFIX = {
-    "p010": 10,
-    "p012": 12,
-    "p016": 16,
-    "p210": 10,
-    "p212": 12,
-    "p216": 16,
-    "p410": 10,
-    "p412": 12,
-    "p416": 16,
-    "y210": 10,
-    "y212": 12,
-    "y216": 16,
-    "xv30": 10,
-    "xv36": 12,
-    "xv48": 16,
-    "v30x": 10,
-    "rgb48": 16,
-    "bgr48": 16,
-    "rgba64": 16,
-    "bgra64": 16,
-    "ayuv64": 16,
-    "nv20": 10,
-    "nv": 8,
-}
-
-
-def _bit_depth(pix_fmt: str) -> int:
-    """Bits per sample of an ffmpeg pixel format: ``yuv420p10le`` -> 10, ``yuvj420p`` -> 8."""
-    for prefix, depth in _DEPTH_PREFIX.items():
-        if pix_fmt.startswith(prefix):
-            return depth
-    m = re.search(r"(?<!\d)(9|10|12|14|16)(?:le|be)?$", pix_fmt)  # yuv420p10le, gray16be, x2rgb10le
-    if m:
-        return int(m.group(1))
-    if re.search(r"f(16|32)(le|be)?$", pix_fmt):  # floating point
-        return 16
-    return 8
-
-
-def _run(cmd: Sequence[str], *, stdout: int = subprocess.DEVNULL) -> subprocess.CompletedProcess[bytes]:
-    """Run ffmpeg to completion in its own session (killed on any exception)."""
-    return subprocess.run(
-        list(cmd), stdin=subprocess.DEVNULL, stdout=stdout, stderr=subprocess.PIPE, start_new_session=True
-    )
 
 
 def last_lines(text: str, n: int = 1) -> str:
-    """The last ``n`` non-empty lines of ffmpeg's stderr, joined by " | " (for one-line messages)."""
+    """The last ``n`` non-empty lines of ffmpeg's stderr, joined by " | " (for one-line error messages)."""
     lines = [_ADDRESS.sub("", line).strip() for line in text.splitlines() if line.strip()]
     return " | ".join(lines[-n:])
 
 
-def _parse_header(path: Path, text: str) -> dict[str, Any]:
-    """Parse ``ffmpeg -i`` stderr: container, the video stream, audio streams."""
-    container = None
-    video: dict[str, Any] | None = None
-    audio: list[AudioStream] = []
-    current: dict[str, Any] | None = None
-    for line in text.splitlines():
-        m = _INPUT.match(line)
-        if m:
-            container = m.group(1)
-            continue
-        if container is None:
-            continue
-        if line.startswith(("Output #", "Stream mapping:")) or (line and not line[0].isspace()):
-            current = None
-            if line.startswith(("Output #", "Stream mapping:", "Input #")):
-                break
-            continue
-        m = _STREAM.match(line)
-        if m:
-            current = None
-            index, language, kind, rest = int(m.group(1)), m.group(2), m.group(3), m.group(4)
-            if kind == "Video" and video is None and "(attached pic)" not in rest and "(thumbnail)" not in rest:
-                video = {"index": index, "rest": rest, "rotation": 0.0}
-                current = video
-            elif kind == "Audio":
-                audio.append(_parse_audio(index, language, rest))
-            continue
-        if current is not None:
-            m = _ROTATION.search(line)
-            if m:
-                current["rotation"] = float(m.group(1))
-    if container is None:
-        reason = last_lines(text) or "ffmpeg cannot read it"
-        reason = reason.replace(ffmpeg_path(path) + ": ", "")
-        raise InputError(f"{path}: not a video ({reason})")
-    if video is None and not audio and "Stream #0:" not in text:
-        raise InputError(f"{path}: no streams found (truncated, or not a video?)")
-    if video is None:
-        raise InputError(f"{path}: no video stream (container {container})")
-
-    parts = _split_top(video["rest"])
-    codec = parts[0].split()[0] if parts else "unknown"
-    size_i = next((i for i, p in enumerate(parts) if _SIZE.match(p)), None)
-    if size_i is None:
-        raise InputError(f"{path}: video stream has no size")
-    sm = _SIZE.match(parts[size_i])
-    coded_w, coded_h = int(sm.group(1)), int(sm.group(2))
-    pix_fmt, props = "unknown", []
-    if size_i >= 2:
-        pm = re.match(r"^([\w]+)(?:\((.*)\))?$", parts[1])
-        if pm:
-            pix_fmt = pm.group(1)
-            props = [p.strip() for p in (pm.group(2) or "").split(",")]
-    full_range = pix_fmt.startswith("yuvj") or "pc" in props
-    matrix = primaries = transfer = None
-    for p in props:
-        if "/" in p:
-            names = [None if n == "unknown" else n for n in p.split("/")]
-            matrix, primaries, transfer = (names + [None, None, None])[:3]
-        elif p in _COLOR_NAMES:
-            matrix = primaries = transfer = p
-    sar = Fraction(1)
-    sm = _SAR.search(video["rest"])
-    if sm and int(sm.group(1)) > 0 and int(sm.group(2)) > 0:
-        sar = Fraction(int(sm.group(1)), int(sm.group(2)))
-    angle = video["rotation"]
-    rotation = 0
-    if abs(angle - 90 * round(angle / 90)) < 1:  # ffmpeg only applies multiples of 90 degrees
-        rotation = int(-90 * round(angle / 90)) % 360
-    width, height = (coded_h, coded_w) if rotation in (90, 270) else (coded_w, coded_h)
-    if rotation in (90, 270):
-        sar = 1 / sar
-    nominal = {}
-    for p in parts:
-        fm = re.match(r"^([\d.]+)(k?) (fps|tbr)$", p)
-        if fm and float(fm.group(1)) > 0:
-            nominal[fm.group(3)] = float(fm.group(1)) * (1000 if fm.group(2) else 1)
-    return {
-        "container": container,
-        "codec": codec,
-        "stream_index": video["index"],
-        "width": width,
-        "height": height,
-        "coded_width": coded_w,
-        "coded_height": coded_h,
-        "rotation": rotation,
-        "pix_fmt": pix_fmt,
-        "bit_depth": _bit_depth(pix_fmt),
-        "full_range": full_range,
-        "color_matrix": matrix,
-        "color_primaries": primaries,
-        "color_transfer": transfer,
-        "sample_aspect": sar,
-        "audio": tuple(audio),
-        "_nominal_rate": nominal.get("fps") or nominal.get("tbr"),
-    }
+def _av_reason(exc: BaseException) -> str:
+    """FFmpeg's reason for a PyAV error, without the file name it appends."""
+    return str(getattr(exc, "strerror", None) or exc).strip() or type(exc).__name__
 
 
-def _parse_audio(index: int, language: str | None, rest: str) -> AudioStream:
-    parts = _split_top(rest)
-    codec = parts[0].split()[0] if parts else "unknown"
-    rate, layout, channels = 0, "", 0
-    for p in parts[1:]:
-        m = re.match(r"^(\d+) Hz$", p)
-        if m:
-            rate = int(m.group(1))
+@contextlib.contextmanager
+def _open_input(path: Path) -> Iterator[Any]:
+    """Open ``path`` with PyAV (as a plain local file, whatever its characters); InputError on failure."""
+    import av
+
+    try:
+        container = av.open(ffmpeg_path(path), metadata_errors="replace")
+    except av.FFmpegError as exc:
+        raise InputError(f"{path}: not a video ({_av_reason(exc)})") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    try:
+        yield container
+    finally:
+        container.close()
+
+
+def _timecode(metadata: Any) -> str | None:
+    """The ``timecode`` tag of a stream or file, whatever its case (Matroska stores ``TIMECODE``)."""
+    return next((v for k, v in (metadata or {}).items() if k.lower() == "timecode" and v), None)
+
+
+def _language(stream: Any) -> str | None:
+    lang = (stream.metadata or {}).get("language")
+    return None if lang in (None, "", "und") else lang
+
+
+def _seconds(ticks: int | None, time_base: Any) -> Fraction:
+    if ticks is None or time_base is None:
+        return Fraction(0)
+    return ticks * Fraction(time_base)
+
+
+def _streams(container: Any, skip: int | None = None) -> tuple[StreamInfo, ...]:
+    """Every stream but ``skip``, described from FFmpeg's codec parameters."""
+    out = []
+    start = _seconds(container.start_time, Fraction(1, 1_000_000)) if container.start_time is not None else 0
+    for s in container.streams:
+        if s.index == skip:
             continue
-        if not layout and rate:
-            layout = p
-            m = re.match(r"^(\d+) channels", p)
-            if m:
-                channels = int(m.group(1))
-            elif p in _LAYOUT_CHANNELS:
-                channels = _LAYOUT_CHANNELS[p]
-            else:
-                m = re.match(r"^(\d+)\.(\d+)", p)
-                channels = int(m.group(1)) + int(m.group(2)) if m else 0
-    if language in (None, "", "und"):
-        language = None
-    return AudioStream(index=index, codec=codec, sample_rate=rate, channels=channels, layout=layout, language=language)
+        cc = s.codec_context
+        name = getattr(cc, "name", None) or "none"
+        audio = s.type == "audio"
+        tag = ""
+        with contextlib.suppress(Exception):
+            tag = str(cc.codec_tag or "").strip("\x00 ")
+        out.append(
+            StreamInfo(
+                index=s.index,
+                codec=name,
+                sample_rate=int(cc.sample_rate or 0) if audio else 0,
+                channels=int(cc.channels or 0) if audio else 0,
+                layout=(cc.layout.name if audio and cc.layout is not None else ""),
+                language=_language(s),
+                kind=s.type,
+                start=max(Fraction(0), _seconds(s.start_time, s.time_base) - start) if s.start_time is not None else 0,
+                tag=tag,
+                timecode=_timecode(s.metadata),
+            )
+        )
+    return tuple(out)
+
+
+@dataclasses.dataclass(frozen=True)
+class PacketScan:
+    """The packets of one video stream, demuxed without decoding (see :func:`scan_packets`).
+
+    Attributes
+    ----------
+    time_base : Fraction
+        Seconds per tick.
+    timestamps : tuple of int
+        Presentation time of each frame, sorted.
+    durations : tuple of int
+        Ticks each frame is shown, as stored (0 when unknown), in the same order.
+    keyframes : tuple of int
+        Indices (into ``timestamps``) of the keyframes.
+    """
+
+    time_base: Fraction
+    timestamps: tuple[int, ...]
+    durations: tuple[int, ...]
+    keyframes: tuple[int, ...]
+
+
+def _scan(path: Path, container: Any, stream: Any, first: list[Any] | None = None) -> PacketScan:
+    """Demux ``stream``; with ``first`` (a list), also decode packets until one frame comes out into it."""
+    import av
+
+    tb = Fraction(stream.time_base)
+    bsf = None
+    if stream.codec_context.name == "vp9":  # hidden (alt-ref) frames travel inside superframes, as decoders count
+        with contextlib.suppress(Exception):
+            bsf = av.BitStreamFilterContext("vp9_superframe", stream)
+    packets: list[tuple[int, int, bool]] = []
+
+    def take(packet: Any) -> None:
+        if packet.size == 0:
+            return
+        pts = packet.pts if packet.pts is not None else packet.dts
+        if pts is None:
+            raise InputError(f"{path}: a video packet has no timestamp")
+        packets.append((pts, packet.duration or 0, bool(packet.is_keyframe)))
+
+    try:
+        for packet in container.demux(stream):
+            if first is not None and not first and packet.size:
+                with contextlib.suppress(av.FFmpegError):
+                    first.extend(stream.codec_context.decode(packet)[:1])
+            for p in bsf.filter(packet) if bsf is not None else (packet,):
+                take(p)
+        if bsf is not None:
+            for p in bsf.filter(None):
+                take(p)
+    except av.FFmpegError as exc:
+        if not packets:
+            raise InputError(f"{path}: cannot read the video stream ({_av_reason(exc)})") from None
+        # a damaged tail: the reader then finds fewer frames than counted and says so
+    packets.sort()
+    return PacketScan(
+        tb,
+        tuple(p[0] for p in packets),
+        tuple(p[1] for p in packets),
+        tuple(i for i, p in enumerate(packets) if p[2]),
+    )
+
+
+def scan_packets(path: str | os.PathLike[str], stream_index: int) -> PacketScan:
+    """Timestamps and keyframes of every packet of one video stream, in presentation order.
+
+    One demux pass through FFmpeg's API (PyAV), no decoding.
+
+    Examples
+    --------
+    >>> scan = scan_packets("clip.mp4", 0)                 # doctest: +SKIP
+    >>> scan.keyframes[:3], scan.time_base                 # doctest: +SKIP
+    ((0, 250, 500), Fraction(1, 15360))
+    """
+    path = Path(path)
+    with _open_input(path) as container:
+        return _scan(path, container, container.streams[stream_index])
+
+
+def keyframe_times(info: VideoInfo) -> list[tuple[int, Fraction]]:
+    """(frame index, seconds on the file's clock) of each keyframe, in presentation order."""
+    return [(i, info.timestamps[i] * info.time_base) for i in info.keyframes if i < len(info.timestamps)]
 
 
 def _simplest_between(lo: Fraction, hi: Fraction) -> Fraction:
@@ -553,93 +617,48 @@ def _pick_rate(measured: Fraction, lo: Fraction, hi: Fraction) -> Fraction:
     return _simplest_between(lo, hi)
 
 
-def _packets_command(path: Path, stream: str, *, vp9: bool = False, loglevel: str = "error") -> list[str]:
-    """Demux (no decoding) one video stream, printing each packet's timestamps (framecrc)."""
-    cmd = [
-        ffmpeg_exe(),
-        "-hide_banner",
-        "-nostdin",
-        "-nostats",
-        "-loglevel",
-        loglevel,
-        "-i",
-        ffmpeg_path(path),
-        "-map",
-        stream,
-        "-c",
-        "copy",
-    ]
-    if vp9:
-        cmd += ["-bsf:v", "vp9_superframe"]  # hidden (alt-ref) frames travel as packets of their own
-    return cmd + ["-f", "framecrc", "pipe:1"]
-
-
-def _timing(path: Path, header: dict[str, Any], proc: subprocess.CompletedProcess[bytes]) -> tuple[Fraction, int, bool]:
-    """Exact rate, frame count and variability from the packet timestamps printed by
-    :func:`_packets_command`."""
-    if proc.returncode != 0:
-        stderr = proc.stderr.decode("utf-8", "replace")
-        reason = last_lines(stderr) or _exit_reason(proc.returncode)
-        raise InputError(f"{path}: cannot read the video stream ({reason})")
-    tb = None
-    packets: list[tuple[int, int]] = []
-    for line in proc.stdout.decode("ascii", "replace").splitlines():
-        if line.startswith("#"):
-            m = _TB.match(line)
-            if m and tb is None:
-                tb = Fraction(int(m.group(2)), int(m.group(3)))
-            continue
-        fields = line.split(",")
-        if len(fields) < 4:
-            continue
-        try:
-            dts, pts, dur = int(fields[1]), int(fields[2]), int(fields[3])
-        except ValueError:
-            continue
-        if pts == -(2**63):
-            pts = dts
-        packets.append((pts, dur))
-    n = len(packets)
-    if n == 0 or tb is None:
+def _timing(path: Path, scan: PacketScan, nominal: Fraction | None) -> tuple[Fraction, bool, int]:
+    """Exact rate, variability and end tick from the packet timestamps."""
+    pts, tb, n = scan.timestamps, scan.time_base, len(scan.timestamps)
+    if n == 0:
         raise InputError(f"{path}: the video stream has no frames")
-    packets.sort()
-    pts = [p for p, _ in packets]
     if n == 1:
-        dur = packets[0][1]
-        if dur > 0:
-            measured = 1 / (dur * tb)
-        else:
-            measured = Fraction(header["_nominal_rate"] or 25).limit_denominator(1001)
+        dur = scan.durations[0]
+        measured = 1 / (dur * tb) if dur > 0 else (nominal or Fraction(25))
         rate = _pick_rate(measured, measured * Fraction(999, 1000), measured * Fraction(1001, 1000))
-        return rate, 1, False
+        return rate, False, pts[0] + (dur if dur > 0 else max(1, round(1 / (rate * tb))))
     span = pts[-1] - pts[0]
-    deltas = [b - a for a, b in zip(pts, pts[1:])]
-    if span <= 0:
+    if span <= 0 or len(set(pts)) != n:
         raise InputError(f"{path}: the video stream's timestamps do not advance")
+    deltas = [b - a for a, b in zip(pts, pts[1:])]
     mean = Fraction(span, n - 1)
     variable = any(abs(d - mean) > max(1, mean / 500) for d in deltas)
+    if not variable and len(set(deltas)) == 1:
+        # Every frame the same number of ticks: the rate is exact, whatever the time base
+        # (AVI's is the frame duration itself, where one tick of doubt would be a whole frame).
+        rate = 1 / (deltas[0] * tb)
+        return rate, False, pts[0] + n * deltas[0]
     if not variable:
         # Timestamps are rounded to the time base: the span is exact to one tick.
         measured = (n - 1) / (span * tb)
         lo, hi = (n - 1) / ((span + 1) * tb), (n - 1) / (max(span - 1, Fraction(1, 2)) * tb)
-    else:
-        last = packets[-1][1] if packets[-1][1] > 0 else mean
-        total = (span + last) * tb  # seconds the source shows its frames
-        measured = n / total
-        half = total / (2 * n)  # keep the duration within half a frame
-        lo, hi = n / (total + half), n / (total - half)
-    return _pick_rate(measured, lo, hi), n, variable
+        rate = _pick_rate(measured, lo, hi)
+        return rate, False, pts[0] + round(n / (rate * tb))
+    last = scan.durations[-1] if scan.durations[-1] > 0 else round(mean)
+    total = (span + last) * tb  # seconds the source shows its frames
+    measured = n / total
+    half = total / (2 * n)  # the average rate keeps the duration within half a frame
+    return _pick_rate(measured, n / (total + half), n / (total - half)), True, pts[-1] + last
 
 
 def probe_video(path: str | os.PathLike[str], *, max_pixels: int | None = None) -> VideoInfo:
-    """Describe a video without decoding it.
+    """Describe a video: streams, exact timing, colour, rotation, fields, languages.
 
-    One ffmpeg run (two for VP9) reads the header (streams, rotation, pixel
-    format, colour tags) and demuxes the video stream's packets without
-    decoding them, for their exact timestamps, hence the exact frame count
-    and rate. The cost is ffmpeg's start (which decodes a frame or two to
-    learn the pixel format: about 0.15 s for 4K H.264) plus one read of the
-    file's bytes: tens of milliseconds for a clip, seconds for a feature film.
+    PyAV (FFmpeg's own demuxers and decoders) reads the header, decodes the
+    first frame (for its pixel format and rotation) and demuxes every packet
+    of the video stream without decoding it, for their exact timestamps and
+    keyframes. The cost is one read of the file's bytes: milliseconds for a
+    clip, seconds for a feature film.
 
     Parameters
     ----------
@@ -664,6 +683,8 @@ def probe_video(path: str | os.PathLike[str], *, max_pixels: int | None = None) 
     >>> info.fps, info.frame_count, (info.width, info.height)   # doctest: +SKIP
     (Fraction(30000, 1001), 150, (960, 540))
     """
+    import av
+
     path = Path(path)
     try:
         st = path.stat()
@@ -677,20 +698,118 @@ def probe_video(path: str | os.PathLike[str], *, max_pixels: int | None = None) 
         raise InputError(f"{path}: empty file")
     if not os.access(path, os.R_OK):
         raise InputError(f"{path}: permission denied")
-    # One pass: ffmpeg prints the header (stderr), then every packet of the first
-    # video stream that is not cover art (stdout).
-    proc = _run(_packets_command(path, "0:V:0?", loglevel="info"), stdout=subprocess.PIPE)
-    header = _parse_header(path, proc.stderr.decode("utf-8", "replace"))
-    pixels = header["width"] * header["height"]
-    if max_pixels is not None and pixels > max_pixels:
-        raise InputError(
-            f"{path}: frames of {header['width']}x{header['height']} = {pixels} pixels exceed the limit of {max_pixels}"
+    with _open_input(path) as container:
+        pictures = [s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic]
+        if not pictures:
+            if not container.streams:
+                raise InputError(f"{path}: no streams found (truncated, or not a video?)")
+            raise InputError(f"{path}: no video stream (container {container.format.name})")
+        stream = pictures[0]
+        cc = stream.codec_context
+        coded_w, coded_h = int(cc.width or 0), int(cc.height or 0)
+        if not coded_w or not coded_h:
+            raise InputError(f"{path}: video stream has no size")
+        pixels = coded_w * coded_h
+        if max_pixels is not None and pixels > max_pixels:
+            raise InputError(
+                f"{path}: frames of {coded_w}x{coded_h} = {pixels} pixels exceed the limit of {max_pixels}"
+            )
+        decoded: list[Any] = []
+        scan = _scan(path, container, stream, decoded)
+        if not decoded:  # a decoder that holds frames back: flush it
+            with contextlib.suppress(av.FFmpegError):
+                decoded.extend(stream.codec_context.decode(None)[:1])
+        first = decoded[0] if decoded else None
+        pix_fmt = first.format.name if first is not None else (cc.pix_fmt or "unknown")
+        try:
+            bit_depth = max(c.bits for c in av.VideoFormat(pix_fmt).components)
+        except (ValueError, TypeError):
+            bit_depth = 8
+        angle = float(getattr(first, "rotation", 0) or 0)  # counter-clockwise, from the display matrix
+        rotation = int(-90 * round(angle / 90)) % 360 if abs(angle - 90 * round(angle / 90)) < 1 else 0
+        src = first if first is not None else cc
+        range_ = int(getattr(src, "color_range", 0) or cc.color_range or 0)
+        sar_raw = stream.sample_aspect_ratio or cc.sample_aspect_ratio
+        sar = Fraction(sar_raw) if sar_raw else Fraction(1)
+        width, height = (coded_h, coded_w) if rotation in (90, 270) else (coded_w, coded_h)
+        if rotation in (90, 270):
+            sar = 1 / sar
+        nominal = Fraction(stream.average_rate) if stream.average_rate else None
+        fps, variable, end = _timing(path, scan, nominal)
+        start = Fraction(container.start_time, 1_000_000) if container.start_time is not None else Fraction(0)
+        others = _streams(container, skip=stream.index)
+        info = VideoInfo(
+            path=path,
+            container=container.format.name,
+            codec=cc.name,
+            stream_index=stream.index,
+            width=width,
+            height=height,
+            coded_width=coded_w,
+            coded_height=coded_h,
+            rotation=rotation,
+            fps=fps,
+            frame_count=len(scan.timestamps),
+            duration=len(scan.timestamps) / fps,
+            variable_rate=variable,
+            pix_fmt=pix_fmt,
+            bit_depth=bit_depth,
+            full_range=pix_fmt.startswith("yuvj") or range_ == 2,
+            color_matrix=_MATRIX_NAMES.get(int(getattr(src, "colorspace", 2) or 2)),
+            color_primaries=_PRIMARY_NAMES.get(int(getattr(src, "color_primaries", 2) or 2)),
+            color_transfer=_TRANSFER_NAMES.get(int(getattr(src, "color_trc", 2) or 2)),
+            sample_aspect=sar,
+            audio=tuple(s for s in others if s.kind == "audio"),
+            time_base=scan.time_base,
+            timestamps=scan.timestamps,
+            end=end,
+            keyframes=scan.keyframes,
+            offset=max(Fraction(0), scan.timestamps[0] * scan.time_base - start),
+            field_order=_FIELD_ORDERS[cc.field_order] if 0 <= int(cc.field_order or 0) < 6 else "unknown",
+            sample_aspect_tagged=bool(sar_raw),
+            language=_language(stream),
+            streams=others,
+            timecode=_timecode(stream.metadata)
+            or next((s.timecode for s in others if s.timecode), None)
+            or _timecode(container.metadata),
         )
-    if header["codec"] == "vp9":
-        proc = _run(_packets_command(path, f"0:{header['stream_index']}", vp9=True), stdout=subprocess.PIPE)
-    fps, n, variable = _timing(path, header, proc)
-    header.pop("_nominal_rate")
-    return VideoInfo(path=path, fps=fps, frame_count=n, duration=n / fps, variable_rate=variable, **header)
+    return info
+
+
+def output_timing(info: VideoInfo, dst: str | os.PathLike[str], fps: Any = None) -> tuple[VideoInfo, list[str]]:
+    """The frames to deliver for ``dst``: the source's own (every frame at its time), or ``fps`` constant.
+
+    GIF and AVI hold one frame rate: a variable-rate source goes to them at
+    its average rate, and the returned line says so. Returns ``(info, notes)``.
+
+    Examples
+    --------
+    >>> output_timing(probe_video("vfr.mp4"), "out.mp4", "24000/1001")[0].fps   # doctest: +SKIP
+    Fraction(24000, 1001)
+    """
+    if fps is not None:
+        try:
+            rate = Fraction(str(fps))
+        except (ValueError, ZeroDivisionError):
+            raise ValueError(f"fps must be a positive number or fraction such as 24000/1001, got {fps!r}") from None
+        return info.at_rate(rate), []
+    ext = Path(dst).suffix.lower()
+    if info.variable_rate and ext in _ONE_RATE:
+        note = f"{dst}: {ext[1:].upper()} holds one frame rate: the variable rate is written at its average {info.fps}"
+        return info.at_rate(info.fps), [note]
+    return info, []
+
+
+_ONE_RATE = {".gif", ".avi"}  # containers whose frames sit on one fixed rate
+
+
+def probe_streams(path: str | os.PathLike[str]) -> tuple[StreamInfo, ...]:
+    """Every stream of a file (audio, subtitles, data...), for keeping them in another video's output."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    with _open_input(path) as container:
+        return _streams(container)
 
 
 # ----------------------------------------------------------------------------
@@ -737,6 +856,13 @@ def _check_dtype(dtype: Any, info: VideoInfo) -> np.dtype:
     if dtype not in (np.dtype(np.uint8), np.dtype(np.uint16)):
         raise ValueError(f"{info.path}: video frames are uint8 or uint16, got {dtype}")
     return dtype
+
+
+def _run(cmd: Sequence[str]) -> subprocess.CompletedProcess[bytes]:
+    """Run ffmpeg to completion in its own session (killed on any exception)."""
+    return subprocess.run(
+        list(cmd), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+    )
 
 
 class _StderrTail:
@@ -817,7 +943,7 @@ def _said(tail: str) -> str:
 def _decode_filters(info: VideoInfo, dtype: np.dtype) -> str:
     """The filter chain from the decoded (already rotated) stream to RGB frames."""
     vf = []
-    if info.variable_rate:
+    if info.resampled:
         vf.append(f"fps=fps={info.fps}")
     scale = [f"flags={_SWS_FLAGS}"]
     if _is_yuv(info.pix_fmt) or info.pix_fmt.startswith("gray"):
@@ -1120,6 +1246,8 @@ class _Plan:
     out_size: tuple[int, int]  # (width, height) written
     video_args: list[str]
     pix_fmt: str | None
+    video_tags: tuple[str, ...] = ()  # stream tags of the video kept by a copy too (language)
+    notes: tuple[str, ...] = ()  # what of the video's own properties cannot be kept
 
 
 def encoder_plan(
@@ -1156,6 +1284,15 @@ def encoder_plan(
         vf.append("split[a][b];[a]palettegen=stats_mode=single[p];[b][p]paletteuse=new=1:dither=bayer")
         args += ["-c:v", "gif", "-loop", "0"]
         return _Plan(muxer, codec, ",".join(vf), (pw, ph), args, None)
+    notes: list[str] = []
+    if info.interlaced:
+        # Frames are filtered woven (both fields together) and encoded as interlaced
+        # pictures with the source's field order where the codec can (see the module notes).
+        if codec == "libx264":
+            vf.append("setfield=" + ("tff" if info.field_order in ("tt", "tb") else "bff"))
+            args += ["-flags", "+ildct+ilme", "-field_order", info.field_order]
+        else:
+            notes.append(f"interlacing ({info.field_order}): {codec} encodes progressive frames")
     yuv = pix_fmt is not None and _is_yuv(pix_fmt)
     range_tag = "pc" if info.full_range else "tv"
     scale_matrix, matrix_tag = _matrix(info)
@@ -1194,38 +1331,105 @@ def encoder_plan(
         vf.append("setparams=" + ":".join(f"{k}={v}" for k, v in tags.items()))
         for k, v in tags.items():
             args += ["-color_range" if k == "range" else f"-{k}", v]
-    if info.sample_aspect != 1:
+    if info.sample_aspect != 1 or info.sample_aspect_tagged:
         vf.append(f"setsar={info.sample_aspect.numerator}/{info.sample_aspect.denominator}")
-    return _Plan(muxer, codec, ",".join(vf), (pw, ph), args, pix_fmt)
+    tags: tuple[str, ...] = ("-metadata:s:v:0", f"language={info.language}") if info.language else ()
+    if info.timecode:  # MP4/MOV get a timecode track from it, Matroska a tag
+        tags += ("-timecode", info.timecode)
+    return _Plan(muxer, codec, ",".join(vf), (pw, ph), args, pix_fmt, tags, tuple(notes))
 
 
-def _audio_args(muxer: str, streams: Sequence[AudioStream]) -> list[str]:
+_TEXT_SUBTITLES = {"subrip", "srt", "ass", "ssa", "webvtt", "mov_text", "text"}
+# subtitle codec each container writes text subtitles in, when it cannot take them as they are
+_SUBTITLE_TEXT = {"mp4": "mov_text", "mov": "mov_text", "matroska": "srt", "webm": "webvtt"}
+_SUBTITLE_COPY = {
+    "mp4": {"mov_text", "dvd_subtitle"},
+    "mov": {"mov_text"},
+    "matroska": {"subrip", "srt", "ass", "ssa", "webvtt", "dvd_subtitle", "hdmv_pgs_subtitle", "dvb_subtitle"},
+    "webm": {"webvtt"},
+}
+_DATA_TAGS = {"mp4": {"tmcd", "gpmd"}, "mov": {"tmcd", "gpmd"}}  # data tracks the MP4/MOV muxer writes
+
+
+def stream_plan(muxer: str, streams: Sequence[StreamInfo], source: int) -> tuple[list[str], list[str]]:
+    """FFmpeg arguments that keep ``streams`` of input ``source`` in a ``muxer`` file, and what cannot be kept.
+
+    Audio is copied when the container takes its codec, else re-encoded
+    (AAC; Opus for WebM; MP3 for AVI). Text subtitles are copied or converted
+    to the container's text format; picture subtitles, attachments and data
+    tracks are copied where the container holds them. Each stream keeps its
+    own start and length, its language and disposition. Returns
+    ``(arguments, dropped)``: ``dropped`` names each stream left out and why.
+    """
     args: list[str] = []
-    for i, s in enumerate(streams):
-        if s.codec in _AUDIO_COPY.get(muxer, ()):
-            args += [f"-c:a:{i}", "copy"]
-            continue
-        encoder = _AUDIO_ENCODER[muxer]
-        per_channel = 64 if encoder == "libopus" else 96
-        args += [f"-c:a:{i}", encoder, f"-b:a:{i}", f"{min(512, per_channel * max(1, s.channels or 2))}k"]
-    return args
+    dropped: list[str] = []
+    out = {"audio": 0, "subtitle": 0, "data": 0, "attachment": 0}
+
+    def keep(s: StreamInfo, *codec_args: str) -> None:
+        k = out[s.kind]
+        letter = {"audio": "a", "subtitle": "s", "data": "d", "attachment": "t"}[s.kind]
+        args.extend(["-map", f"{source}:{s.index}"])
+        args.extend(a.replace("#", f"{letter}:{k}") for a in codec_args)
+        out[s.kind] += 1
+
+    for s in streams:
+        detail = " ".join(x for x in (s.kind, "" if s.codec == "none" else s.codec) if x)
+        what = f"stream {s.index} ({detail}{', ' + s.language if s.language else ''})"
+        if muxer == "gif":
+            dropped.append(f"{what}: GIF holds only pictures")
+        elif s.kind == "audio":
+            if s.codec in _AUDIO_COPY.get(muxer, ()):
+                keep(s, "-c:#", "copy")
+            else:
+                encoder = _AUDIO_ENCODER[muxer]
+                per_channel = 64 if encoder == "libopus" else 96
+                keep(s, "-c:#", encoder, "-b:#", f"{min(512, per_channel * max(1, s.channels or 2))}k")
+        elif s.kind == "subtitle":
+            if s.codec in _SUBTITLE_COPY.get(muxer, ()):
+                keep(s, "-c:#", "copy")
+            elif s.codec in _TEXT_SUBTITLES and muxer in _SUBTITLE_TEXT:
+                keep(s, "-c:#", _SUBTITLE_TEXT[muxer])
+            else:
+                dropped.append(f"{what}: {muxer.upper()} cannot hold these subtitles")
+        elif s.kind == "attachment":
+            if muxer == "matroska":
+                keep(s, "-c:#", "copy")
+            else:
+                dropped.append(f"{what}: only Matroska holds attachments")
+        elif s.kind == "data":
+            if s.timecode:
+                continue  # written again from the video's timecode (encoder_plan)
+            if s.tag in _DATA_TAGS.get(muxer, ()):
+                keep(s, "-c:#", "copy")
+            else:
+                dropped.append(f"{what}: {muxer.upper()} cannot hold this data track")
+        else:
+            dropped.append(f"{what}: a second picture stream (cover art) is not kept")
+    return args, dropped
 
 
 def encode_args(
-    plan: _Plan, dst_ff: str, audio: Sequence[AudioStream], audio_input: int | None, extra: Sequence[str] = ()
+    plan: _Plan,
+    dst_ff: str,
+    streams: Sequence[StreamInfo],
+    source: int | None,
+    extra: Sequence[str] = (),
 ) -> list[str]:
-    """Output side of the ffmpeg command: maps, filters, codecs, muxer, name."""
+    """Output side of the ffmpeg command: maps, filters, codecs, the other streams, muxer, name.
+
+    ``streams`` of input ``source`` are kept as :func:`stream_plan` says, with
+    the file's metadata and chapters. No stream is cut to another's length.
+    """
     args = ["-map", "0:v:0"]
     if plan.filters:
         args += ["-vf", plan.filters]
     args += plan.video_args
-    if audio_input is not None and audio and plan.muxer != "gif":
-        args += ["-map", f"{audio_input}:a?"]
-        args += _audio_args(plan.muxer, audio)
-        args += ["-shortest", "-map_metadata", str(audio_input)]
+    args += plan.video_tags
+    if source is not None and streams and plan.muxer != "gif":
+        args += stream_plan(plan.muxer, streams, source)[0]
+        args += ["-map_metadata", str(source), "-map_chapters", str(source)]
     else:
-        args += ["-an"]
-    args += ["-sn", "-dn", "-map_chapters", "-1"]
+        args += ["-map_chapters", "-1"]
     if plan.muxer in ("mp4", "mov"):
         args += ["-movflags", "+faststart"]
     elif plan.muxer == "avi":
@@ -1327,34 +1531,66 @@ class VideoWriter:
         self._done = False  # the output was committed or discarded
         self._committed = False
         self._pipe_lock = threading.Lock()  # held while writing; the pipe is closed only outside a write
+        self._streams: tuple[StreamInfo, ...] | None = None
+        self._video_tmp: Path | None = None  # the encoded video before its frames get their times
+        self._scratch: list[Path] = []  # temporaries removed whatever happens
 
-    def _audio_streams(self) -> tuple[AudioStream, ...]:
-        if self.audio_from is None or self.encoder_plan.muxer == "gif":
+    def kept_streams(self) -> tuple[StreamInfo, ...]:
+        """The streams of ``audio_from`` offered to the output (the container may refuse some: :attr:`notes`)."""
+        if self.audio_from is None:
             return ()
-        if Path(self.audio_from) == Path(self.info.path):
-            return self.info.audio
-        if not Path(self.audio_from).is_file():
-            raise InputError(f"{self.audio_from}: no such file")
-        proc = _run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", ffmpeg_path(self.audio_from)])
-        text = proc.stderr.decode("utf-8", "replace")
-        if not any(_INPUT.match(line) for line in text.splitlines()):
-            raise InputError(f"{self.audio_from}: cannot read its audio ({last_lines(text)})")
-        return tuple(
-            _parse_audio(int(m.group(1)), m.group(2), m.group(4))
-            for m in map(_STREAM.match, text.splitlines())
-            if m and m.group(3) == "Audio"
+        if self._streams is None:
+            if Path(self.audio_from) == Path(self.info.path):
+                self._streams = self.info.streams or self.info.audio
+            else:
+                self._streams = probe_streams(self.audio_from)
+        return self._streams
+
+    @property
+    def notes(self) -> list[str]:
+        """One line per property or stream of the source the output cannot keep (empty: everything kept)."""
+        lines = [f"{self.dst}: {n}" for n in self.encoder_plan.notes]
+        streams = self.kept_streams()
+        lines += [f"{self.dst}: {d}" for d in stream_plan(self.encoder_plan.muxer, streams, 1)[1]]
+        if self.encoder_plan.muxer == "avi":
+            late = [s for s in streams if s.kind == "audio" and abs(s.start - self.info.offset) > Fraction(1, 1000)]
+            lines += [
+                f"{self.dst}: stream {s.index} (audio) starts {float(s.start - self.info.offset):+.3f} s from the "
+                "picture; AVI starts every stream together"
+                for s in late
+            ]
+        return lines
+
+    @property
+    def retimed(self) -> bool:
+        """Frames are written at their own instants (variable rate), by a remux after encoding."""
+        info = self.info
+        return (
+            info.variable_rate
+            and not info.resampled
+            and self.encoder_plan.muxer not in ("gif", "avi")
+            and len(info.timestamps) >= info.frame_count
         )
 
+    def _offset_args(self, streams: Sequence[StreamInfo]) -> list[str]:
+        """Where the video starts on the file's clock, when other streams share it."""
+        same = self.audio_from is not None and Path(self.audio_from) == Path(self.info.path)
+        if streams and same and self.info.offset:
+            return ["-itsoffset", f"{float(self.info.offset):.6f}"]
+        return []
+
     def command(self, tmp: str | os.PathLike[str] | None = None) -> list[str]:
-        """The ffmpeg command line this writer runs (to ``tmp``, default ``dst``)."""
+        """The ffmpeg command line this writer runs (to ``tmp``, default ``dst``).
+
+        For a variable-rate video (:attr:`retimed`) it encodes the video alone
+        into ``tmp`` (NUT); :meth:`close` then sets each frame's time and adds
+        the other streams.
+        """
         info = self.info
-        cmd = [
-            ffmpeg_exe(),
-            "-hide_banner",
-            "-nostdin",
-            "-nostats",
-            "-loglevel",
-            "error",
+        cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-nostats", "-loglevel", "error"]
+        streams = () if self.retimed else self.kept_streams()
+        cmd += self._offset_args(streams)
+        cmd += [
             "-f",
             "rawvideo",
             "-pix_fmt",
@@ -1366,12 +1602,36 @@ class VideoWriter:
             "-i",
             "pipe:0",
         ]
-        audio = self._audio_streams()
-        audio_input = None
-        if audio:
+        plan = self.encoder_plan
+        if self.retimed:
+            plan = dataclasses.replace(plan, muxer="nut", video_tags=())
+        source = None
+        if streams and plan.muxer != "gif":
             cmd += ["-i", ffmpeg_path(self.audio_from)]  # type: ignore[arg-type]
-            audio_input = 1
-        return cmd + encode_args(self.encoder_plan, ffmpeg_path(tmp or self.dst), audio, audio_input)
+            source = 1
+        return cmd + encode_args(plan, ffmpeg_path(tmp or self.dst), streams, source)
+
+    def _mux_timed(self, tmp: Path) -> None:
+        """Variable rate: the encoded video (frame i at i/fps) gets each frame's own time, then the other
+        streams join it in ``tmp``. FFmpeg's command line cannot give raw frames their times; PyAV
+        rewrites the packets' timestamps without decoding."""
+        timed = self._video_tmp.with_name(self._video_tmp.name.replace(".nut", ".timed.nut"))
+        self._scratch.append(timed)
+        try:
+            _retime(self._video_tmp, timed, self.info, self.frames_written)
+        except Exception as exc:  # noqa: BLE001 - PyAV raises its own errors; one line for the user
+            raise VideoError(f"{self.dst}: cannot set the frames' times ({_av_reason(exc)})") from None
+        streams = self.kept_streams()
+        cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-nostats", "-loglevel", "error"]
+        cmd += self._offset_args(streams) + ["-i", ffmpeg_path(timed)]
+        if streams:
+            cmd += ["-i", ffmpeg_path(self.audio_from)]  # type: ignore[arg-type]
+        copy = dataclasses.replace(self.encoder_plan, filters="", video_args=["-c:v", "copy"])
+        cmd += encode_args(copy, ffmpeg_path(tmp), streams, 1 if streams else None)
+        proc = _run(cmd)
+        if proc.returncode != 0:
+            said = last_lines(proc.stderr.decode("utf-8", "replace")) or _exit_reason(proc.returncode)
+            raise VideoError(f"{self.dst}: cannot write the streams ({said})")
 
     def open(self) -> VideoWriter:
         """Check the output, start ffmpeg on a temporary name (done by ``with``)."""
@@ -1384,7 +1644,10 @@ class VideoWriter:
             atomic = atomic_output(self.dst, inputs=inputs, overwrite=self.overwrite)
             tmp = atomic.__enter__()
             try:
-                cmd = self.command(tmp)
+                if self.retimed:
+                    self._video_tmp = temp_path_for(self.dst.with_suffix(".nut"))
+                    self._scratch.append(self._video_tmp)
+                cmd = self.command(self._video_tmp or tmp)
                 self._proc = _spawn(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
             except BaseException as exc:
                 atomic.__exit__(type(exc), exc, exc.__traceback__)
@@ -1394,7 +1657,7 @@ class VideoWriter:
                 raise
             self._atomic, self._tmp = atomic, tmp
             self._stderr = _StderrTail(self._proc.stderr)
-            self._finalizer = weakref.finalize(self, _discard, self._proc, tmp)
+            self._finalizer = weakref.finalize(self, _discard, self._proc, tmp, self._scratch)
         return self
 
     def __enter__(self) -> VideoWriter:
@@ -1473,8 +1736,14 @@ class VideoWriter:
             if self._atomic is not None:
                 err = VideoError(f"{self.dst}: discarded")
                 self._atomic.__exit__(VideoError, err, None)
+            self._drop_scratch()
             if self._stderr is not None:
                 self._stderr.text(timeout=_REAP_TIMEOUT)
+
+    def _drop_scratch(self) -> None:
+        for path in self._scratch:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
 
     def _close_stdin(self) -> None:
         if self._proc is not None and self._proc.stdin is not None:
@@ -1510,6 +1779,13 @@ class VideoWriter:
             raise
         if rc != 0 or self._aborted:
             raise self._failed("ffmpeg failed")
+        if self._video_tmp is not None:
+            assert self._tmp is not None
+            try:
+                self._mux_timed(self._tmp)
+            except BaseException:
+                self._discard()
+                raise
         with self._lock:
             if self._done:
                 raise self._failed("stopped")
@@ -1518,6 +1794,7 @@ class VideoWriter:
             if self._stderr is not None:
                 self._stderr.text(timeout=_REAP_TIMEOUT)
             assert self._atomic is not None
+            self._drop_scratch()
             self._atomic.__exit__(None, None, None)  # rename into place (may raise OutputExists)
             self._committed = True
 
@@ -1533,11 +1810,122 @@ class VideoWriter:
         self._discard()
 
 
-def _discard(proc: subprocess.Popen[bytes], tmp: Path) -> None:
+def _discard(proc: subprocess.Popen[bytes], tmp: Path, scratch: Sequence[Path] = ()) -> None:
     """Finalizer of a writer dropped without close/abort."""
     _reap(proc, kill=True)
-    with contextlib.suppress(OSError):
-        os.unlink(tmp)
+    for path in (tmp, *scratch):
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+
+def _retime(src: Path, dst: Path, info: VideoInfo, count: int) -> None:
+    """Copy the video packets of ``src`` (frame i at i/fps) into ``dst`` (NUT), frame i at
+    ``info.timestamps[i]`` (relative to the first), in ``info.time_base``; no decoding.
+
+    Decode times before the first frame (an encoder's reordering delay) are
+    spaced by the smallest gap between frames, so every packet keeps dts <= pts.
+    """
+    import av
+
+    times = info.timestamps[:count]
+    rel = [t - times[0] for t in times]
+    step = min((b - a for a, b in zip(rel, rel[1:])), default=1)
+
+    def at(k: int) -> int:
+        if k < 0:
+            return k * step
+        if k >= len(rel):
+            return rel[-1] + (k - len(rel) + 1) * step
+        return rel[k]
+
+    with av.open(ffmpeg_path(src)) as inp, av.open(ffmpeg_path(dst), "w", format="nut") as out:
+        ist = inp.streams.video[0]
+        ost = out.add_stream_from_template(ist)
+        ost.time_base = info.time_base
+        for packet in inp.demux(ist):
+            if packet.size == 0:
+                continue
+            scale = Fraction(packet.time_base) * info.fps  # ticks -> frame index
+            pts = packet.pts if packet.pts is not None else packet.dts
+            packet.pts = at(round(pts * scale))
+            packet.dts = at(round(packet.dts * scale)) if packet.dts is not None else None
+            packet.duration = 0
+            packet.time_base = info.time_base
+            packet.stream = ost
+            out.mux(packet)
+
+
+# ----------------------------------------------------------------------------
+# the I/O contract
+
+
+class VideoSource(Source):
+    """A video as a :class:`~tiler.io.base.Source`: frames in order from a :class:`VideoReader`.
+
+    ``read_into`` runs on the pipeline's decode thread; the reader's ffmpeg
+    writes each frame straight into the slot.
+
+    Examples
+    --------
+    >>> with VideoSource(VideoReader(probe_video("clip.mp4"))) as src:     # doctest: +SKIP
+    ...     buf = np.empty(src.probe().frame_shape, np.uint8)
+    ...     while src.read_into(src.next_index, buf):
+    ...         pass
+    """
+
+    RUNS_ON = "thread"
+
+    def __init__(self, reader: VideoReader) -> None:
+        self.reader = reader
+        self.next_index = 0
+        self.ended = False
+
+    def probe(self) -> VideoInfo:
+        return self.reader.info
+
+    def read_into(self, index: int, out: np.ndarray) -> bool:
+        if self.ended and index >= self.next_index:
+            return False
+        if index != self.next_index:
+            raise VideoError(
+                f"{self.reader.info.path}: frames are read in order: asked for {index}, next is {self.next_index}"
+            )
+        if not self.reader.readinto(out):
+            self.ended = True
+            return False
+        self.next_index += 1
+        return True
+
+    def close(self) -> None:
+        self.reader.close()
+
+
+class VideoSink(Sink):
+    """A video output as a :class:`~tiler.io.base.Sink`: frames in order into a :class:`VideoWriter`.
+
+    ``write`` runs on the pipeline's encode thread; ``commit`` (the parent)
+    waits for ffmpeg, sets each frame's time for a variable rate, joins the
+    other streams and renames the file into place; ``abort`` (any thread)
+    kills ffmpeg and removes every temporary.
+    """
+
+    RUNS_ON = "thread"
+
+    def __init__(self, writer: VideoWriter) -> None:
+        self.writer = writer
+
+    def write(self, index: int, frame: np.ndarray) -> None:
+        if index != self.writer.frames_written:
+            raise VideoError(
+                f"{self.writer.dst}: frames are written in order: got {index}, next is {self.writer.frames_written}"
+            )
+        self.writer.write(frame)
+
+    def commit(self) -> None:
+        self.writer.close()
+
+    def abort(self) -> None:
+        self.writer.abort()
 
 
 # ----------------------------------------------------------------------------
@@ -1560,7 +1948,8 @@ def transcode_command(
     :class:`VideoWriter`, with an optional ffmpeg filter applied to the RGB frames.
 
     Meant for benchmarks (tileproc against plain ffmpeg on the same work). It
-    writes ``dst`` directly (``-y``), without the atomic rename.
+    writes ``dst`` directly (``-y``), without the atomic rename, and frames at
+    the constant rate ``info.fps`` (a variable-rate source at its average rate).
 
     Examples
     --------

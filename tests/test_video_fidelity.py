@@ -1,0 +1,334 @@
+"""Video fidelity: nothing dropped, nothing moved.
+
+Every clip is generated here with the bundled ffmpeg (lavfi sources), and
+each output is compared with its input through PyAV: frames, per-frame
+timestamps, streams (kinds, codecs, languages, starts and lengths) and flags.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+import tiler
+from tiler.io.video import VideoReader, VideoWriter, ffmpeg_exe, probe_video
+
+
+def ff(*args: str) -> None:
+    subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y", *args], check=True)
+
+
+X264 = ("-c:v", "libx264", "-preset", "ultrafast", "-crf", "10", "-pix_fmt", "yuv420p")
+
+
+def read_all(info) -> np.ndarray:
+    with VideoReader(info) as r:
+        return np.stack(list(r))
+
+
+def copy_video(src: Path, dst: Path, *, info=None, **kw) -> VideoWriter:
+    """Decode ``src`` and encode it again into ``dst`` (the identity chain without the engine)."""
+    info = info or probe_video(src)
+    frames = read_all(info)
+    with VideoWriter(dst, info, preset="ultrafast", **kw) as w:
+        for f in frames:
+            w.write(f)
+    return w
+
+
+def seconds(info) -> list[float]:
+    """Each frame's presentation time, from the file's first frame."""
+    return [float((t - info.timestamps[0]) * info.time_base) for t in info.timestamps]
+
+
+def stream_span(path: Path, index: int) -> tuple[float, float]:
+    """(start, end) in seconds of one stream, from its packets' timestamps."""
+    with av.open(str(path)) as c:
+        s = c.streams[index]
+        spans = [
+            (p.pts * p.time_base, (p.pts + (p.duration or 0)) * p.time_base)
+            for p in c.demux(s)
+            if p.size and p.pts is not None
+        ]
+    return float(min(a for a, _ in spans)), float(max(b for _, b in spans))
+
+
+def subtitle_texts(path: Path) -> list[tuple[float, str]]:
+    with av.open(str(path)) as c:
+        s = c.streams.subtitles[0]
+        out = []
+        for p in c.demux(s):
+            if p.size:
+                for sub in p.decode():
+                    text = sub.ass.decode().split(",", 8)[-1].strip()
+                    out.append((round(float(p.pts * p.time_base), 2), text))
+    return out
+
+
+# ---------------------------------------------------------------------------
+# audio shorter than the picture, starting late
+
+
+@pytest.fixture(scope="module")
+def short_audio(tmp_path_factory) -> Path:
+    """2 s, 48 frames of picture; 0.5 s of AAC starting 0.25 s in."""
+    path = tmp_path_factory.mktemp("short") / "short.mp4"
+    ff(
+        "-f", "lavfi", "-i", "testsrc2=s=64x48:r=24:d=2",
+        "-itsoffset", "0.25", "-f", "lavfi", "-i", "sine=f=440:sample_rate=48000:d=0.5",
+        "-map", "0", "-map", "1", *X264, "-c:a", "aac", str(path),
+    )  # fmt: skip
+    return path
+
+
+@pytest.mark.parametrize("ext", [".mp4", ".mkv", ".mov", ".avi", ".webm"])
+def test_short_audio_keeps_every_frame_and_its_own_length_and_start(short_audio, tmp_path, ext):
+    info = probe_video(short_audio)
+    assert info.frame_count == 48
+    dst = tmp_path / f"out{ext}"
+    w = copy_video(short_audio, dst)
+    out = probe_video(dst)
+    assert out.frame_count == 48 and out.fps == 24
+    assert np.allclose(seconds(out), seconds(info), atol=0.0011)
+    (a_in,), (a_out,) = info.audio, out.audio
+    start_in, end_in = stream_span(short_audio, a_in.index)
+    start_out, end_out = stream_span(dst, a_out.index)
+    video_in, video_out = info.timestamps[0] * info.time_base, out.timestamps[0] * out.time_base
+    # the audio starts as far after the first frame as in the source, and lasts as long
+    if ext == ".avi":  # MP3 (re-encoded): whole 24 ms frames and the encoder's delay
+        assert abs((end_out - start_out) - (end_in - start_in)) < 0.06
+        # AVI has no start time per stream: all start together, and the writer says so
+        assert len(w.notes) == 1 and "starts +0.2" in w.notes[0]
+    else:
+        assert abs((end_out - start_out) - (end_in - start_in)) < 0.03
+        assert abs((start_out - float(video_out)) - (start_in - float(video_in))) < 0.03
+        assert w.notes == []
+    assert a_out.kind == "audio"
+
+
+# ---------------------------------------------------------------------------
+# variable frame rate with a gap
+
+
+@pytest.fixture(scope="module")
+def gap_clip(tmp_path_factory) -> Path:
+    """24 frames in the first second, nothing for 5 s, 24 frames from 6 s."""
+    path = tmp_path_factory.mktemp("gap") / "gap.mp4"
+    ff(
+        "-f", "lavfi", "-i", "testsrc2=s=64x48:r=24:d=7",
+        "-vf", r"geq=lum='mod(3*N+X\,256)':cb=128:cr=128,select=lt(t\,1)+gte(t\,6)",  # each frame its own level
+        "-fps_mode", "passthrough", *X264, str(path),
+    )  # fmt: skip
+    return path
+
+
+def _matches(frames: np.ndarray, source: np.ndarray) -> list[int]:
+    """For each frame, the index of the source frame it is closest to."""
+    a = frames.reshape(len(frames), -1).astype(np.float32)
+    b = source.reshape(len(source), -1).astype(np.float32)
+    d = (a * a).sum(1)[:, None] - 2 * a @ b.T + (b * b).sum(1)[None, :]
+    return [int(i) for i in d.argmin(1)]
+
+
+@pytest.mark.parametrize("ext", [".mp4", ".mkv"])
+def test_variable_rate_gap_every_frame_once_at_its_own_time(gap_clip, tmp_path, ext):
+    info = probe_video(gap_clip)
+    assert info.frame_count == 48 and info.variable_rate
+    source = read_all(info)
+    dst = tmp_path / f"out{ext}"
+    copy_video(gap_clip, dst)
+    out = probe_video(dst)
+    assert out.frame_count == 48 and out.variable_rate
+    expected = [i / 24 for i in range(24)] + [6 + i / 24 for i in range(24)]
+    assert np.allclose(seconds(out), expected, atol=0.0011)
+    assert _matches(read_all(out), source) == list(range(48))  # each source frame once, in order
+
+
+def test_constant_rate_on_request(gap_clip, tmp_path):
+    info = probe_video(gap_clip).at_rate(24)
+    assert info.frame_count == 7 * 24 and not info.variable_rate  # from the first frame to the end of the last
+    source = read_all(probe_video(gap_clip))
+    dst = tmp_path / "cfr.mp4"
+    copy_video(gap_clip, dst, info=info)
+    out = probe_video(dst)
+    assert (out.frame_count, out.fps, out.variable_rate) == (info.frame_count, 24, False)
+    held = _matches(read_all(out), source)
+    assert held[:24] == list(range(24)) and set(held[24:-24]) == {23} and held[-24:] == list(range(24, 48))
+
+
+# ---------------------------------------------------------------------------
+# every stream the container holds
+
+
+@pytest.fixture(scope="module")
+def many_streams(tmp_path_factory) -> Path:
+    """Matroska: video (deu), two audio tracks (eng 1 s, fra 0.6 s from 0.2 s), SubRip subtitles (eng),
+    an attachment."""
+    d = tmp_path_factory.mktemp("streams")
+    srt = d / "subs.srt"
+    srt.write_text("1\n00:00:00,100 --> 00:00:00,500\nHello\n\n2\n00:00:00,600 --> 00:00:00,900\nWorld\n\n")
+    note = d / "notes.txt"
+    note.write_text("an attached file\n")
+    path = d / "streams.mkv"
+    ff(
+        "-f", "lavfi", "-i", "testsrc2=s=64x48:r=25:d=1",
+        "-f", "lavfi", "-i", "sine=f=440:d=1",
+        "-itsoffset", "0.2", "-f", "lavfi", "-i", "sine=f=660:d=0.6",
+        "-i", str(srt),
+        "-map", "0", "-map", "1", "-map", "2", "-map", "3", *X264, "-c:a", "aac", "-c:s", "srt",
+        "-attach", str(note), "-metadata:s:t", "mimetype=text/plain",
+        "-metadata:s:v", "language=deu", "-metadata:s:a:0", "language=eng", "-metadata:s:a:1", "language=fra",
+        "-metadata:s:s", "language=eng", str(path),
+    )  # fmt: skip
+    return path
+
+
+def test_mkv_keeps_every_stream(many_streams, tmp_path):
+    info = probe_video(many_streams)
+    kinds = [(s.kind, s.language) for s in info.streams]
+    assert kinds == [("audio", "eng"), ("audio", "fra"), ("subtitle", "eng"), ("attachment", None)]
+    codecs = [s.codec for s in info.streams]
+    dst = tmp_path / "out.mkv"
+    w = copy_video(many_streams, dst)
+    assert w.notes == []
+    out = probe_video(dst)
+    assert [(s.kind, s.language) for s in out.streams] == kinds and [s.codec for s in out.streams] == codecs
+    assert out.language == "deu" and out.frame_count == 25
+    for a, b in zip(info.audio, out.audio):
+        assert np.allclose(stream_span(dst, b.index), stream_span(many_streams, a.index), atol=0.03)
+    assert subtitle_texts(dst) == subtitle_texts(many_streams) == [(0.1, "Hello"), (0.6, "World")]
+    with av.open(str(dst)) as c:
+        (attachment,) = c.streams.attachments
+        assert attachment.data == b"an attached file\n"
+
+
+def test_mp4_converts_subtitles_and_says_what_it_cannot_hold(many_streams, tmp_path):
+    dst = tmp_path / "out.mp4"
+    w = copy_video(many_streams, dst)
+    assert len(w.notes) == 1 and "attachment" in w.notes[0] and str(dst) in w.notes[0]
+    out = probe_video(dst)
+    assert [(s.kind, s.codec, s.language) for s in out.streams] == [
+        ("audio", "aac", "eng"),
+        ("audio", "aac", "fra"),
+        ("subtitle", "mov_text", "eng"),
+    ]
+    assert subtitle_texts(dst) == [(0.1, "Hello"), (0.6, "World")]
+
+
+# ---------------------------------------------------------------------------
+# flags: fields, aspect ratio, languages
+
+
+@pytest.fixture(scope="module")
+def interlaced(tmp_path_factory) -> Path:
+    """Top field first; every line of the top field white, of the bottom field black."""
+    path = tmp_path_factory.mktemp("fields") / "fields.mkv"
+    ff(
+        "-f", "lavfi", "-i", "color=c=white:s=64x24:r=50:d=0.4",
+        "-f", "lavfi", "-i", "color=c=black:s=64x24:r=50:d=0.4",
+        "-filter_complex", "[0][1]interleave,tinterlace=interleave_top,setfield=tff[v]",
+        "-map", "[v]", "-c:v", "libx264", "-preset", "ultrafast", "-qp", "0", "-pix_fmt", "yuv420p",
+        "-flags", "+ildct+ilme", "-field_order", "tt", str(path),
+    )  # fmt: skip
+    return path
+
+
+def test_interlaced_keeps_field_order_and_filters_woven_frames(interlaced, tmp_path):
+    info = probe_video(interlaced)
+    assert info.interlaced
+    lines = read_all(info)[..., 0].astype(int).mean(axis=(0, 2))
+    assert lines[0::2].min() > 200 and lines[1::2].max() < 55  # the fields, woven
+
+    inverted = tmp_path / "invert.mkv"
+    tiler.process_video(interlaced, inverted, "invert", workers=1, preset="ultrafast")
+    out = probe_video(inverted)
+    assert out.field_order == info.field_order and out.frame_count == info.frame_count
+    lines = read_all(out)[..., 0].astype(int).mean(axis=(0, 2))
+    assert lines[0::2].max() < 55 and lines[1::2].min() > 200  # each field stays itself
+
+    blurred = tmp_path / "blur.mkv"
+    tiler.process_video(interlaced, blurred, "blur:sigma=2", workers=1, preset="ultrafast")
+    assert probe_video(blurred).field_order == info.field_order
+    lines = read_all(probe_video(blurred))[..., 0].astype(int).mean(axis=(0, 2))
+    assert np.all(np.abs(lines[2:-2] - 128) < 40)  # a spatial filter mixes the two fields
+
+
+@pytest.mark.parametrize("sar", ["1/1", "4/3"])
+def test_sample_aspect_ratio_and_languages_kept(tmp_path, sar):
+    src = tmp_path / "sar.mp4"
+    ff(
+        "-f", "lavfi", "-i", f"testsrc2=s=64x48:r=25:d=0.4,setsar={sar}",
+        "-f", "lavfi", "-i", "sine=d=0.4", *X264, "-c:a", "aac",
+        "-metadata:s:v", "language=jpn", "-metadata:s:a", "language=spa", str(src),
+    )  # fmt: skip
+    info = probe_video(src)
+    assert info.sample_aspect_tagged and info.sample_aspect == Fraction(sar)
+    for ext in (".mp4", ".mkv"):
+        dst = tmp_path / f"out{ext}"
+        copy_video(src, dst)
+        out = probe_video(dst)
+        assert out.sample_aspect_tagged and out.sample_aspect == info.sample_aspect
+        assert out.language == "jpn" and [a.language for a in out.audio] == ["spa"]
+
+
+# ---------------------------------------------------------------------------
+# names
+
+
+def test_a_name_with_a_newline(short_audio, tmp_path):
+    src = tmp_path / "two\nlines.mp4"
+    src.write_bytes(short_audio.read_bytes())
+    info = probe_video(src)
+    assert info.frame_count == 48 and len(info.audio) == 1
+    dst = tmp_path / "out\nput.mkv"
+    copy_video(src, dst)
+    assert probe_video(dst).frame_count == 48
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out\nput.mkv", "two\nlines.mp4"]
+
+
+@pytest.mark.parametrize("ext", [".mp4", ".mkv"])
+def test_picture_starting_after_the_sound_keeps_its_offset(tmp_path, ext):
+    src = tmp_path / "late.mkv"
+    ff(
+        "-itsoffset", "0.3", "-f", "lavfi", "-i", "testsrc2=s=64x48:r=25:d=1",
+        "-f", "lavfi", "-i", "sine=d=1.5", "-map", "0", "-map", "1", *X264, "-c:a", "aac", str(src),
+    )  # fmt: skip
+    info = probe_video(src)
+    assert abs(info.offset - Fraction(3, 10)) < Fraction(3, 100)  # (less the AAC priming)
+    dst = tmp_path / f"out{ext}"
+    copy_video(src, dst)
+    out = probe_video(dst)
+    assert abs(out.offset - info.offset) < Fraction(1, 100) and out.frame_count == 25
+    assert abs(np.subtract(*stream_span(dst, out.audio[0].index)) - np.subtract(*stream_span(src, 1))) < 0.03
+
+
+def test_timecode_kept(tmp_path):
+    src = tmp_path / "tc.mov"
+    ff("-f", "lavfi", "-i", "testsrc2=s=64x48:r=25:d=0.4", *X264, "-timecode", "01:02:03:04", str(src))
+    info = probe_video(src)
+    assert info.timecode == "01:02:03:04" and [s.kind for s in info.streams] == ["data"]
+    for ext in (".mp4", ".mov", ".mkv"):
+        dst = tmp_path / f"out{ext}"
+        assert copy_video(src, dst).notes == []
+        assert probe_video(dst).timecode == "01:02:03:04"
+
+
+def test_one_rate_containers_take_the_average_rate_and_say_so(gap_clip, tmp_path):
+    from tiler.io.video import output_timing
+
+    info = probe_video(gap_clip)
+    assert output_timing(info, tmp_path / "out.mp4") == (info, [])
+    at, notes = output_timing(info, tmp_path / "out.avi")
+    assert at.fps == info.fps and not at.variable_rate and at.frame_count == round(7 * info.fps)
+    assert notes == [
+        f"{tmp_path / 'out.avi'}: AVI holds one frame rate: the variable rate is written at its average {info.fps}"
+    ]
+    dst = tmp_path / "out.avi"
+    copy_video(gap_clip, dst, info=at)
+    out = probe_video(dst)
+    assert (out.frame_count, out.fps, out.variable_rate) == (at.frame_count, at.fps, False)

@@ -40,7 +40,8 @@ sys.path.insert(0, str(HERE.parent))
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
-from bench_images import OtherLoad, interleaved, machine, synth_frame  # noqa: E402
+from bench_images import machine  # noqa: E402
+from benchkit import OtherLoad, interleaved, synth_frame  # noqa: E402
 from PIL import Image, ImageOps  # noqa: E402
 
 from tiler import Engine  # noqa: E402

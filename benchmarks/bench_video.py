@@ -76,6 +76,7 @@ from machine import cpu_model
 
 from filters.blur import GaussianBlur  # noqa: E402
 from tiler.io import video  # noqa: E402
+from tiler.sharedmem import owned_entries  # noqa: E402
 
 FPS = "30000/1001"
 LOOPS = 10  # the long clip is the short one this many times over
@@ -307,12 +308,10 @@ class TreeSampler:
                         comm, f = _stat_fields(text)
                         proc.threads[int(tid)] = [comm, int(f[11]) + int(f[12])]
         shm = 0
-        prefixes = tuple(f"tileproc_{pid}_" for pid in pids)
-        with contextlib.suppress(OSError):
-            for entry in os.scandir("/dev/shm"):
-                if entry.name.startswith(prefixes):
-                    with contextlib.suppress(OSError):
-                        shm += entry.stat().st_blocks * 512
+        for path, owner in owned_entries(("/dev/shm",)):
+            if owner.pid in pids:
+                with contextlib.suppress(OSError):
+                    shm += os.stat(path).st_blocks * 512
         self.samples += 1
         if rss > self.peak_rss:
             self.peak_rss_by_pid = {pid: self.procs[pid].rss for pid in pids}
@@ -322,7 +321,7 @@ class TreeSampler:
         self.peak_unique = max(self.peak_unique, anon + shm)
 
     def classify(self, root_role: str) -> None:
-        forkserver = {p.pid for p in self.procs.values() if "forkserver" in p.cmd and p.ppid == self.root}
+        forkserver = {p.pid for p in self.procs.values() if "_zygote_main" in p.cmd and p.ppid == self.root}
         for p in self.procs.values():
             if p.pid == self.root:
                 p.role = root_role

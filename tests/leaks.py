@@ -1,4 +1,5 @@
-"""What a tileproc run may leave behind: shared-memory segments and processes.
+"""What a tileproc run may leave behind: shared-memory segments, spill folders,
+semaphores, resource-tracker registrations and processes.
 
 Used by the autouse fixture in conftest.py after every test, and by tests that
 check a killed run directly.
@@ -13,25 +14,76 @@ SHM = "/dev/shm"
 
 
 def shm_entries() -> set[str]:
-    """tileproc's segments in /dev/shm that this test process may own.
+    """tileproc's segments in /dev/shm and spill folders in the temporary folder that this
+    test process may own.
 
-    Segment names carry the creating pid: those of other live processes outside
-    this process tree (another test run on the same machine) are not ours.
+    Names say whose they are: those of other live processes outside this process
+    tree (another test run on the same machine) or of another host or pid
+    namespace are not ours.
     """
+    from tiler import platform
+    from tiler.sharedmem import owned_entries
+
+    ours = descendants() | {os.getpid()}
+    return {
+        path
+        for path, owner in owned_entries()
+        if owner.host == platform.host_tag() and (owner.pid in ours or platform.owner_dead(owner))
+    }
+
+
+def sem_entries() -> set[str]:
+    """Named semaphores in /dev/shm (``sem.*``; multiprocessing's are ``sem.mp-*``)."""
     try:
-        names = {n for n in os.listdir(SHM) if n.startswith("tileproc_")}
+        return {n for n in os.listdir(SHM) if n.startswith("sem.")}
     except OSError:
         return set()
-    ours = descendants() | {os.getpid()}
-    mine = set()
-    for n in names:
-        try:
-            pid = int(n.split("_")[1])
-        except (IndexError, ValueError):
+
+
+def unmapped(names: set[str]) -> set[str]:
+    """Those of the /dev/shm ``names`` that no process maps: nothing will ever unlink them."""
+    left = {n for n in names if os.path.exists(os.path.join(SHM, n))}
+    if not left:
+        return left
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
             continue
-        if pid in ours or not os.path.exists(f"/proc/{pid}"):
-            mine.add(n)
-    return mine
+        try:
+            with open(f"/proc/{pid}/maps") as f:
+                maps = f.read()
+        except OSError:
+            continue
+        left = {n for n in left if f"/dev/shm/{n}" not in maps}
+        if not left:
+            break
+    return left
+
+
+class TrackerLog:
+    """Registrations with multiprocessing's resource tracker made by this process during a
+    test and not withdrawn: each would be a "leaked ..." warning when the tracker ends."""
+
+    def __init__(self) -> None:
+        self.open: dict[tuple[str, str], int] = {}
+
+    def install(self, monkeypatch) -> None:
+        from multiprocessing import resource_tracker
+
+        register, unregister = resource_tracker.register, resource_tracker.unregister
+
+        def on_register(name, rtype):
+            self.open[(name, rtype)] = self.open.get((name, rtype), 0) + 1
+            return register(name, rtype)
+
+        def on_unregister(name, rtype):
+            self.open.pop((name, rtype), None)
+            return unregister(name, rtype)
+
+        monkeypatch.setattr(resource_tracker, "register", on_register)
+        monkeypatch.setattr(resource_tracker, "unregister", on_unregister)
+
+    def leaked(self) -> list[str]:
+        return sorted(f"{rtype} {name}" for (name, rtype) in self.open)
 
 
 def _children() -> dict[int, list[int]]:
@@ -71,8 +123,11 @@ def cmdline(pid: int) -> str:
 
 
 def helper_processes() -> set[int]:
-    """Long-lived helpers of this process that are not per-run: the forkserver and resource tracker."""
-    keep = set()
+    """Long-lived helpers of this process that are not per-run: tileproc's zygotes, and the
+    forkserver and resource tracker (which other libraries of the test process may start)."""
+    from tiler.launcher import zygote_pids
+
+    keep = set(zygote_pids())
     from multiprocessing import forkserver, resource_tracker
 
     pid = getattr(forkserver._forkserver, "_forkserver_pid", None)
@@ -85,7 +140,7 @@ def helper_processes() -> set[int]:
 
 
 def stray_processes() -> set[int]:
-    """Descendants that are neither the forkserver nor the resource tracker."""
+    """Descendants that are not long-lived helpers (:func:`helper_processes`)."""
     return descendants() - helper_processes()
 
 

@@ -214,7 +214,9 @@ def test_killed_master_workers_exit_and_next_run_sweeps(tmp_path):
     # A later run removes what the killed one left (segments, temporaries) and completes.
     assert main([str(src), "-f", "invert", "-o", str(out), "-q", "--overwrite"]) == 0
     assert not [p for p in out.rglob(".*")]
-    assert not [s for s in shm_entries() if s.split("_")[1] == str(proc.pid)]
+    from tiler.sharedmem import segment_owner
+
+    assert not [s for s in shm_entries() if segment_owner(s).pid == proc.pid]
 
 
 # -- what the command says ---------------------------------------------------------

@@ -35,13 +35,19 @@ def png(path, shape=(40, 60, 3), seed=0):
 # -- processes --------------------------------------------------------------------
 
 
-def test_shared_memory_need_checked_before_allocation():
-    free = os.statvfs("/dev/shm").f_bavail * os.statvfs("/dev/shm").f_frsize
-    side = int((free / 3 / 2) ** 0.5) + 1000  # one RGB frame is over half of what is free
-    frame = np.zeros((side, side, 3), np.uint8)  # untouched pages: nothing is really allocated
-    with Engine(workers=1) as e:
-        with pytest.raises(TileprocError, match=r"need \d+ MiB in /dev/shm, \d+ MiB free.*--shm-size"):
-            e.process(frame, "invert")
+def test_a_frame_that_fits_neither_in_shared_memory_nor_on_disk_fails_at_once():
+    import tempfile
+
+    from tiler.sharedmem import FrameRing
+
+    free = max(shutil.disk_usage(d).free for d in ("/dev/shm", tempfile.gettempdir()))
+    ring = FrameRing(2)
+    try:
+        with pytest.warns(tiler.errors.TileprocWarning, match="files in"):
+            with pytest.raises(TileprocError, match=r"needs \d+ MiB; /dev/shm has \d+ MiB free.*--shm-size="):
+                ring.acquire(free)  # a slot holds two frames: twice what is free anywhere
+    finally:
+        ring.close()
 
 
 def test_worker_threads_held_to_one_unless_asked():

@@ -26,8 +26,12 @@ from typing import Any
 
 import numpy as np
 
-from tiler.engine import Engine
-from tiler.errors import (
+from tiler import platform as _platform  # noqa: F401  (first: other systems are refused in one line)
+from tiler.launcher import own_package as _own_package
+
+_own_package("filters")  # before anything imports it: a "filters" folder in the working directory cannot hide it
+from tiler.engine import Engine  # noqa: E402
+from tiler.errors import (  # noqa: E402
     FilterFailed,
     InputError,
     OutputError,
@@ -38,7 +42,7 @@ from tiler.errors import (
     WorkerDied,
     WorkerError,
 )
-from tiler.pipeline import FileResult, Report
+from tiler.pipeline import FileResult, Report  # noqa: E402
 
 __all__ = [
     "process",

@@ -18,13 +18,14 @@ import os
 import signal
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
 
 from filters import FilterError
 from tiler.engine import Engine, resolve_chain
-from tiler.errors import OutputExists, TileprocError
+from tiler.errors import OutputExists, TileprocError, TileprocWarning
 from tiler.io.files import output_name
 from tiler.io.images import DEFAULT_MAX_PIXELS
 from tiler.pipeline import FileResult, is_supported, is_video
@@ -257,6 +258,19 @@ def _jobs(inputs: list[Path], output: str | None, ext: str | None) -> list[tuple
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
+    with warnings.catch_warnings():  # this process is the command: its warnings print as one line each
+        warnings.showwarning = _show_warning
+        return _main(argv)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    if issubclass(category, TileprocWarning):
+        print(f"tileproc: warning: {_one_line(message)}", file=sys.stderr)
+    else:
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
+def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv == ["filters"]:  # alone; with options after it, "filters" is an input (a folder of that name)
         if os.path.exists("filters"):

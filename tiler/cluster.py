@@ -842,19 +842,6 @@ def _engine_size(spec: _EngineSpec, hosts: dict[str, int]) -> int:
     return max(1, _cores() // max(1, threads_here))
 
 
-def _allow_children() -> None:
-    """Let this Dask worker process start the engine's worker processes.
-
-    Dask starts its worker processes as daemons, and multiprocessing refuses to
-    start children from a daemon. The engine's workers stop on their own when
-    this process dies (what daemon status is for), so the flag is lifted in
-    this process only; the nanny still treats it as a daemon.
-    """
-    import multiprocessing
-
-    multiprocessing.current_process()._config["daemon"] = False
-
-
 @contextlib.contextmanager
 def _engine(spec: _EngineSpec, hosts: dict[str, int]) -> Iterator[Engine]:
     """This process's engine for ``spec``: an idle one, or a new one (kept for the next task)."""
@@ -868,7 +855,6 @@ def _engine(spec: _EngineSpec, hosts: dict[str, int]) -> Iterator[Engine]:
     for e in old:  # another job's settings: free their processes and memory
         e.close()
     if engine is None:
-        _allow_children()
         engine = Engine(size, **dict(spec.options))
         with _lock:
             _engines.append(engine)

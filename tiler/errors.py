@@ -24,6 +24,7 @@ __all__ = [
     "worker_died",
     "tile_timed_out",
     "exit_text",
+    "TileprocWarning",
 ]
 
 
@@ -139,3 +140,7 @@ def exit_text(code: int | None) -> str:
             return "killed by SIGBUS: shared memory ran out; is /dev/shm full?"
         return f"killed by {name}"
     return f"exit code {code}"
+
+
+class TileprocWarning(UserWarning):
+    """Something the user should know that did not stop the run (one line; the CLI prints it as one)."""

@@ -5,91 +5,31 @@ worker holds: when a worker dies (SIGKILL, segfault, OOM) its sentinel wakes
 :meth:`WorkerPool.wait`, the pool starts a replacement and hands the lost tasks
 back to the scheduler, which retries or fails them -- never a hang.
 
-Workers are started with the ``forkserver`` method (safe with threads and with
-ffmpeg subprocesses: nothing is forked from this process) from a server that
-has numpy, OpenCV and the filters preloaded with one thread each, so starting a
-pool costs milliseconds per worker.
+Workers are forked from tileproc's own zygote (:mod:`tiler.launcher`): a
+process with numpy, OpenCV and the filters preloaded with one thread each, and
+an environment given to it explicitly, so starting a pool costs milliseconds
+per worker and changes nothing in the host process.
 """
 
 from __future__ import annotations
 
 import contextlib
-import multiprocessing as mp
 import multiprocessing.connection as mpc
 import os
-import signal
-import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
+from tiler import launcher, platform
 from tiler.worker import Tick, worker_main
 
 __all__ = ["WorkerPool", "default_workers", "Lost"]
 
-THREAD_VARS = (
-    "OMP_NUM_THREADS",
-    "OPENBLAS_NUM_THREADS",
-    "MKL_NUM_THREADS",
-    "NUMEXPR_NUM_THREADS",
-    "VECLIB_MAXIMUM_THREADS",
-    "BLIS_NUM_THREADS",
-)
-_PRELOAD = ["numpy", "cv2", "filters", "filters.base", "tiler.worker"]
-_server_lock = threading.Lock()
-
 
 def default_workers() -> int:
     """One worker per CPU this process may run on."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
-
-
-@contextlib.contextmanager
-def _thread_env(threads: int):
-    """Child processes started inside see ``threads`` for every BLAS/OpenMP pool."""
-    saved = {k: os.environ.get(k) for k in THREAD_VARS}
-    os.environ.update({k: str(threads) for k in THREAD_VARS})
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-@contextlib.contextmanager
-def _sigint_blocked():
-    """Children started inside inherit SIGINT blocked: a Ctrl-C while they import
-    cannot print tracebacks from them (the parent stops them itself). A SIGINT
-    arriving meanwhile is delivered to this process when the block ends."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
-
-
-def _context(start_method: str | None, threads: int):
-    method = start_method or ("forkserver" if threads == 1 else "spawn")
-    ctx = mp.get_context(method)
-    if method == "forkserver":
-        with _server_lock:
-            from multiprocessing import forkserver, resource_tracker
-
-            ctx.set_forkserver_preload(_PRELOAD)
-            resource_tracker.ensure_running()  # first: it unblocks SIGINT when it is done
-            with _thread_env(1), _sigint_blocked():
-                forkserver.ensure_running()
-    return ctx
+    return platform.cpu_count()
 
 
 @dataclass
@@ -117,7 +57,9 @@ class WorkerPool:
         if n < 1:
             raise ValueError(f"workers must be >= 1, got {n}")
         self.n, self.threads, self.depth = n, threads, depth
-        self._ctx = _context(start_method, threads)
+        if start_method not in (None, "forkserver", "spawn"):
+            raise ValueError(f"start method must be 'forkserver' or 'spawn', got {start_method!r}")
+        self._spawn = start_method == "spawn"
         self._workers: list[_Handle] = []
         self._closed = False
         try:
@@ -128,16 +70,16 @@ class WorkerPool:
             raise
 
     def _start(self) -> _Handle:
-        parent, child = self._ctx.Pipe(duplex=True)
-        with _thread_env(self.threads), _sigint_blocked():
-            p = self._ctx.Process(
-                target=worker_main,
-                args=(child, os.getpid(), self.threads),
-                daemon=True,
-                name="tileproc-worker",
+        parent, child = mpc.Pipe(duplex=True)
+        try:
+            p = launcher.start_worker(
+                worker_main, child, (os.getpid(), self.threads), threads=self.threads, spawn=self._spawn
             )
-            p.start()
-        child.close()
+        except BaseException:
+            parent.close()
+            raise
+        finally:
+            child.close()
         return _Handle(p, parent)
 
     # -- feeding -------------------------------------------------------------

@@ -236,7 +236,7 @@ class Scheduler:
         clean = False
         try:
             while True:
-                while not exhausted and self.ring.available:
+                while not exhausted and self.ring.available and len(inflight) < self.ring.size:
                     try:
                         frame = next(frames)
                     except StopIteration:

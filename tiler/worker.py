@@ -37,8 +37,9 @@ from typing import Any
 import numpy as np
 
 from filters.base import Stage, check_result, check_stage, output_shape, plan_stages
+from tiler import platform
 from tiler.geometry import TileGrid
-from tiler.sharedmem import SHM_DIR, SlotRef, attach_views
+from tiler.sharedmem import SlotRef, attach, attach_views
 
 __all__ = [
     "TileBatch",
@@ -186,22 +187,6 @@ def _watch_parent(parent_pid: int, interval: float = 0.5) -> None:
             pass
 
 
-def _map(name: str) -> mmap.mmap:
-    """Map a segment the parent created.
-
-    Not ``multiprocessing.shared_memory.SharedMemory(name=...)``: before Python
-    3.13 (``track=False``) it registers every attach with the resource tracker
-    as if this process owned the segment. The parent, its one owner, unregisters
-    a segment when it unlinks it; an attach registered just after that made the
-    tracker warn at exit of "leaked" segments and fail to unlink them again.
-    """
-    fd = os.open(os.path.join(SHM_DIR, name), os.O_RDWR)
-    try:
-        return mmap.mmap(fd, 0)
-    finally:
-        os.close(fd)
-
-
 def release_frames(exc: BaseException | None) -> None:
     """Clear the locals of the finished frames in the tracebacks of ``exc`` and of its
     causes: a view of a slot held there would keep the segment from being unmapped."""
@@ -225,10 +210,10 @@ class _Worker:
         self.chains: dict[str, tuple] = {}
 
     def views(self, ref: SlotRef, *, writable_input: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        mapping = self.segments.get(ref.name)
-        if mapping is None:
-            mapping = self.segments[ref.name] = _map(ref.name)
-        return attach_views(memoryview(mapping), ref, writable_input=writable_input)
+        shm = self.segments.get(ref.name)
+        if shm is None:
+            shm = self.segments[ref.name] = attach(ref.name)
+        return attach_views(shm, ref, writable_input=writable_input)
 
     def forget(self, name: str) -> None:
         mapping = self.segments.pop(name, None)
@@ -290,27 +275,10 @@ class _Worker:
             )
 
 
-def _keep_heap() -> None:
-    """Keep freed filter temporaries mapped instead of returning them to the kernel.
-
-    Without this glibc unmaps every large temporary when a tile is done and the
-    next tile faults its pages in again: at 1080p that cost as much CPU as the
-    filter itself (benchmarks/README.md). Each worker keeps up to 128 MiB.
-    """
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD: serve temporaries up to 32 MiB from the heap
-        libc.mallopt(-1, 128 << 20)  # M_TRIM_THRESHOLD: keep up to 128 MiB of freed heap
-    except (OSError, AttributeError):  # not glibc
-        pass
-
-
 def worker_main(conn, parent_pid: int, threads: int = 1) -> None:
     """Entry point of a worker process: serve tasks from ``conn`` until told to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _keep_heap()
+    platform.keep_heap()
     try:
         import cv2
 

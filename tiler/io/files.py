@@ -1,8 +1,10 @@
 """Safe outputs: never an input, never a partial file at the final path.
 
 Every output is written to a temporary name in the target folder and moved into
-place only when complete. Temporary names carry the writer's pid, so a later run
-can sweep what a killed run left behind.
+place only when complete. Temporary names say whose they are (host, boot, pid
+namespace, pid and start time: :class:`tiler.platform.Owner`), so a later run
+sweeps what a killed run of this machine left behind, and never the live
+temporary of a run in another container or on another machine sharing the folder.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from tiler import platform
 from tiler.errors import InputError, OutputError, OutputExists
 
 __all__ = [
@@ -26,16 +29,22 @@ __all__ = [
     "same_file",
     "inside",
     "output_name",
-    "pid_alive",
+    "temp_owner",
 ]
 
-_TEMP = re.compile(r"^\..*\.tileproc-(\d+)-[0-9a-f]{8}(\.[^./]*)?$")
+_TEMP = re.compile(rf"^\..*\.tileproc-({platform.OWNER_PATTERN})-[0-9a-f]{{8}}(\.[^./]*)?$")
 
 
 def temp_path_for(dst: Path) -> Path:
     """A hidden, unique sibling of ``dst`` that keeps its extension (encoders read it)."""
     dst = Path(dst)
-    return dst.with_name(f".{dst.stem[:100]}.tileproc-{os.getpid()}-{secrets.token_hex(4)}{dst.suffix}")
+    return dst.with_name(f".{dst.stem[:100]}.tileproc-{platform.me().token}-{secrets.token_hex(4)}{dst.suffix}")
+
+
+def temp_owner(name: str) -> platform.Owner | None:
+    """The owner a temporary's name records; None for names that are not tileproc temporaries."""
+    m = _TEMP.match(os.path.basename(name))
+    return platform.Owner.parse(m.group(1)) if m else None
 
 
 def same_file(a: Path, b: Path) -> bool:
@@ -144,27 +153,21 @@ def _move_no_replace(tmp: Path, dst: Path) -> None:
     os.unlink(tmp)
 
 
-def pid_alive(pid: int) -> bool:
-    """True while a process ``pid`` exists (ours or not)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def sweep_stale_temps(folder: Path) -> list[Path]:
-    """Delete temporaries in ``folder`` left by tileproc runs that no longer exist."""
+    """Delete temporaries in ``folder`` left by tileproc runs that provably no longer exist.
+
+    Only those written on this host and in this pid namespace whose process is
+    gone (or whose pid now runs a later process): a folder shared with another
+    machine or container keeps the other runs' temporaries, live or not.
+    """
     removed = []
     try:
         entries = list(os.scandir(folder))
     except OSError:
         return removed
     for entry in entries:
-        m = _TEMP.match(entry.name)
-        if m and int(m.group(1)) != os.getpid() and not pid_alive(int(m.group(1))):
+        owner = temp_owner(entry.name)
+        if owner is not None and owner != platform.me() and platform.owner_dead(owner):
             with contextlib.suppress(OSError):
                 os.unlink(entry.path)
                 removed.append(Path(entry.path))

@@ -108,15 +108,14 @@ def test_halo_too_small_breaks_seams_which_is_why_halos_are_declared():
 
 
 def test_only_the_poisoned_frame_fails_not_the_ones_queued_behind_it():
-    from tiler.engine import _copy_from, _copy_out
-    from tiler.scheduler import Frame, Inline
+    from tiler.scheduler import Frame
 
     poison = np.full((64, 64), 255, np.uint8)
     good = np.zeros((64, 64), np.uint8)
     # One worker, one tile per frame: the good frame's task waits on the same worker behind the poison.
     with Engine(workers=1, frames_in_flight=2, tile_size=64, inline_below=0) as e:
         jobs = [
-            Frame(f"f{i}", f.shape, f.dtype, load=Inline(_copy_from(f)), store=Inline(_copy_out))
+            Frame(f"f{i}", f.shape, f.dtype, source=f, target=np.empty_like(f))
             for i, f in enumerate([poison, good, good])
         ]
         done = [(frame.label, frame.error) for frame in e.run(jobs, ff.kill_if_marked)]

@@ -231,7 +231,7 @@ def test_dash_named_video_is_not_an_ffmpeg_option(tmp_path):
     assert (tmp_path / "-i.tileproc.webm").exists()
 
 
-def test_symlinks_in_the_input_tree_are_not_followed(tmp_path):
+def test_symlinks_to_files_are_followed_links_to_folders_listed(tmp_path, capsys):
     outside = tmp_path / "outside"
     outside.mkdir()
     png(outside / "secret.png")
@@ -242,10 +242,16 @@ def test_symlinks_in_the_input_tree_are_not_followed(tmp_path):
     (src / "sub" / "loop").symlink_to(src)
     (src / "dangling.png").symlink_to(tmp_path / "nope.png")
     (src / "linked.png").symlink_to(outside / "secret.png")
-    assert main([str(src), "-f", "invert", "-o", str(tmp_path / "out"), "-q"]) == 0
+    assert main([str(src), "-f", "invert", "-o", str(tmp_path / "out"), "-q"]) == 1  # the broken link fails
     assert sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*") if p.is_file()) == [
-        "sub/a.png"
+        "linked.png",
+        "sub/a.png",
     ]
+    err = capsys.readouterr().err
+    assert f"{src / 'dangling.png'}: a broken symbolic link" in err
+    assert f"{src / 'to_outside'}: a symbolic link to a folder; not followed" in err
+    assert f"{src / 'sub' / 'loop'}: a symbolic link to a folder; not followed" in err
+    assert (outside / "secret.png").exists() and not (outside / "secret.tileproc.png").exists()
 
 
 def test_nothing_written_through_a_symlink_planted_in_the_output(tmp_path, capsys):

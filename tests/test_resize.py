@@ -301,6 +301,29 @@ def test_small_resizes_run_inline_and_equal_the_workers(sent):
     np.testing.assert_array_equal(small, tiled)
 
 
+def test_copy_free_calls_take_the_output_shape():
+    """process(out=), arrays from Engine.empty (read where they are when the result fits
+    their slot, copied through the ring when a resize makes it larger) and copy-free results."""
+    rng = np.random.default_rng(11)
+    frame = rng.integers(0, 256, (120, 90, 3), dtype=np.uint8)
+    with Engine(workers=2, inline_below=0, tile_size=32) as engine:
+        for spec in ("resize:scale=0.5", "blur:sigma=1,resize:scale=2.5"):
+            chain = resolve(spec)
+            want = chain.apply(frame)
+            out = np.empty(want.shape, np.uint8)
+            assert engine.process(frame, chain, out=out) is out
+            np.testing.assert_array_equal(out, want)
+            shared = engine.empty(frame.shape, np.uint8)
+            shared[...] = frame
+            np.testing.assert_array_equal(engine.process(shared, chain), want)
+            (view,) = engine.map_frames([shared], chain, copy=False)
+            assert not view.flags.writeable
+            np.testing.assert_array_equal(view, want)
+            del view, shared
+        with pytest.raises(ValueError, match=r"out: expected an array of shape \(60, 45, 3\) and dtype uint8"):
+            engine.process(frame, "resize:scale=0.5", out=np.empty_like(frame))
+
+
 @settings(max_examples=150, deadline=None)
 @given(
     size=st.tuples(st.integers(1, 40), st.integers(1, 40)),

@@ -765,7 +765,7 @@ def test_source_and_sink_contract(clips, tmp_path):
     from tiler.io.video import VideoSink, VideoSource
 
     assert issubclass(VideoSource, Source) and issubclass(VideoSink, Sink)
-    assert VideoSource.RUNS_ON == VideoSink.RUNS_ON == "thread"
+    assert VideoSource.runs == VideoSink.runs == "thread"
     info = probe_video(clips["ntsc24"])
     buf = np.empty(info.frame_shape, info.dtype)
     dst = tmp_path / "out.mkv"

@@ -76,6 +76,23 @@ def _extension(text: str) -> str:
     return ext
 
 
+def _image_format(path: Path) -> str | None:
+    from tiler.io.images import IMAGE_EXTENSIONS, format_of
+
+    return format_of(path) if path.suffix.lower() in IMAGE_EXTENSIONS else None
+
+
+def _quality_notes(quality: int | None, jobs: list[tuple[Path, Path | None, bool]], ext: str | None) -> list[str]:
+    """Lines saying where --quality means nothing (it applies to JPEG and WebP outputs only)."""
+    from tiler.io.images import quality_ignored
+
+    if quality is None:
+        return []
+    targets = [ext] if ext else [str(t or output_name(s)) for s, t, folder in jobs if not folder and not is_video(s)]
+    ignored = sorted({Path(t).suffix.lower() or t for t in targets if quality_ignored(t)})
+    return [f"tileproc: note: --quality applies to JPEG and WebP only; ignored for {e} output" for e in ignored]
+
+
 def _one_line(text: object) -> str:
     """A message on one line: control characters in file names are escaped."""
     return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in str(text))
@@ -242,6 +259,10 @@ def _jobs(inputs: list[Path], output: str | None, ext: str | None) -> list[tuple
                     target = target.with_suffix(ext)
             else:
                 target = out
+                if ext and not is_video(src) and _image_format(target) != _image_format(Path("x" + ext)):
+                    raise ValueError(
+                        f"-o {target} names a {target.suffix or 'suffix-less'} file but --format asks for {ext}"
+                    )
             jobs.append((src, target, False))
     seen: dict[str, Path] = {}
     for src, target, _ in jobs:
@@ -310,6 +331,8 @@ def _main(argv: Sequence[str] | None) -> int:
     except (FilterError, ValueError) as exc:
         print(f"tileproc: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
+    for note in _quality_notes(args.quality, jobs, args.format):
+        print(_one_line(note), file=sys.stderr)
 
     if args.output and (len(args.inputs) > 1 or args.output.endswith(os.sep)):
         try:

@@ -1,10 +1,11 @@
-"""The scheduler's two helpers: the book of tasks, and the wakeup of its loop.
+"""The scheduler's helpers: the book of tasks, the wakeup of its loop, the slots on loan.
 
 :class:`TaskBook` knows every task of the frames in flight: those waiting to be
 sent (``pending``), those a worker holds (``in_flight``) and how often each was
 lost with a dead worker (``attempts``). :class:`Wakeup` is the self-pipe that
 lets I/O threads post results to the scheduler's loop, which sleeps in one
-``wait`` on the workers' pipes and this one.
+``wait`` on the workers' pipes and this one. :class:`Loans` keeps the slots
+whose output the caller still views out of the ring until the caller drops them.
 
     scheduler ──queue──> TaskBook.pending ──send──> TaskBook.in_flight ──reply/lost──> scheduler
     I/O thread ──post──> Wakeup ──take──> scheduler
@@ -16,10 +17,11 @@ import os
 import queue
 import select
 import threading
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["TaskBook", "Wakeup"]
+__all__ = ["TaskBook", "Wakeup", "Loans"]
 
 
 class TaskBook:
@@ -139,3 +141,62 @@ class Wakeup:
             self._closed = True
             os.close(self._r)
             os.close(self._w)
+
+
+class Loans:
+    """Slots of a ring lent to the caller: its results are views of their output.
+
+    A lent slot leaves the ring's rotation until every view of it is gone (its
+    ``lease`` dies), so that no later frame overwrites what the caller still
+    reads. Up to ``limit`` lent slots get a place of their own (the ring grows
+    by one for each), so that frames keep flowing while the caller holds the
+    latest results; past that, frames wait for the caller, and a run that
+    would wait forever is told so (:meth:`exhausted`).
+
+    Parameters
+    ----------
+    ring : FrameRing
+        The ring the slots come from; ``ring.requested`` is the number of frames in flight.
+    """
+
+    def __init__(self, ring: Any) -> None:
+        self.ring = ring
+        self.limit = ring.requested  # frames in flight
+        self._held: list[tuple[weakref.ref, Any]] = []
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def hold(self, slot: Any, lease: weakref.ref) -> None:
+        """Keep ``slot`` busy until ``lease`` dies."""
+        self._held.append((lease, slot))
+        self._resize()
+
+    def reclaim(self) -> None:
+        """Give back to the ring the slots no view holds any more."""
+        if not self._held:
+            return
+        kept = []
+        for lease, slot in self._held:
+            if lease() is None:
+                self.ring.release(slot)
+            else:
+                kept.append((lease, slot))
+        if len(kept) != len(self._held):
+            self._held = kept
+            self._resize()
+
+    def _resize(self) -> None:
+        self.ring.lent = min(len(self._held), self.limit)
+
+    def exhausted(self) -> str:
+        """Why no frame can start: every slot is held by results the caller kept."""
+        return (
+            f"{len(self._held)} results handed back without a copy are still referenced and every "
+            f"frame slot is taken; keep fewer at once ({self.limit}, frames_in_flight, always works), "
+            "copy the ones you keep (np.array(result)), or ask for copies (copy=True)"
+        )
+
+    def forget(self) -> None:
+        """The ring was closed: nothing to give back."""
+        self._held.clear()

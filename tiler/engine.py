@@ -3,22 +3,42 @@
 ``Engine`` owns the processes and the shared memory (and frees them on
 ``close``, on an exception, on Ctrl-C); :mod:`tiler.pipeline` knows the order
 of the stages for arrays, image files, folders and videos.
+
+Arrays and copies. An ordinary array is copied into a frame slot (strip by
+strip, the workers starting on the first strips) and its result copied out
+(tile by tile, as the workers finish them): two copies in the parent. Each can
+be avoided:
+
+* in: :meth:`Engine.empty` gives an array in shared memory that the caller
+  fills; passed back to :meth:`Engine.process` or :meth:`Engine.map_frames`,
+  the workers read it where it is;
+* out: ``process(..., out=array)`` writes into the caller's array (no new
+  array, no page faults), and ``map_frames(..., copy=False)`` yields read-only
+  views of the slots themselves. Such a view keeps its slot out of use until
+  it is dropped; keeping more than twice ``frames_in_flight`` of them at once
+  is an error that says so, never a silent overwrite.
+
+The workers start when a frame first needs them: a job filtered entirely in
+this process (built-in filters on small frames) starts none.
 """
 
 from __future__ import annotations
 
 import contextlib
 import signal
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
 
 from filters.base import Chain
+from tiler.dispatch import Loans
 from tiler.errors import TileprocError
 from tiler.pool import WorkerPool, default_workers
 from tiler.scheduler import Frame, Inline, Progress, Scheduler
-from tiler.sharedmem import FrameRing, sweep_stale_segments
+from tiler.sharedmem import FrameRing, FrameSlot, sweep_stale_segments
+from tiler.worker import Forget
 
 __all__ = ["Engine", "resolve_chain", "DTYPES", "INLINE_BELOW"]
 
@@ -128,7 +148,11 @@ class Engine:
         self.retries, self.tile_timeout = retries, tile_timeout
         self.progress, self.inline_below = progress, inline_below
         self._pool: WorkerPool | None = None
+        sweep_stale_segments()  # what killed runs left, before this engine takes any space
         self._ring = FrameRing(self.frames_in_flight)
+        self._loans = Loans(self._ring)
+        self._pinned: dict[str, tuple[weakref.ref, FrameSlot]] = {}  # Engine.empty's slots
+        self._lent: dict[str, weakref.ref] = {}  # their outputs handed back as views
         self._closed = False
 
     # -- lifecycle -------------------------------------------------------------
@@ -143,14 +167,29 @@ class Engine:
             self._pool = WorkerPool(self.workers, threads=self.threads, start_method=self.start_method)
         return self._pool
 
+    @property
+    def started(self) -> bool:
+        """Whether the worker processes are running (they start when a frame first needs them)."""
+        return self._pool is not None and not self._pool._closed
+
     def close(self) -> None:
-        """Stop the workers and free the shared memory. Idempotent."""
+        """Stop the workers and free the shared memory. Idempotent.
+
+        Arrays from :meth:`empty` and views from ``map_frames(copy=False)`` stay
+        readable after this (their memory lives until they are dropped), but
+        nothing shares them any more.
+        """
         self._closed = True
         with _deferred_interrupts():
             if self._pool is not None:
                 self._pool.close()
                 self._pool = None
             self._ring.close()
+            self._loans.forget()
+            for _, slot in self._pinned.values():
+                slot.close()
+            self._pinned.clear()
+            self._lent.clear()
 
     def __enter__(self) -> Engine:
         return self
@@ -172,8 +211,14 @@ class Engine:
         workers cannot import is refused before any process exists.
         """
         blob = chain.check_picklable() if self.workers else b""
+        if self._closed:
+            raise TileprocError("engine is closed")
+        self._free_pinned()
+        pool = None
+        if self.workers:
+            pool = self._pool if self.started else (lambda: self.pool)
         return Scheduler(
-            self.pool,
+            pool,
             self._ring,
             chain,
             chain_blob=blob,
@@ -182,6 +227,7 @@ class Engine:
             retries=self.retries,
             tile_timeout=self.tile_timeout,
             progress=self.progress,
+            loans=self._loans,
         )
 
     def run(self, frames: Iterable[Frame], chain: Any) -> Iterator[Frame]:
@@ -193,11 +239,101 @@ class Engine:
         with contextlib.closing(self.scheduler(chain).run(frames)) as done:
             yield from done
 
-    def map_frames(self, frames: Iterable[np.ndarray], chain: Any) -> Iterator[np.ndarray]:
+    def empty(self, shape: tuple[int, ...], dtype: Any = np.uint8) -> np.ndarray:
+        """A new, uninitialised frame in shared memory, for the caller to fill.
+
+        Given to :meth:`process` or :meth:`map_frames`, it is filtered where it
+        is: the workers read it without a copy. It stays valid as long as it is
+        referenced (even after :meth:`close`); its shared memory is freed when
+        the array and every view of it are gone, or when the engine closes.
+        Do not write to it while it is being filtered (in ``map_frames``: until
+        its result is yielded).
+
+        Parameters
+        ----------
+        shape : tuple of int
+            ``(H, W)`` or ``(H, W, C)`` with C in 1..4.
+        dtype : dtype
+            uint8, uint16 or float32.
+
+        Returns
+        -------
+        numpy.ndarray
+            A writable, C-contiguous array of ``shape`` and ``dtype``.
+
+        Examples
+        --------
+        >>> frame = engine.empty((2160, 3840, 3), np.uint8)     # doctest: +SKIP
+        >>> camera.read_into(frame)                             # doctest: +SKIP
+        >>> out = engine.process(frame, "blur:sigma=2")         # doctest: +SKIP
+        """
+        shape = tuple(int(n) for n in shape)
+        check_frame(np.broadcast_to(np.zeros((), np.dtype(dtype)), shape), "empty")  # no allocation
+        if self._closed:
+            raise TileprocError("engine is closed")
+        self._free_pinned()
+        dtype = np.dtype(dtype)
+        slot = FrameSlot(int(np.prod(shape)) * dtype.itemsize)
+        src, _ = slot.bind(shape, dtype)
+        shared = _Shared(src, slot, self)
+        self._pinned[slot.name] = (weakref.ref(shared), slot)
+        return np.asarray(shared)
+
+    def _pinned_slot(self, frame: np.ndarray, label: str = "frame", chain: Chain | None = None) -> FrameSlot | None:
+        """The slot of ``frame`` if it is exactly an array from :meth:`empty` of this engine and
+        has room for ``chain``'s result (a larger result, from a resize, goes through the ring);
+        refused if the result of its last frame is still viewed (it would be overwritten)."""
+        base = frame.base
+        if not isinstance(base, _Shared) or base.engine() is not self or base.slot.name not in self._pinned:
+            return None
+        if frame.__array_interface__["data"][0] != base.address or frame.shape != base.shape:
+            return None
+        if frame.dtype != base.dtype or not frame.flags.c_contiguous:
+            return None
+        if (
+            chain is not None
+            and int(np.prod(chain.output_shape(frame.shape))) * frame.dtype.itemsize > base.slot.capacity
+        ):
+            return None
+        lease = self._lent.get(base.slot.name)
+        if lease is not None and lease() is not None:
+            raise TileprocError(
+                f"{label}: the result of this array's previous frame (map_frames(copy=False)) is "
+                "still referenced and would be overwritten; drop it or copy it first"
+            )
+        return base.slot
+
+    def _free_pinned(self) -> None:
+        """Unlink the segments of arrays from :meth:`empty` that are gone (workers unmap them)."""
+        for name, (shared, slot) in list(self._pinned.items()):
+            if shared() is None:
+                del self._pinned[name]
+                self._lent.pop(name, None)
+                slot.close()
+                if self.started:
+                    self._pool.broadcast(Forget(name))
+
+    def map_frames(self, frames: Iterable[np.ndarray], chain: Any, *, copy: bool = True) -> Iterator[np.ndarray]:
         """Filter any iterable of frames, yielding results in order with several in flight.
 
         Look-ahead is bounded by ``frames_in_flight``: at most that many frames
         are taken from ``frames`` before the first result is yielded.
+
+        Parameters
+        ----------
+        frames : iterable of numpy.ndarray
+            Frames; those from :meth:`empty` are read where they are (no copy).
+        chain : str, Filter, Chain or list
+            The filters.
+        copy : bool
+            True (default): each result is a new array. False: each result is a
+            read-only view of the engine's shared memory, no copy made. It stays
+            valid while it is referenced (its slot is not reused meanwhile). Up to
+            ``frames_in_flight`` such results may be kept at once; more than twice
+            that raises :class:`TileprocError`; copy those you keep (``np.array(view)``).
+            The result of an array from :meth:`empty` lies beside it, in its own
+            shared memory: it must be dropped before that array is given again
+            (else :class:`TileprocError`), so rotate ``frames_in_flight + 1`` of them.
 
         Examples
         --------
@@ -209,25 +345,68 @@ class Engine:
         def jobs():
             for i, frame in enumerate(frames):
                 frame = check_frame(frame, f"frame {i}")
-                yield Frame(
-                    f"frame {i}", frame.shape, frame.dtype, load=Inline(_copy_from(frame)), store=Inline(_copy_out)
-                )
+                label = f"frame {i}"
+                pinned = self._pinned_slot(frame, label, chain)
+                target = np.empty(chain.output_shape(frame.shape), frame.dtype) if copy else None
+                source = None if pinned is not None else frame
+                yield Frame(label, frame.shape, frame.dtype, source=source, target=target, pinned=pinned)
 
         for frame in self.run(jobs(), chain):
             if frame.error is not None:
                 raise frame.error
-            yield frame.value
+            if copy:
+                yield frame.target
+                continue
+            shared = _Shared(frame.slot_views[1], frame.slot, self, readonly=True)
+            frame.lease = weakref.ref(shared)
+            if frame.pinned is not None:
+                self._lent[frame.pinned.name] = frame.lease
+            view = np.asarray(shared)
+            del shared
+            yield view
+            del view  # before the next frame is asked for: only the caller's references count
 
-    def process(self, frame: np.ndarray, chain: Any) -> np.ndarray:
-        """Filter one frame; returns a new array of the same dtype, and the same shape unless
-        the chain changes the size (``resize``, an upscaling model).
+    def process(self, frame: np.ndarray, chain: Any, *, out: np.ndarray | None = None) -> np.ndarray:
+        """Filter one frame; returns a new array of the same dtype, or ``out``; of the same
+        shape unless the chain changes the size (``resize``, an upscaling model).
+
+        Parameters
+        ----------
+        frame : numpy.ndarray
+            ``(H, W)`` or ``(H, W, C)``, uint8, uint16 or float32. An array from
+            :meth:`empty` is read where it is (no copy).
+        chain : str, Filter, Chain or list
+            The filters.
+        out : numpy.ndarray, optional
+            A writable array of the result's shape (``Chain.output_shape``) and the
+            frame's dtype to write the result into (it may be ``frame`` itself).
 
         Examples
         --------
         >>> out = engine.process(np.zeros((64, 64, 3), np.uint8), "invert")   # doctest: +SKIP
+        >>> engine.process(frame, "blur:sigma=2", out=result)                 # doctest: +SKIP
         """
         check_frame(frame)
-        (out,) = self.map_frames([frame], chain)
+        if out is None:
+            (result,) = self.map_frames([frame], chain)
+            return result
+        chain = resolve_chain(chain)
+        shape = chain.output_shape(frame.shape)
+        if not isinstance(out, np.ndarray) or out.shape != shape or out.dtype != frame.dtype:
+            got = f"{out.shape} {out.dtype}" if isinstance(out, np.ndarray) else type(out).__name__
+            raise ValueError(f"out: expected an array of shape {shape} and dtype {frame.dtype}, got {got}")
+        if not out.flags.writeable:
+            raise ValueError("out: the array is read-only")
+        pinned = self._pinned_slot(frame, chain=chain)
+        if pinned is not None and np.shares_memory(out, frame):
+            # Workers still read the frame while finished tiles would land in it: copy at the end.
+            job = Frame("frame", frame.shape, frame.dtype, pinned=pinned, store=Inline(_copy_into(out)))
+        else:
+            source = None if pinned is not None else frame
+            job = Frame("frame", frame.shape, frame.dtype, source=source, target=out, pinned=pinned)
+        for done in self.run([job], chain):
+            if done.error is not None:
+                raise done.error
         return out
 
     # The file-level jobs: their stages live in tiler.pipeline.
@@ -253,15 +432,28 @@ class Engine:
         return pipeline.process_video(self, src, dst, chain, **options)
 
 
-def _copy_from(frame: np.ndarray):
-    def load(src: np.ndarray, dst: np.ndarray) -> None:
-        src[...] = frame
+class _Shared:
+    """What numpy arrays of the engine's shared memory have as ``base``.
 
-    return load
+    It keeps the slot's mapping alive for them (and every view of them, whose
+    ``base`` numpy sets to this same object), and its death tells the engine
+    they are all gone.
+    """
+
+    def __init__(self, view: np.ndarray, slot: FrameSlot, engine: Engine, *, readonly: bool = False):
+        interface = dict(view.__array_interface__)
+        interface["data"] = (interface["data"][0], readonly)
+        self.__array_interface__ = interface
+        self.address, self.shape, self.dtype = interface["data"][0], view.shape, view.dtype
+        self.slot, self.engine = slot, weakref.ref(engine)
+        self._view = view  # holds the mapping
 
 
-def _copy_out(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    return dst.copy()
+def _copy_into(out: np.ndarray):
+    def store(src: np.ndarray, dst: np.ndarray) -> None:
+        out[...] = dst
+
+    return store
 
 
 @contextlib.contextmanager

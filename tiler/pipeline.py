@@ -4,11 +4,16 @@
 input      read                        filter                 write
 =========  ==========================  =====================  ==========================
 array      copy into a slot (parent)   tiles on the workers   copy out (parent)
-image      decode on a worker          tiles on the workers   encode on a worker, atomic
-animation  decode each frame (parent)  tiles, frame by frame  one animated file, atomic
+image      ImageSource on a worker     tiles on the workers   ImageSink on a worker, atomic
+animation  ImageSource, each frame     tiles, frame by frame  ImageSink in the parent, each
+           (parent)                                           frame compressed as it comes
 video      ffmpeg -> slot (thread)     tiles on the workers   slot -> ffmpeg (thread), remux, atomic
 folder     each file as above, several images in flight; one bad file fails alone
 =========  ==========================  =====================  ==========================
+
+Images follow the I/O contract of :mod:`tiler.io.base`: the source's ``runs``
+says whether its frames are read on a worker (a still) or in the parent (an
+animation), and the sink is written where it says.
 """
 
 from __future__ import annotations
@@ -87,15 +92,13 @@ def is_video(path: Path) -> bool:
 # -- one image -------------------------------------------------------------------
 
 
-def _decode(src: np.ndarray, dst: np.ndarray, info: images.ImageInfo) -> None:
-    images.read_image(info, out=src)
+def _read(src: np.ndarray, dst: np.ndarray, source: images.ImageSource) -> None:
+    source.read_into(0, src)
 
 
-def _encode(
-    src: np.ndarray, dst: np.ndarray, path: Path, info: images.ImageInfo, overwrite: bool, quality: int | None
-) -> None:
-    info = resized_info(info, dst.shape)
-    images.write_image(dst, path, info, overwrite=overwrite, inputs=[info.path], quality=quality)
+def _write(src: np.ndarray, dst: np.ndarray, sink: images.ImageSink) -> None:
+    sink.write(0, dst)
+    sink.commit()
 
 
 def resized_info(info: images.ImageInfo, shape: tuple[int, ...]) -> images.ImageInfo:
@@ -125,34 +128,45 @@ def _exif_resized(exif: bytes | None, width: int, height: int) -> bytes | None:
         return exif
 
 
-def _image_frame(src: Path, dst: Path, *, overwrite: bool, max_pixels: int, quality: int | None) -> Frame:
-    """A still image as a frame whose decode and encode run on the workers."""
+def _image_frame(src: Path, dst: Path, chain: Any, *, overwrite: bool, max_pixels: int, quality: int | None) -> Frame:
+    """A still image as a frame whose source and sink run on the workers; an animation is marked for later.
+    The sink writes the size that ``chain`` makes (:func:`resized_info`)."""
+    source = images.ImageSource(src, max_pixels=max_pixels)
     try:
-        info = images.probe_image(src, max_pixels=max_pixels)
+        info = source.probe()
         images.check_image_output(info, dst, overwrite=overwrite, inputs=[src])
     except TileprocError as exc:
         return Frame(str(src), (1, 1), np.uint8, error=exc, meta=(src, dst))
-    if info.n_frames > 1:
-        return Frame(str(src), info.shape, info.dtype, meta=(src, dst, info))  # an animation: see below
+    out = resized_info(info, chain.output_shape(info.shape))
+    sink = images.ImageSink(dst, out, overwrite=overwrite, quality=quality)
+    if source.runs == "parent":
+        return Frame(str(src), info.shape, info.dtype, meta=(src, dst, source, sink))  # an animation: see below
     return Frame(
         str(src),
         info.shape,
         info.dtype,
-        load=OnPool(_decode, (info,)),
-        store=OnPool(_encode, (dst, info, overwrite, quality)),
+        load=OnPool(_read, (source,)),
+        store=OnPool(_write, (sink,)),
         meta=(src, dst),
     )
 
 
-def _animation(
-    engine, src: Path, dst: Path, info: images.ImageInfo, chain: Any, *, overwrite: bool, quality: int | None
-) -> None:
-    frames = (images.read_image(info, frame=i) for i in range(info.n_frames))
-    chain = resolve_chain(chain)
-    out = resized_info(info, chain.output_shape(info.shape))
-    images.write_animation(
-        engine.map_frames(frames, chain), dst, out, overwrite=overwrite, inputs=[src], quality=quality
-    )
+def _animation(engine, source: images.ImageSource, sink: images.ImageSink, chain: Any) -> None:
+    """source -> engine -> sink in the parent, frame by frame (bounded: the engine's frames in flight)."""
+    info = source.probe()
+
+    def frames() -> Iterator[np.ndarray]:
+        for index in range(info.n_frames):
+            frame = np.empty(info.shape, info.dtype)
+            source.read_into(index, frame)
+            yield frame
+
+    try:
+        for index, filtered in enumerate(engine.map_frames(frames(), chain)):
+            sink.write(index, filtered)
+        sink.commit()
+    finally:
+        sink.abort()  # after a commit there is nothing left to remove
 
 
 def _run_images(
@@ -171,10 +185,11 @@ def _run_images(
     ``sweep``: afterwards, remove temporaries of writers that died meanwhile (an encode
     retried after its worker was killed) from the output folders."""
     animations = []
+    chain = resolve_chain(chain)
 
     def frames() -> Iterator[Frame]:
         for src, dst in pairs:
-            frame = _image_frame(src, dst, overwrite=overwrite, max_pixels=max_pixels, quality=quality)
+            frame = _image_frame(src, dst, chain, overwrite=overwrite, max_pixels=max_pixels, quality=quality)
             if frame.error is None and frame.load is None:
                 animations.append(frame.meta)
                 continue
@@ -188,9 +203,9 @@ def _run_images(
         if sweep:
             for folder in {d.parent for _, d in pairs}:
                 sweep_stale_temps(folder)
-    for src, dst, info in animations:
+    for src, dst, source, sink in animations:
         try:
-            _animation(engine, src, dst, info, chain, overwrite=overwrite, quality=quality)
+            _animation(engine, source, sink, chain)
         except TileprocError as exc:
             on_result(FileResult(src, None, exc))
         else:
@@ -355,8 +370,8 @@ def plan_folder(
 ) -> tuple[list[tuple[Path, Path]], list[FileResult]]:
     """Pair every supported file under ``src`` with its output; refuse collisions up front.
 
-    Symbolic links are not followed (so loops end and nothing outside the tree
-    is read); hidden files and folders are skipped; an output folder inside the
+    Symbolic links to files are followed; links to folders are not (so loops
+    end) and are reported, as are broken links; hidden files and folders are skipped; an output folder inside the
     input folder is never scanned; with no ``dst`` outputs go beside their
     inputs as ``name.tileproc.ext`` and existing ``*.tileproc.*`` files are not
     inputs. ``ext`` (".png") changes the outputs' format. A supported name that
@@ -370,18 +385,31 @@ def plan_folder(
     out_root = Path(os.path.abspath(dst)) if dst is not None else None
     for root, dirs, files in os.walk(src, followlinks=False):
         rootp = Path(root)
+        links = [d for d in dirs if (rootp / d).is_symlink()]  # os.walk lists links to folders as folders
         dirs[:] = sorted(
             d
             for d in dirs
             if not d.startswith(".") and not (out_root is not None and Path(os.path.abspath(rootp / d)) == out_root)
         )
+        for name in sorted(links):
+            if not name.startswith("."):
+                path = rootp / name
+                problems.append(
+                    FileResult(path, None, InputError(f"{path}: a symbolic link to a folder; not followed"))
+                )
         for name in sorted(files):
             path = rootp / name
-            if name.startswith(".") or path.is_symlink() or not is_supported(path):
+            if name.startswith(".") or not is_supported(path):
                 continue
             if dst is None and ".tileproc." in name:
                 continue
-            if not stat.S_ISREG(os.lstat(path).st_mode):
+            try:
+                mode = os.stat(path).st_mode  # a link to a file is followed (never to a folder: no loops)
+            except OSError as exc:
+                why = "a broken symbolic link" if path.is_symlink() else (exc.strerror or str(exc))
+                problems.append(FileResult(path, None, InputError(f"{path}: {why}")))
+                continue
+            if not stat.S_ISREG(mode):
                 problems.append(FileResult(path, None, InputError(f"{path}: not a regular file")))
                 continue
             if out_root is not None:

@@ -14,6 +14,19 @@ the order they came (promise 7), each with its ``error`` set if a step failed;
 the caller decides whether one failure ends the run (a video) or not (a folder).
 
     frames ──> [slot] load ──> tiles ──> store (in order) ──> yield, free slot
+
+Frames of arrays need none of the steps: a frame's ``source`` is copied into
+its slot strip by strip, and each task is sent as soon as the rows its tile
+windows read are in, so workers start on the first strips while the parent
+copies the rest; the cores of each finished task are copied into the frame's
+``target`` while the other tasks still run. A frame may also come with a slot
+of its own (``pinned``, from :meth:`tiler.Engine.empty`): its pixels are
+already shared and nothing is copied in. A result handed to the caller as a
+view of its slot (``lease``) keeps the slot out of the ring until the caller
+drops it (:class:`tiler.dispatch.Loans`).
+
+The pool is started only when a frame needs it: a job whose frames are all
+filtered here never starts a worker.
 """
 
 from __future__ import annotations
@@ -23,6 +36,7 @@ import hashlib
 import itertools
 import queue
 import threading
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -31,9 +45,9 @@ import numpy as np
 
 from filters.base import Chain
 from tiler import errors
-from tiler.dispatch import TaskBook, Wakeup
+from tiler.dispatch import Loans, TaskBook, Wakeup
 from tiler.errors import TileprocError
-from tiler.geometry import TileGrid, default_tile_shape
+from tiler.geometry import TileGrid, default_tile_shape, source_window
 from tiler.pool import WorkerPool
 from tiler.sharedmem import FrameRing, FrameSlot
 from tiler.worker import (
@@ -96,7 +110,15 @@ class FrameState(enum.Enum):
 
 @dataclass(eq=False)
 class Frame:
-    """A frame in flight. ``load`` returning False means the source has ended."""
+    """A frame in flight. ``load`` returning False means the source has ended.
+
+    ``source``, instead of ``load``: an array copied into the slot by strips, tiles
+    sent as their rows arrive. ``target``: an array the cores of finished tiles are
+    copied into (then ``store`` usually None). ``pinned``: a slot the caller owns,
+    used instead of one of the ring's (its input already holds the frame). ``lease``:
+    set by the caller before it takes the next frame, a weak reference to what views
+    the slot; the slot is not reused while it lives.
+    """
 
     label: str
     shape: tuple[int, ...]
@@ -107,6 +129,10 @@ class Frame:
     value: Any = None  # what load / store returned, for the caller
     meta: Any = None  # the caller's own data
     out_shape: tuple[int, ...] | None = None  # the filtered frame's shape, when the chain changes it
+    source: np.ndarray | None = None
+    target: np.ndarray | None = None
+    pinned: FrameSlot | None = None
+    lease: weakref.ref | None = None
 
     # the scheduler's bookkeeping
     seq: int = -1
@@ -178,8 +204,9 @@ class Scheduler:
 
     Parameters
     ----------
-    pool : WorkerPool or None
-        Workers for tiles and pool steps; None runs everything in the parent.
+    pool : WorkerPool, callable or None
+        Workers for tiles and pool steps; a callable returning one starts them
+        when a frame first needs them; None runs everything in the parent.
     ring : FrameRing
         The frame slots; its size bounds the frames in flight.
     chain : Chain
@@ -189,7 +216,10 @@ class Scheduler:
     inline_below : int
         Frames with fewer pixels are filtered in the parent (dispatch would cost
         more), if every filter of the chain is one of tileproc's built-ins: other
-        filter code never runs in this process while there are workers.
+        filter code never runs in this process while there are workers. Until the
+        pool is started, such frames' pool steps (decoding, encoding) run here too.
+    loans : Loans, optional
+        Slots the caller's views hold (shared by the jobs of one engine).
     """
 
     def __init__(
@@ -204,12 +234,17 @@ class Scheduler:
         tile_timeout: float | None = None,
         progress: Callable[[Progress], None] | None = None,
         chain_blob: bytes | None = None,
+        loans: Loans | None = None,
     ):
-        self.pool, self.ring, self.chain = pool, ring, chain
+        self.ring, self.chain = ring, chain
+        self.has_workers = pool is not None
+        self.pool: WorkerPool | None = pool if isinstance(pool, WorkerPool) else None
+        self._start_pool = pool if callable(pool) else None
+        self.loans = loans if loans is not None else Loans(ring)
         self.tile_shape, self.inline_below = tile_shape, inline_below
         self.retries, self.tile_timeout, self.progress = retries, tile_timeout, progress
         if chain_blob is None:
-            chain_blob = chain.check_picklable() if pool is not None else b""
+            chain_blob = chain.check_picklable() if self.has_workers else b""
         self.chain_blob = chain_blob
         self.chain_key = hashlib.sha1(self.chain_blob).hexdigest()
         # The tile timeout is per tile: a worker reports (a Tick) after a tile once ``_tick`` s
@@ -220,6 +255,7 @@ class Scheduler:
         self._limit = tile_timeout + self._tick if tile_timeout is not None else None
         self._inline_below = inline_below if _built_in(chain) else 0
         self._book = TaskBook()
+        self._inflight: list[Frame] = []
         self._wakeup = Wakeup()
 
     # -- public ----------------------------------------------------------------
@@ -231,12 +267,14 @@ class Scheduler:
         """
         frames = iter(frames)
         inflight: list[Frame] = []
+        self._inflight = inflight
         exhausted = False
         seq = itertools.count()
         clean = False
         try:
             while True:
-                while not exhausted and self.ring.available and len(inflight) < self.ring.size:
+                self.loans.reclaim()
+                while not exhausted and len(inflight) < self.ring.size and self.ring.available:
                     try:
                         frame = next(frames)
                     except StopIteration:
@@ -259,6 +297,12 @@ class Scheduler:
                 if exhausted and not inflight:
                     clean = True
                     return
+                if not inflight and not exhausted and not self.ring.available:
+                    # Every slot is lent to the caller, who cannot drop any while it waits here.
+                    if next(frames, None) is None:
+                        exhausted = True
+                        continue
+                    raise TileprocError(self.loans.exhausted())
                 if not any(f.waiting for f in inflight):
                     continue  # nothing outstanding: everything so far ran in the parent
                 self._dispatch()
@@ -280,7 +324,8 @@ class Scheduler:
                 # An I/O thread may still hold this slot: never hand it to another frame.
                 release_frames(frame.error)
                 frame.slot_views = None
-                self.ring.discard(frame.slot)
+                if frame.pinned is None:
+                    self.ring.discard(frame.slot)
                 frame.slot = None
 
     # -- steps -----------------------------------------------------------------
@@ -291,8 +336,10 @@ class Scheduler:
             return
         if self.chain.reshapes:
             frame.out_shape = self.chain.output_shape(frame.shape)
+        if frame.pinned is not None and self._pinned_twice(frame):
+            return
         try:
-            frame.slot = self.ring.acquire(frame.nbytes)
+            frame.slot = frame.pinned or self.ring.acquire(frame.nbytes)
         except TileprocError as exc:
             frame.error = exc
             frame.state = FrameState.FINISHED
@@ -304,13 +351,45 @@ class Scheduler:
             self.ring.retired.clear()
         frame.slot_views = frame.slot.bind(frame.shape, frame.dtype, frame.out_shape)
         frame.state = FrameState.LOADING
-        self._step(frame, frame.load, self._loaded)
+        if frame.source is not None or frame.pinned is not None:
+            self._filter(frame, frame.source)
+        else:
+            self._step(frame, frame.load, self._loaded)
+
+    def _pinned_twice(self, frame: Frame) -> bool:
+        """Fail both frames if ``frame``'s own slot is still in use by an earlier frame in flight
+        (being filtered, or its result not yet handed over): whoever filled it again may have
+        overwritten that frame's pixels."""
+        for other in self._inflight:
+            busy = other.state is not FrameState.FINISHED or other.target is None  # result still in it
+            if other is not frame and other.slot is frame.pinned and busy:
+                exc = TileprocError(
+                    f"{other.label}: its array was given again as {frame.label} while still being "
+                    "filtered; give each frame in flight its own array from Engine.empty "
+                    "(rotate frames_in_flight + 1 of them)"
+                )
+                self._fail(other, exc)
+                frame.error = exc
+                frame.state = FrameState.FINISHED
+                return True
+        return False
+
+    def _workers(self) -> WorkerPool:
+        """The pool, started now if this is the first frame that needs it."""
+        if self.pool is None:
+            self.pool = self._start_pool()
+        return self.pool
+
+    def _here(self, frame: Frame) -> bool:
+        """Whether the frame is filtered in this process (its input and output both small)."""
+        pixels = max(int(np.prod(s[:2])) for s in (frame.shape, frame.out_shape or frame.shape))
+        return not self.has_workers or pixels < self._inline_below
 
     def _step(self, frame: Frame, step: Step | None, then: Callable[[Frame, Any], None]) -> None:
         frame.after = then
         if step is None:
             then(frame, None)
-        elif isinstance(step, Inline) or (isinstance(step, OnPool) and self.pool is None):
+        elif isinstance(step, Inline) or (isinstance(step, OnPool) and self.pool is None and self._here(frame)):
             src, dst = frame.slot_views
             try:
                 value = step.fn(src, dst, *getattr(step, "args", ()))
@@ -319,6 +398,7 @@ class Scheduler:
                 return
             then(frame, value)
         elif isinstance(step, OnPool):
+            self._workers()
             task_id = next(_task_ids)
             frame.waiting += 1
             self._book.queue(frame, task_id, Call(task_id, frame.slot.ref, step.fn, step.args))
@@ -332,39 +412,75 @@ class Scheduler:
             frame.state = FrameState.FINISHED
             return
         frame.value = value
+        self._filter(frame)
+
+    def _filter(self, frame: Frame, source: np.ndarray | None = None) -> None:
+        """Filter the frame here, or queue its tiles; ``source`` is copied into the slot first,
+        strip by strip, each task sent as soon as the rows its windows read are in."""
         frame.state = FrameState.TILING
         src, dst = frame.slot_views
         height, width = frame.shape[:2]
-        pixels = max(height * width, dst.shape[0] * dst.shape[1])  # a resize may make more than it reads
-        if self.pool is None or pixels < self._inline_below:
+        if self._here(frame):
+            if source is not None:  # read in place: the caller's array is not copied
+                source = source.view()
+                source.flags.writeable = False
             try:
-                dst[...] = run_chain(self.chain.filters, src, full_plan(self.chain.filters, src.shape))
+                window = src if source is None else source
+                result = run_chain(self.chain.filters, window, full_plan(self.chain.filters, window.shape))
             except ChainError as exc:
                 cause = exc.__cause__
                 tb = format_traceback(cause)
                 self._fail(frame, errors.filter_failed(frame.label, exc.name, exc.kind, describe_exception(cause), tb))
                 return
+            (dst if frame.target is None else frame.target)[...] = result
             self._emit(Progress("tiles", frame, 1))
             frame.state = FrameState.READY
             return
+        pool = self._workers()
         if self.chain.reshapes:
             # Cores are cut from the output frame; each worker maps a core back through
             # every stage of the chain to the input window it reads (filters.base.plan_stages).
             out_height, out_width = dst.shape[:2]
-            tile_shape = self.tile_shape or default_tile_shape(out_height, out_width, self.pool.n, 0)
+            tile_shape = self.tile_shape or default_tile_shape(out_height, out_width, pool.n, 0)
             frame.grid = TileGrid(out_height, out_width, tile_shape)
         else:
-            tile_shape = self.tile_shape or default_tile_shape(height, width, self.pool.n, self.chain.halo)
+            tile_shape = self.tile_shape or default_tile_shape(height, width, pool.n, self.chain.halo)
             frame.grid = TileGrid(height, width, tile_shape, self.chain.halo)
         frame.tiles = len(frame.grid)
         # Tasks per frame: four per worker balance the load of a lone frame; with other frames
         # in flight, they balance it, and one task per worker costs the least dispatch.
         # A task is a range of tile indices: its message has the same size for 1 tile or 10,000.
-        streaming = self.ring.in_use > 1
-        per = max(1, -(-frame.tiles // (self.pool.n * (1 if streaming else 4))))
+        streaming = len(self._inflight) > 1
+        per = max(1, -(-frame.tiles // (pool.n * (1 if streaming else 4))))
+        copied = 0
         for start in range(0, frame.tiles, per):
+            tiles = range(start, min(start + per, frame.tiles))
+            if source is not None:
+                rows = self._rows_read(frame, tiles)
+                if rows > copied:
+                    src[copied:rows] = source[copied:rows]
+                    copied = rows
             frame.waiting += 1
-            self._book.queue(frame, next(_task_ids), range(start, min(start + per, frame.tiles)))
+            self._book.queue(frame, next(_task_ids), tiles)
+            if source is not None:
+                self._dispatch()  # the workers start on these rows while the rest is copied
+
+    def _rows_read(self, frame: Frame, tiles: range) -> int:
+        """The input rows ``0:n`` that the windows of ``tiles`` (of ``frame.grid``) read.
+
+        Row-major: the last tile's row of the grid reaches lowest. For a chain that
+        changes the size, the grid cuts the output and each core's input window comes
+        from its stages (the whole last row of tiles, in case a window depends on the column).
+        """
+        last = frame.grid[tiles[-1]]
+        if not self.chain.reshapes:
+            return last.window.r1
+        cols = frame.grid.cols
+        row_start = max(tiles[0], tiles[-1] // cols * cols)
+        return max(
+            source_window(self.chain.filters, frame.grid[i].core, frame.shape).r1
+            for i in range(row_start, tiles[-1] + 1)
+        )
 
     def _store_in_order(self, inflight: list[Frame]) -> None:
         """Start stores in frame order: a frame is stored only after every earlier one started."""
@@ -393,7 +509,11 @@ class Scheduler:
         release_frames(frame.error)  # a step's locals (views of the slot) die with its slot
         if frame.slot is not None:
             frame.slot_views = None
-            self.ring.release(frame.slot)
+            if frame.pinned is None:
+                if frame.lease is not None and frame.lease() is not None:
+                    self.loans.hold(frame.slot, frame.lease)  # the caller still views it
+                else:
+                    self.ring.release(frame.slot)
             frame.slot = None
 
     # -- the pool --------------------------------------------------------------
@@ -454,6 +574,11 @@ class Scheduler:
             self._settle(frame, None, self._error_for(frame, task, reply))
             return
         if not isinstance(task, Call):
+            if frame.target is not None and frame.state is FrameState.TILING:
+                dst = frame.slot_views[1]
+                for index in task:
+                    core = frame.grid[index].core.slices
+                    frame.target[core] = dst[core]
             self._emit(Progress("tiles", frame, len(task)))
         self._settle(frame, reply.value, None)
 

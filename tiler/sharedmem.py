@@ -190,10 +190,11 @@ class FrameRing:
         self._free: list[FrameSlot] = []
         self._busy: set[FrameSlot] = set()
         self.retired: list[str] = []  # names workers should forget
+        self.lent = 0  # slots whose frames the caller still views (copy-free results): places beside size
 
     @property
     def available(self) -> bool:
-        return len(self._busy) < self.size
+        return len(self._busy) < self.size + self.lent
 
     @property
     def in_use(self) -> int:
@@ -213,7 +214,7 @@ class FrameRing:
             slot = min(fitting, key=lambda s: s.capacity)
             self._free.remove(slot)
         else:
-            if self._free and len(self._free) + len(self._busy) >= self.size:
+            if self._free and len(self._free) + len(self._busy) >= self.size + self.lent:
                 self._retire(self._free.pop(0))
             slot = self._create(nbytes)
         self._busy.add(slot)

@@ -10,10 +10,11 @@ The pipeline runs one loop, ``source -> engine -> sink``::
     sink.commit()                            # the output appears whole, atomically
     # on any failure: sink.abort()           # nothing is left, no process, no temporary
 
-Each class says where its calls run (``RUNS_ON``): ``"worker"`` (a pool
-process: the object must pickle, as a still image's decode does),
-``"thread"`` (an I/O thread of the parent: a video's ffmpeg pipes) or
-``"parent"`` (the caller's thread). A format is a module that implements these
+Each object says where its ``read_into`` / ``write`` run (``runs``, a class
+default an instance may narrow): ``"worker"`` (a pool process: the object must
+pickle, as a still image's decode does), ``"thread"`` (an I/O thread of the
+parent: a video's ffmpeg pipes) or ``"parent"`` (the caller's loop, in frame
+order: an animation's frames). A format is a module that implements these
 few methods on its library (Pillow, tifffile, PyAV/ffmpeg), in the spirit of
 imageio's v3 plugin API.
 """
@@ -21,30 +22,32 @@ imageio's v3 plugin API.
 from __future__ import annotations
 
 import abc
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import numpy as np
 
-__all__ = ["RunsOn", "Sink", "Source"]
+__all__ = ["Sink", "Source", "Where"]
 
-RunsOn = Literal["worker", "thread", "parent"]
+Where = Literal["worker", "thread", "parent"]
 
 
 class Source(abc.ABC):
     """Frames from a file: what they are (:meth:`probe`), then each one into a caller's buffer."""
 
-    RUNS_ON: ClassVar[RunsOn] = "parent"
+    #: Where this object's frame calls run.
+    runs: Where = "parent"
 
     @abc.abstractmethod
     def probe(self) -> Any:
         """What the frames are (shape, dtype, count, timing, metadata), without decoding them all."""
 
     @abc.abstractmethod
-    def read_into(self, index: int, out: np.ndarray) -> bool:
+    def read_into(self, index: int, out: np.ndarray) -> bool | None:
         """Decode frame ``index`` into ``out`` (its shape and dtype, C-contiguous).
 
         Returns False, leaving ``out`` alone, when the source has no frame ``index``
-        (its end). A sequential source (video) takes indices in order.
+        (its end; a source that knows its length may return None). A sequential
+        source (video) takes indices in order.
         """
 
     def close(self) -> None:  # noqa: B027 - optional: most sources hold nothing
@@ -60,7 +63,8 @@ class Source(abc.ABC):
 class Sink(abc.ABC):
     """An output file built frame by frame; it appears only when :meth:`commit` succeeds."""
 
-    RUNS_ON: ClassVar[RunsOn] = "parent"
+    #: Where this object's frame calls run.
+    runs: Where = "parent"
 
     @abc.abstractmethod
     def write(self, index: int, frame: np.ndarray) -> None:

@@ -1873,7 +1873,7 @@ class VideoSource(Source):
     ...         pass
     """
 
-    RUNS_ON = "thread"
+    runs = "thread"
 
     def __init__(self, reader: VideoReader) -> None:
         self.reader = reader
@@ -1909,7 +1909,7 @@ class VideoSink(Sink):
     kills ffmpeg and removes every temporary.
     """
 
-    RUNS_ON = "thread"
+    runs = "thread"
 
     def __init__(self, writer: VideoWriter) -> None:
         self.writer = writer

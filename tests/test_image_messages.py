@@ -1,0 +1,163 @@
+"""Libraries' complaints never reach the terminal raw, and Pillow's process-wide settings are never touched."""
+
+from __future__ import annotations
+
+import logging
+import struct
+import threading
+from pathlib import Path
+
+import numpy as np
+import tifffile
+from PIL import Image, ImageFile
+
+from tiler.errors import InputError
+from tiler.io.images import probe_image, read_image, write_image
+
+H, W = 12, 17
+
+
+def _damaged_exif_jpeg(path: Path) -> Path:
+    ex = Image.Exif()
+    ex[0x010F] = "TestCam"
+    ex[0x8769] = {0x9003: "2024:01:02 03:04:05"}
+    Image.fromarray(np.zeros((H, W, 3), np.uint8)).save(path, exif=ex.tobytes()[:-10])  # tag data cut short
+    return path
+
+
+def _damaged_tag_tiff(path: Path) -> np.ndarray:
+    a = np.arange(H * W, dtype=np.uint16).reshape(H, W)
+    tifffile.imwrite(path, a, metadata=None, extratags=[(305, 2, 0, "x" * 64, True)])
+    data = bytearray(path.read_bytes())
+    ifd0 = struct.unpack_from("<I", data, 4)[0]
+    for k in range(struct.unpack_from("<H", data, ifd0)[0]):
+        at = ifd0 + 2 + 12 * k
+        if struct.unpack_from("<H", data, at)[0] == 305:
+            struct.pack_into("<I", data, at + 8, 0x7FFFFF00)  # Software's text now lies past the end
+    path.write_bytes(bytes(data))
+    return a
+
+
+def test_damaged_exif_is_one_logged_line_naming_the_file(tmp_path, capfd, caplog):
+    src = _damaged_exif_jpeg(tmp_path / "d.jpg")
+    with caplog.at_level(logging.WARNING, logger="tiler.io"):
+        info = probe_image(src)
+        write_image(read_image(info), tmp_path / "o.png", info)
+    assert info.exif is None
+    lines = [r.getMessage() for r in caplog.records if r.name == "tiler.io"]
+    assert len(lines) == 1 and lines[0].startswith(f"{src}: damaged EXIF left out (") and "\n" not in lines[0]
+    out, err = capfd.readouterr()
+    assert "Warning" not in err and "Truncated" not in err and out == ""
+
+
+def test_damaged_tiff_tag_is_one_logged_line_and_pixels_are_read(tmp_path, capfd, caplog):
+    src = tmp_path / "t.tif"
+    a = _damaged_tag_tiff(src)
+    with caplog.at_level(logging.WARNING, logger="tiler.io"):
+        info = probe_image(src)
+        got = read_image(info)
+    np.testing.assert_array_equal(got, a)
+    lines = [r.getMessage() for r in caplog.records if r.name == "tiler.io"]
+    assert lines and all(line.startswith(f"{src}: damaged TIFF") for line in lines)
+    assert capfd.readouterr().err == ""
+
+
+def test_tifffile_messages_of_other_threads_pass_through(tmp_path, caplog):
+    """The per-call capture holds back only the calling thread's records: the host's own logging is untouched."""
+    from tiler.io._image import tifffile_messages
+
+    seen = []
+    with caplog.at_level(logging.WARNING, logger="tifffile"), tifffile_messages() as mine:
+        logging.getLogger("tifffile").warning("mine")
+        t = threading.Thread(target=lambda: logging.getLogger("tifffile").warning("host"))
+        t.start()
+        t.join()
+        seen = [r.getMessage() for r in caplog.records if r.name == "tifffile"]
+    assert mine.messages == ["mine"] and seen == ["host"]
+
+
+def test_pillow_settings_never_change_even_for_a_moment(tmp_path, monkeypatch):
+    """A host thread watching Pillow's limits sees them constant while images are probed, read and written;
+    a host that lowered MAX_IMAGE_PIXELS still gets tileproc's own --max-pixels (its setting is not used)."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 50)  # the host's choice, far below these images
+    files = []
+    for k, ext in enumerate((".png", ".jpg", ".gif", ".bmp", ".tif")):
+        path = tmp_path / f"i{k}{ext}"
+        Image.fromarray(np.full((H, W, 3), 10 * k, np.uint8)).save(path)
+        files.append(path)
+    seen: set[tuple[object, object]] = set()
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            seen.add((Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES))
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        for _ in range(3):
+            for path in files:
+                info = probe_image(path)
+                write_image(read_image(info), tmp_path / f"o{path.suffix}", info, overwrite=True)
+    finally:
+        stop.set()
+        watcher.join()
+    assert seen == {(50, False)}
+
+
+def test_a_host_limit_that_pillows_own_decoder_applies_is_named(tmp_path, monkeypatch):
+    """Pillow's WebP opener (in recent Pillow) checks Pillow's limit itself: then the file is refused on one
+    line naming the setting; either way the setting stays as the host made it."""
+    path = tmp_path / "w.webp"
+    Image.fromarray(np.zeros((H, W, 3), np.uint8)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 50)
+    try:
+        info = probe_image(path)
+    except InputError as exc:
+        expected = (
+            f"{path}: larger than this process's PIL.Image.MAX_IMAGE_PIXELS (50); tileproc does not change that setting"
+        )
+        assert str(exc) == expected
+    else:
+        assert read_image(info).shape == (H, W, 3)
+    assert Image.MAX_IMAGE_PIXELS == 50
+
+
+def test_truncation_is_refused_even_when_the_host_lets_pillow_accept_it(tmp_path, monkeypatch):
+    """A host may set Pillow's LOAD_TRUNCATED_IMAGES; tileproc still refuses truncated files (and leaves the switch)."""
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    a = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    for ext in (".png", ".jpg", ".bmp"):
+        good = tmp_path / f"good{ext}"
+        Image.fromarray(a).save(good)
+        np.testing.assert_array_equal(read_image(probe_image(good)).shape, (64, 64, 3))
+        cut = tmp_path / f"cut{ext}"
+        cut.write_bytes(good.read_bytes()[: good.stat().st_size * 2 // 3])
+        try:
+            read_image(probe_image(cut))
+        except InputError as exc:
+            assert str(exc).startswith(f"{cut}: truncated or corrupt image")
+        else:
+            raise AssertionError(f"{cut.name} was read")
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is True
+
+
+def test_no_library_warning_is_raised_on_damaged_metadata(tmp_path):
+    """Checked with the test's own warnings recorder: tileproc leaves damaged EXIF out before Pillow would warn."""
+    import warnings
+
+    jpg = _damaged_exif_jpeg(tmp_path / "d.jpg")
+    tif = tmp_path / "t.tif"
+    _damaged_tag_tiff(tif)
+    ex = Image.Exif()
+    ex[0x010F] = "Cam"
+    blob = bytearray(ex.tobytes())
+    struct.pack_into(">I" if blob[6:8] == b"MM" else "<I", blob, 6 + 4, 4000)  # IFD0 points past the end
+    png = tmp_path / "p.png"
+    Image.fromarray(np.zeros((H, W, 3), np.uint8)).save(png, exif=bytes(blob))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for path in (jpg, tif, png):
+            info = probe_image(path)
+            write_image(read_image(info), tmp_path / f"o-{path.stem}.jpg", info)
+    assert [str(w.message) for w in caught] == []

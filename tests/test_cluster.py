@@ -213,13 +213,19 @@ def test_video_on_the_cluster_matches_a_local_run(client, tmp_path):
     local, remote = tmp_path / "local.mp4", tmp_path / "remote.mp4"
     lossless = dict(crf=0, preset="ultrafast")
     tiler.process_video(src, local, CHAIN, workers=2, **lossless)
-    done = []
+    done, frames = [], []
     assert (
-        cluster.process_video(client, src, remote, CHAIN, segment_frames=20, on_segment=done.append, **lossless)
+        cluster.process_video(
+            client, src, remote, CHAIN, segment_frames=20, on_segment=done.append, on_frames=frames.append, **lossless
+        )
         == remote
     )
     a, b = probe_video(local), probe_video(remote)
     assert len(done) >= 3 and sum(done) == a.frame_count == probe_video(src).frame_count
+    deadline = time.monotonic() + 10
+    while sum(frames) < a.frame_count and time.monotonic() < deadline:  # events may trail the last result
+        time.sleep(0.05)
+    assert sum(frames) == a.frame_count  # reported by the workers as they filter
     assert (b.frame_count, b.fps, b.duration) == (a.frame_count, a.fps, a.duration)
     assert b.fps == Fraction(24000, 1001)
     assert abs(stream_seconds(remote, "0:v") - stream_seconds(local, "0:v")) < 1 / b.fps
@@ -293,10 +299,9 @@ def test_malformed_addresses(address):
         cluster.connect(address)
 
 
-def test_other_url_schemes_are_refused(tmp_path):
-    with pytest.raises(ValueError, match="s3://"):
-        cluster._local_path("s3://bucket/photos")
-    assert cluster._local_path(f"file://{tmp_path}/a%20b.png") == tmp_path / "a b.png"
+def test_locations_keep_storage_urls_and_turn_file_urls_into_paths(tmp_path):
+    assert cluster._location("s3://bucket/photos") == "s3://bucket/photos"
+    assert cluster._location(f"file://{tmp_path}/a%20b.png") == tmp_path / "a b.png"
 
 
 def test_without_dask_the_message_says_what_to_install(monkeypatch, tmp_path, capsys):
@@ -338,3 +343,106 @@ def test_cli_runs_a_folder_and_a_video_on_a_local_cluster(tmp_path):
         assert png.read_bytes() == (tmp_path / "remote" / png.relative_to(tmp_path / "local")).read_bytes()
     a, b = probe_video(tmp_path / "local" / "clip.mp4"), probe_video(tmp_path / "remote" / "clip.mp4")
     assert (a.frame_count, a.fps, len(a.audio)) == (b.frame_count, b.fps, len(b.audio))
+
+
+# -- TLS -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tls_cluster():
+    """A scheduler and one worker that speak TLS only, with throwaway certificates."""
+    distributed = pytest.importorskip("distributed")
+    security = distributed.Security.temporary()
+    with distributed.LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None, protocol="tls", security=security
+    ) as local:
+        yield local, security
+
+
+def test_a_tls_scheduler_runs_a_job_for_a_client_with_its_certificates(tls_cluster, tmp_path, capsys):
+    local, security = tls_cluster
+    assert local.scheduler_address.startswith("tls://")
+    pngs(tmp_path / "in", 2)
+    with cluster.connect(local.scheduler_address, security=security) as client:
+        assert cluster.process_folder(client, tmp_path / "in", tmp_path / "out", "invert").ok
+    assert len(list((tmp_path / "out").rglob("*.png"))) == 2
+    # the command line, with the same certificates as PEM files
+    pem = {}
+    for name in ("tls_ca_file", "tls_client_cert", "tls_client_key"):
+        pem[name] = tmp_path / f"{name}.pem"
+        pem[name].write_text(getattr(security, name))
+    args = ["--tls-ca-file", str(pem["tls_ca_file"]), "--tls-cert", str(pem["tls_client_cert"])]
+    args += ["--tls-key", str(pem["tls_client_key"])]
+    host_port = local.scheduler_address.removeprefix("tls://")  # no scheme: tls, as certificates are given
+    assert main([str(tmp_path / "in"), "-f", "invert", "-o", str(tmp_path / "cli"), "--cluster", host_port, *args]) == 0
+    assert len(list((tmp_path / "cli").rglob("*.png"))) == 2
+
+
+def test_a_tls_scheduler_refuses_a_client_without_its_certificates(tls_cluster, tmp_path, capsys):
+    distributed = pytest.importorskip("distributed")
+    local, _ = tls_cluster
+    address = local.scheduler_address
+    with pytest.raises(cluster.ClusterError, match="speaks TLS and no certificates"):
+        cluster.connect(address, timeout=5)
+    with pytest.raises(cluster.ClusterError, match="refused the TLS certificates"):
+        cluster.connect(address, timeout=5, security=distributed.Security.temporary())  # another authority
+    plain = address.replace("tls://", "tcp://")
+    with pytest.raises(cluster.ClusterError, match="closed the connection.*tls://"):
+        cluster.connect(plain, timeout=5)
+    pngs(tmp_path / "in", 1)
+    capsys.readouterr()
+    assert main([str(tmp_path / "in"), "-f", "invert", "-o", str(tmp_path / "out"), "--cluster", address]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and address in err[0] and "--tls-ca-file" in err[0], err
+    assert not (tmp_path / "out").exists()
+
+
+def test_tls_options_are_checked_before_connecting(tmp_path, capsys):
+    pngs(tmp_path / "in", 1)
+    base = [str(tmp_path / "in"), "-f", "invert", "-o", str(tmp_path / "out")]
+    assert main([*base, "--tls-ca-file", str(tmp_path / "ca.pem")]) == 2
+    assert "go with --cluster" in capsys.readouterr().err
+    pytest.importorskip("distributed")
+    assert main([*base, "--cluster", "tls://127.0.0.1:1", "--tls-ca-file", str(tmp_path / "ca.pem")]) == 2
+    assert f"--tls-ca-file {tmp_path / 'ca.pem'}: no such file" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+# -- folders of video --------------------------------------------------------------
+
+
+def test_a_long_video_in_a_folder_is_cut_into_segments_and_frames_are_counted(client, tmp_path, monkeypatch):
+    src = tmp_path / "in"
+    pngs(src, 2)
+    make_clip(src / "long.mp4", seconds=3.0, gop=10)  # 72 frames, a keyframe every 10
+    make_clip(src / "short.mp4", seconds=0.5)  # 12 frames: one task
+    lossless = dict(crf=0, preset="ultrafast")
+    tiler.process_folder(src, tmp_path / "local", CHAIN, workers=1, **lossless)
+    cuts = []
+
+    def spy(*args, **kwargs):
+        cut = real(*args, **kwargs)
+        cuts.append(None if cut is None else len(cut.segments))
+        return cut
+
+    real = cluster._cut
+    monkeypatch.setattr(cluster, "_cut", spy)
+    frames = []
+    report = cluster.process_folder(
+        client, src, tmp_path / "remote", CHAIN, segment_frames=20, on_frames=frames.append, **lossless
+    )
+    assert report.ok, [str(r.error) for r in report.failed]
+    assert sorted(c for c in cuts if c) == [4] and cuts.count(None) == 1  # long.mp4 cut at 20, 40, 60; short whole
+    for name in ("long.mp4", "short.mp4"):
+        got, want = frames_of(tmp_path / "remote" / name), frames_of(tmp_path / "local" / name)
+        assert len(got) == len(want) and all(np.array_equal(g, w) for g, w in zip(got, want)), name
+        a, b = probe_video(tmp_path / "local" / name), probe_video(tmp_path / "remote" / name)
+        assert (a.fps, [s.codec for s in a.audio]) == (b.fps, [s.codec for s in b.audio])
+    for png in (tmp_path / "local").rglob("*.png"):
+        assert png.read_bytes() == (tmp_path / "remote" / png.relative_to(tmp_path / "local")).read_bytes()
+    expected = probe_video(src / "long.mp4").frame_count + probe_video(src / "short.mp4").frame_count + 2
+    deadline = time.monotonic() + 10
+    while sum(frames) < expected and time.monotonic() < deadline:  # events may trail the last result a little
+        time.sleep(0.05)
+    assert sum(frames) == expected  # every frame of both videos, one per image, reported by the workers
+    assert not leftovers(tmp_path)

@@ -7,6 +7,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 from test_pipeline_video import frames_of, make_clip, psnr
 
@@ -97,3 +98,29 @@ def test_array_api_and_a_gif_animation(tmp_path):
     dst = tiler.process_file(gif, tmp_path / "b.gif", "resize:width=15", workers=1)
     with Image.open(dst) as im:
         assert im.size == (15, 10) and im.n_frames == 3
+
+
+def test_video_resize_on_a_cluster_equals_a_local_run(tmp_path):
+    """Cut into segments on two Dask workers: each segment is written at the new size and
+    the joined video has the local run's size, frames and pixels (lossless)."""
+    distributed = pytest.importorskip("distributed")
+    from test_cluster import make_clip as make_cut_clip
+
+    from tiler import cluster
+
+    src = make_cut_clip(tmp_path / "in.mp4", seconds=2.0)
+    local, remote = tmp_path / "local.mp4", tmp_path / "remote.mp4"
+    lossless = dict(crf=0, preset="ultrafast")
+    tiler.process_video(src, local, "resize:width=48", workers=1, **lossless)
+    with (
+        distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as lc,
+        distributed.Client(lc) as client,
+    ):
+        done = []
+        cluster.process_video(
+            client, src, remote, "resize:width=48", segment_frames=20, on_segment=done.append, **lossless
+        )
+    a, b = probe_video(local), probe_video(remote)
+    assert len(done) >= 2 and sum(done) == probe_video(src).frame_count == b.frame_count == a.frame_count
+    assert (b.width, b.height) == (a.width, a.height) == (48, 32)
+    assert all(np.array_equal(g, w) for g, w in zip(frames_of(remote), frames_of(local)))

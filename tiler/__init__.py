@@ -30,6 +30,7 @@ from tiler import platform as _platform  # noqa: F401  (first: other systems are
 from tiler.launcher import own_package as _own_package
 
 _own_package("filters")  # before anything imports it: a "filters" folder in the working directory cannot hide it
+from tiler import staging  # noqa: E402
 from tiler.engine import Engine  # noqa: E402
 from tiler.errors import (  # noqa: E402
     FilterFailed,
@@ -252,6 +253,8 @@ def process_file(src, dst, chain: Any, *, workers: int | None = None, client: An
     video ``codec``, ``crf``, ``preset``, ``pix_fmt``; plus :class:`Engine` options.
     Returns the output path. With a ``dask.distributed.Client`` as ``client``
     the work runs on its cluster (:func:`tiler.cluster.process_file`).
+    ``src`` and ``dst`` may be URLs (``s3://``, ``gs://``, ``az://``, ``https://``
+    for inputs; fsspec's ``storage_options`` as an option): see :mod:`tiler.staging`.
 
     Examples
     --------
@@ -265,6 +268,8 @@ def process_file(src, dst, chain: Any, *, workers: int | None = None, client: An
     engine_options, job = _split(options)
     progress = engine_options.pop("progress", None)
     with _engine(workers, engine_options, progress if callable(progress) else None) as engine:
+        if _urls(src, dst, job):
+            return staging.run_file(engine, src, dst, chain, **job)
         return engine.process_file(src, dst, chain, **job)
 
 
@@ -275,7 +280,8 @@ def process_folder(src, dst, chain: Any, *, workers: int | None = None, client: 
     ``progress`` works as for :func:`process`, with a bar of files.
     With a ``dask.distributed.Client`` as ``client`` each file is a task on its
     cluster (:func:`tiler.cluster.process_folder`; ``workers`` then sizes each
-    Dask worker's engine).
+    Dask worker's engine). ``src`` and ``dst`` may be URLs: a prefix is a folder
+    (:mod:`tiler.staging`; fsspec's ``storage_options`` as an option).
 
     Examples
     --------
@@ -306,6 +312,8 @@ def process_folder(src, dst, chain: Any, *, workers: int | None = None, client: 
         job.update(on_plan=planned, on_result=done)
     try:
         with _engine(workers, engine_options, None if bar is not None else progress) as engine:
+            if _urls(src, dst, job):
+                return staging.process_folder(engine, src, dst, chain, **job)
             return engine.process_folder(src, dst, chain, **job)
     finally:
         if bar is not None:
@@ -345,7 +353,17 @@ def process_video(src, dst, chain: Any, *, workers: int | None = None, client: A
         job["on_start"] = started
     try:
         with _engine(workers, engine_options, _events(progress, bar, "frame")) as engine:
+            if _urls(src, dst, job):
+                return staging.run_file(engine, src, dst, chain, **job)
             return engine.process_video(src, dst, chain, **job)
     finally:
         if bar is not None:
             bar.close()
+
+
+def _urls(src, dst, job: dict) -> bool:
+    """True when ``src`` or ``dst`` is a URL (then ``storage_options`` stays in ``job``), else drops it."""
+    if staging.involved(src, dst):
+        return True
+    job.pop("storage_options", None)
+    return False

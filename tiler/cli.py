@@ -22,10 +22,13 @@ import warnings
 from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 from filters import FilterError
+from tiler import pipeline, staging
 from tiler.engine import Engine, resolve_chain
 from tiler.errors import OutputExists, TileprocError, TileprocWarning
+from tiler.io import remote
 from tiler.io.files import output_name
 from tiler.io.images import DEFAULT_MAX_PIXELS
 from tiler.pipeline import FileResult, is_supported, is_video
@@ -173,9 +176,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--cluster",
         metavar="ADDRESS",
-        help="run on a Dask cluster: tcp://HOST:8786, or local[:N] for N worker processes here "
-        "(pip install 'tileproc[dask]'); -w is then each Dask worker's engine size",
+        help="run on a Dask cluster: tls://HOST:8786 (with --tls-*), tcp://HOST:8786, "
+        "or local[:N] for N worker processes here (pip install 'tileproc[dask]'); "
+        "-w is then each Dask worker's engine size",
     )
+    t = p.add_argument_group("cluster TLS (a tls:// scheduler; default: Dask's distributed.comm.tls configuration)")
+    t.add_argument("--tls-ca-file", metavar="PEM", help="certificate authority that signed the scheduler's certificate")
+    t.add_argument("--tls-cert", metavar="PEM", help="this client's certificate")
+    t.add_argument("--tls-key", metavar="PEM", help="this client's private key (if not in --tls-cert)")
     v = p.add_argument_group("video")
     v.add_argument("--codec", help="ffmpeg encoder (default by container: libx264, libvpx-vp9, gif)")
     v.add_argument("--crf", type=float, help="constant quality (default: 18 for H.264, 31 for VP9)")
@@ -277,6 +285,80 @@ def _jobs(inputs: list[Path], output: str | None, ext: str | None) -> list[tuple
     return jobs
 
 
+def _url_jobs(inputs: list[str], output: str | None, ext: str | None) -> list[tuple[Any, Any, bool]]:
+    """(input, output, is_folder) for each input when an input or the output is a URL (a prefix is a folder)."""
+    many = len(inputs) > 1
+    out_is_url = remote.is_url(output)
+    to_folder = output is not None and (
+        many or output.endswith(("/", os.sep)) or (remote.is_folder(output) if out_is_url else Path(output).is_dir())
+    )
+    jobs = []
+    for text in inputs:
+        src = _Url(text) if remote.is_url(text) else Path(text)
+        is_folder = remote.is_folder(src) if isinstance(src, str) else src.is_dir()
+        name = src.rstrip("/").rpartition("/")[2] if isinstance(src, str) else src.name
+        if output is None:
+            target = None
+        elif to_folder or (is_folder and not many):
+            base = (
+                output if is_folder and not many else (remote.join(output, name) if out_is_url else Path(output) / name)
+            )
+            target = base if is_folder or not ext or pipeline.is_video(Path(name)) else _with_ext(base, ext)
+        else:
+            target = output if out_is_url else Path(output)
+        jobs.append((src, target, is_folder))
+    targets = [str(t) for _, t, _ in jobs if t is not None]
+    if len(set(targets)) != len(targets):
+        raise ValueError("two inputs would be written to one output; give them different names or outputs")
+    return jobs
+
+
+class _Url(str):
+    """A URL, with the ``name`` the progress bar shows, as a path has."""
+
+    @property
+    def name(self) -> str:
+        return self.rstrip("/").rpartition("/")[2]
+
+
+def _with_ext(target, ext: str):
+    if isinstance(target, Path):
+        return target.with_suffix(ext)
+    head, dot, _ = target.rpartition(".")
+    return f"{head}{ext}" if dot and "/" not in target[len(head) :] else target + ext
+
+
+def _run_url(engine, src, dst, chain, report: _Report, options, video_options, is_folder: bool, ext) -> None:
+    """One job whose input or output is a URL: on the cluster's workers, or staged through this machine's engine."""
+    runner = engine if isinstance(engine, _OnCluster) else _Staged(engine)
+    if is_folder:
+        _run_folder(runner, src, dst, chain, report, options, video_options, ext)
+        return
+    if not pipeline.is_supported(Path(str(src).rpartition("/")[2])):
+        report.failed(f"{src}: not a supported image or video (by its extension)")
+        return
+    start = time.monotonic()
+    try:
+        out = runner.process_file(src, dst, chain, **options, **video_options)
+    except TileprocError as exc:
+        report.failed(exc, say_skip=True)
+        return
+    report.written(src, out if out is not None else dst, time.monotonic() - start)
+
+
+class _Staged:
+    """The Engine methods the command uses, for URLs: each file staged through this machine's engine."""
+
+    def __init__(self, engine: Engine):
+        self._engine = engine
+
+    def process_file(self, src, dst, chain, **options):
+        return staging.run_file(self._engine, src, dst, chain, **options)
+
+    def process_folder(self, src, dst, chain, **options):
+        return staging.process_folder(self._engine, src, dst, chain, **options)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     with warnings.catch_warnings():  # this process is the command: its warnings print as one line each
@@ -312,7 +394,10 @@ def _main(argv: Sequence[str] | None) -> int:
     try:
         chain = resolve_chain(",".join(args.filters))
         chain.check_picklable()
-        jobs = _jobs([Path(i) for i in args.inputs], args.output, args.format)
+        if staging.involved(*args.inputs, args.output):
+            jobs = _url_jobs(args.inputs, args.output, args.format)
+        else:
+            jobs = _jobs([Path(i) for i in args.inputs], args.output, args.format)
         if args.workers is not None and args.workers < 0:
             raise ValueError(f"--workers must be >= 0, got {args.workers}")
         if args.frames_in_flight is not None and args.frames_in_flight < 1:
@@ -328,13 +413,15 @@ def _main(argv: Sequence[str] | None) -> int:
                 rate = Fraction(0)
             if rate <= 0:
                 raise ValueError(f"--fps must be a positive number or fraction such as 24000/1001, got {args.fps}")
+        if not args.cluster and (args.tls_ca_file or args.tls_cert or args.tls_key):
+            raise ValueError("--tls-ca-file, --tls-cert and --tls-key go with --cluster")
     except (FilterError, ValueError) as exc:
         print(f"tileproc: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
     for note in _quality_notes(args.quality, jobs, args.format):
         print(_one_line(note), file=sys.stderr)
 
-    if args.output and (len(args.inputs) > 1 or args.output.endswith(os.sep)):
+    if args.output and not remote.is_url(args.output) and (len(args.inputs) > 1 or args.output.endswith(os.sep)):
         try:
             Path(args.output).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -374,7 +461,9 @@ def _main(argv: Sequence[str] | None) -> int:
             if on_cluster is None:
                 video_options["on_note"] = lambda line: bars.write(f"tileproc: {_one_line(line)}")
             for src, dst, is_folder in jobs:
-                if is_folder:
+                if staging.involved(src, dst):
+                    _run_url(engine, src, dst, chain, report, options, video_options, is_folder, args.format)
+                elif is_folder:
                     _run_folder(engine, src, dst, chain, report, options, video_options, args.format)
                 else:
                     _run_file(engine, src, dst, chain, report, options, video_options)
@@ -492,7 +581,7 @@ def _run_folder(
     start = time.monotonic()
 
     def planned(n: int) -> None:
-        bars.open(n, "file", src.name)
+        bars.open(n, "file", Path(str(src)).name)  # a URL's last part too
 
     def done(result: FileResult) -> None:
         bars.advance()
@@ -510,6 +599,22 @@ def _run_folder(
     report.summary(str(src), counts, time.monotonic() - start)
 
 
+def _security(args):
+    """A ``distributed.Security`` from the --tls-* options; None without them (Dask's configuration applies)."""
+    files = {"--tls-ca-file": args.tls_ca_file, "--tls-cert": args.tls_cert, "--tls-key": args.tls_key}
+    given = {k: v for k, v in files.items() if v}
+    if not given:
+        return None
+    if args.tls_key and not args.tls_cert:
+        raise ValueError("--tls-key needs --tls-cert")
+    for option, path in given.items():
+        if not os.path.isfile(path):
+            raise ValueError(f"{option} {path}: no such file")
+    from tiler.cluster import tls
+
+    return tls(args.tls_ca_file, args.tls_cert, args.tls_key)
+
+
 class _OnCluster:
     """The Engine methods the command uses, run on a Dask cluster instead (see tiler.cluster)."""
 
@@ -525,7 +630,7 @@ class _OnCluster:
             frames_in_flight=args.frames_in_flight,
             tile_timeout=args.tile_timeout,
         )
-        self.client = cluster.connect(args.cluster)
+        self.client = cluster.connect(args.cluster, security=_security(args))
 
     def __enter__(self) -> _OnCluster:
         return self
@@ -538,8 +643,18 @@ class _OnCluster:
 
     def process_video(self, src, dst, chain, **options):
         return self._cluster.process_video(
-            self.client, src, dst, chain, on_segment=self._bars.advance, **self._options, **options
+            self.client, src, dst, chain, on_frames=self._bars.advance, **self._options, **options
         )
 
     def process_folder(self, src, dst, chain, **options):
-        return self._cluster.process_folder(self.client, src, dst, chain, **self._options, **options)
+        self.frames = 0
+        return self._cluster.process_folder(
+            self.client, src, dst, chain, on_frames=self._count_frames, **self._options, **options
+        )
+
+    def _count_frames(self, n: int) -> None:
+        """Frames done across the workers (Dask's event thread): shown beside the bar's file count."""
+        self.frames += n
+        bar = self._bars.bar
+        if bar is not None:
+            bar.set_postfix_str(f"{self.frames} frames", refresh=False)

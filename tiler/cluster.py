@@ -36,23 +36,27 @@ import pickle
 import secrets
 import shutil
 import subprocess
+import tempfile
 import threading
+import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, TypeVar
 
-from tiler import pipeline
+from tiler import pipeline, staging
 from tiler.engine import Engine, resolve_chain
 from tiler.errors import InputError, OutputExists, TileprocError, VideoError, WorkerDied, WorkerError
-from tiler.io import video
+from tiler.io import remote, video
 from tiler.io.files import atomic_output, check_input, check_output, output_name, sweep_stale_temps
 from tiler.io.images import DEFAULT_MAX_PIXELS
 from tiler.pipeline import FileResult, Report
 
 __all__ = [
+    "FOLDER_SEGMENT_SECONDS",
     "connect",
+    "tls",
     "process_file",
     "process_folder",
     "process_video",
@@ -99,50 +103,108 @@ def _distributed():
 # -- connecting ------------------------------------------------------------------
 
 
-def connect(address: str = "local", *, timeout: float = CONNECT_TIMEOUT):
+def connect(address: str = "local", *, timeout: float = CONNECT_TIMEOUT, security: Any = None):
     """A ``dask.distributed.Client`` for a scheduler, or for a cluster on this machine.
+
+    A Dask scheduler runs whatever code a client that reaches it sends: on a
+    network others can reach, run it with TLS (``tls://`` and certificates)
+    and connect with ``security``.
 
     Parameters
     ----------
     address : str
-        ``tcp://host:8786`` (any address Dask takes; ``host:8786`` means tcp),
-        or ``local`` / ``local:N``: a LocalCluster of N worker processes
-        (default :data:`LOCAL_WORKERS`) with one thread each, on this machine,
-        for trying it out. Closing the client stops that cluster.
+        ``tls://host:8786`` or ``tcp://host:8786`` (any address Dask takes;
+        ``host:8786`` means tls with ``security``, else tcp), or ``local`` /
+        ``local:N``: a LocalCluster of N worker processes (default
+        :data:`LOCAL_WORKERS`) with one thread each, on this machine, for
+        trying it out (over TLS with ``security``). Closing the client stops
+        that cluster.
     timeout : float
         Seconds to wait for the scheduler.
+    security : distributed.Security, optional
+        The certificates to connect with. Default: Dask's configuration
+        (``distributed.comm.tls.*``, e.g. ``DASK_DISTRIBUTED__COMM__TLS__CA_FILE``).
 
     Raises
     ------
     ClusterError
-        Dask is not installed, or the scheduler did not answer within ``timeout``.
+        Dask is not installed, the scheduler did not answer within ``timeout``,
+        or it refused the connection (TLS without matching certificates).
     ValueError
         ``address`` is malformed.
 
     Examples
     --------
-    >>> client = connect("tcp://10.0.0.5:8786")   # doctest: +SKIP
-    >>> with connect("local:2") as client:        # doctest: +SKIP
+    >>> from distributed import Security                                  # doctest: +SKIP
+    >>> tls = Security(tls_ca_file="ca.pem", tls_client_cert="me.pem",
+    ...                tls_client_key="me.key", require_encryption=True)  # doctest: +SKIP
+    >>> client = connect("tls://10.0.0.5:8786", security=tls)             # doctest: +SKIP
+    >>> with connect("local:2") as client:                                # doctest: +SKIP
     ...     report = process_folder(client, "photos", "out", "blur")
     """
     address = str(address).strip()
     if address == "local" or address.startswith("local:"):
         n = LOCAL_WORKERS if address == "local" else _count(address[len("local:") :], address)
         distributed = _distributed()
-        return distributed.Client(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None)
+        tls = {} if security is None else dict(security=security, protocol="tls")
+        return distributed.Client(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None, **tls)
     scheme, sep, rest = address.rpartition("://")
     host, colon, port = rest.rpartition(":")
     if not rest or (colon and not port.isdigit()) or (sep and not scheme):
-        raise ValueError(f"cluster address must be tcp://HOST:PORT or local[:N], got {address!r}")
+        raise ValueError(f"cluster address must be tls://HOST:PORT, tcp://HOST:PORT or local[:N], got {address!r}")
+    if security is not None and not sep:
+        address = f"tls://{address}"
     distributed = _distributed()
+    if security is None and address.lower().startswith("tls://"):
+        security = distributed.Security()  # from Dask's configuration
+        if not security.tls_ca_file:
+            # Checked here: Dask's own error for this (a TypeError) leaves the client's event loop in a state
+            # where the next client of this process cannot start.
+            raise ClusterError(
+                f"{address}: the scheduler speaks TLS and no certificates were given; "
+                "pass --tls-ca-file, --tls-cert and --tls-key (security= in Python)"
+            )
+    extra = {} if security is None else {"security": security}
     try:
-        return distributed.Client(address, timeout=timeout)
+        return distributed.Client(address, timeout=timeout, **extra)
     except (OSError, TimeoutError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = _first_line(exc)
+        if "certificate" in reason.lower() or "ssl" in reason.lower():
+            raise ClusterError(
+                f"{address}: the scheduler refused the TLS certificates given (not signed by the authority it trusts)"
+            ) from None
+        if isinstance(exc, distributed.comm.CommClosedError):
+            raise ClusterError(
+                f"{address}: the scheduler closed the connection at once; "
+                "a TLS scheduler needs a tls:// address and its certificates (--tls-ca-file, --tls-cert, --tls-key)"
+            ) from None
         raise ClusterError(
             f"{address}: no Dask scheduler answered within {timeout:g} s ({reason}); "
-            "start one with 'dask scheduler', or check the address"
+            "start one with 'dask scheduler', or check the address (tls:// for a TLS scheduler)"
         ) from None
+
+
+def tls(ca_file: str | None, cert: str | None, key: str | None = None):
+    """A ``distributed.Security`` that requires TLS, from PEM files (or PEM text).
+
+    Parameters
+    ----------
+    ca_file : str
+        The certificate authority that signed the scheduler's and workers' certificates.
+    cert, key : str
+        This client's certificate and private key (``key`` None: in ``cert``).
+
+    Examples
+    --------
+    >>> client = connect("tls://10.0.0.5:8786", security=tls("ca.pem", "me.pem", "me.key"))  # doctest: +SKIP
+    """
+    return _distributed().Security(
+        tls_ca_file=ca_file, tls_client_cert=cert, tls_client_key=key, require_encryption=True
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 def _count(text: str, address: str) -> int:
@@ -174,18 +236,17 @@ def _engine_spec(workers: int | None, options: dict[str, Any]) -> _EngineSpec:
     return _EngineSpec(None if workers is None else int(workers), tuple(sorted(options.items())))
 
 
-def _local_path(path: Any) -> Path:
-    """A path every worker can open: plain paths and ``file://`` URLs."""
+def _location(path: Any) -> Path | str:
+    """A storage URL as a string (``s3://...``, fetched by the worker that needs it), else a local path.
+
+    Local paths and ``file://`` URLs must be at the same place on every worker (a shared file system).
+    """
     text = os.fspath(path)
     if isinstance(text, bytes):
         text = os.fsdecode(text)
+    if remote.is_url(text):
+        return text
     if "://" in text:
-        scheme = text.split("://", 1)[0]
-        if scheme.lower() != "file":
-            raise ValueError(
-                f"{text}: {scheme}:// is not supported; inputs and outputs must be paths "
-                "on a file system every worker sees (or file:// URLs)"
-            )
         return Path(urllib.parse.unquote(urllib.parse.urlparse(text).path))
     return Path(text)
 
@@ -295,29 +356,14 @@ def _outcome(future, label: str) -> Any:
         return WorkerError(f"{label}: {type(exc).__name__}" + (f": {first[0]}" if first else ""))
 
 
-def _existing(paths: Iterable[Path]) -> set[Path]:
-    """Which of ``paths`` exist now: one listing per folder, not one stat per file."""
-    by_folder: dict[Path, list[Path]] = {}
-    for path in paths:
-        by_folder.setdefault(path.parent, []).append(path)
-    found = set()
-    for folder, wanted in by_folder.items():
-        try:
-            names = set(os.listdir(folder))
-        except OSError:
-            continue
-        found.update(p for p in wanted if p.name in names)
-    return found
-
-
-def _rerun_found_its_output(error: BaseException | None, dst: Path, existed: set[Path]) -> bool:
+def _rerun_found_its_output(error: BaseException | None, dst: Path | str, existed: set[str]) -> bool:
     """A task refused an output that did not exist when the job started: a first attempt wrote it.
 
     Its worker died after the rename into place and before its result reached
     the scheduler; the rerun finds the whole file there. Outputs are renamed
     into place only when complete, so the file is the task's own, whole.
     """
-    return isinstance(error, OutputExists) and dst not in existed
+    return isinstance(error, OutputExists) and str(dst) not in existed
 
 
 def _sweep_workers(client) -> None:
@@ -345,6 +391,10 @@ def process_folder(
     preset: str = "medium",
     pix_fmt: str | None = None,
     ext: str | None = None,
+    storage_options: dict[str, Any] | None = None,
+    skip_existing: bool = False,
+    segment_frames: int | None = None,
+    on_frames: Callable[[int], None] | None = None,
     **engine_options: Any,
 ) -> Report:
     """Filter every image and video under ``src`` into ``dst`` on a Dask cluster, one task per file.
@@ -376,6 +426,21 @@ def process_folder(
         Tasks in flight (default twice the cluster's worker threads).
     ext : str, optional
         Write images in this format (``".png"``) instead of the input's.
+    storage_options : dict, optional
+        fsspec options for URL inputs and outputs (sent to the workers with each task).
+    skip_existing : bool
+        An output that exists (complete: outputs appear only whole) counts as
+        done and is not redone, so a rerun resumes an interrupted batch.
+    segment_frames : int, optional
+        A video of the folder long enough for two segments of at least this
+        many frames is cut at keyframes and its segments filtered on several
+        workers, as :func:`process_video` does. Default: segments of at least
+        :data:`FOLDER_SEGMENT_SECONDS` seconds (the other files keep workers
+        busy meanwhile). Videos given by URL are one task each.
+    on_frames : callable, optional
+        Called here, from Dask's event thread, with the number of frames
+        filtered since the last call, as the workers report them (about twice
+        a second each): images count one frame each.
     **engine_options
         ``tile_size``, ``frames_in_flight``, ``tile_timeout``... for each engine.
 
@@ -386,9 +451,10 @@ def process_folder(
     >>> report.ok                                                  # doctest: +SKIP
     True
     """
-    src = _local_path(src)
-    dst = _local_path(dst) if dst is not None else None
-    if not src.is_dir():
+    src = _location(src)
+    dst = _location(dst) if dst is not None else None
+    urls = staging.involved(src, dst)
+    if not urls and not src.is_dir():
         raise InputError(f"{src}: not a folder")
     chain = _checked_chain(chain)
     spec = _engine_spec(workers, engine_options)
@@ -401,6 +467,8 @@ def process_folder(
         preset=preset,
         pix_fmt=pix_fmt,
     )
+    if urls:
+        options["storage_options"] = storage_options
     report = Report()
 
     def record(result: FileResult) -> None:
@@ -408,45 +476,192 @@ def process_folder(
         if on_result is not None:
             on_result(result)
 
-    pairs = pipeline.prepare_folder(src, dst, ext=ext, record=record, on_plan=on_plan)
-    folders = sorted({d.parent for _, d in pairs})
+    if urls:
+        pairs, problems = staging.plan_folder(src, dst, ext=ext, storage_options=storage_options)
+        if on_plan is not None:
+            on_plan(len(pairs) + len(problems))
+        for problem in problems:
+            record(problem)
+    else:
+        pairs = pipeline.prepare_folder(src, dst, ext=ext, record=record, on_plan=on_plan)
+    folders = sorted({d.parent for _, d in pairs if isinstance(d, Path)})
     if not pairs:
         return report
     hosts = _hosts(client)
     _register(client)
-    existed = set() if overwrite else _existing(d for _, d in pairs)
+    existed = set() if overwrite else staging.existing([d for _, d in pairs], storage_options)
+    if skip_existing and not overwrite:
+        for s, d in pairs:
+            if str(d) in existed:
+                record(FileResult(s, d, None))
+        pairs = [(s, d) for s, d in pairs if str(d) not in existed]
+    if segment_frames is not None and segment_frames < 1:
+        raise ValueError(f"segment_frames must be >= 1, got {segment_frames}")
     job = secrets.token_hex(4)
-    numbered = ((i, s, d) for i, (s, d) in enumerate(pairs))
+    with _frames_topic(client, job, on_frames) as topic:
+        threads = max(1, sum(hosts.values()))
+        cuts: list[_Cut] = []
 
-    def submit(item):
-        i, s, d = item
-        return client.submit(
-            _file_task,
-            str(s),
-            str(d),
-            chain,
-            spec,
-            hosts,
-            options,
-            key=f"tileproc-file-{job}-{i}",
-            retries=task_retries,
-            pure=False,
-        )
+        def items() -> Iterator[tuple[int, Any, Any, tuple[_Cut, int] | None]]:
+            """Each file as one task; a long video (cut when the window reaches it) as one task per segment."""
+            for i, (s, d) in enumerate(pairs):
+                cut = None
+                if isinstance(s, Path) and isinstance(d, Path) and pipeline.is_video(s):
+                    cut = _cut(s, d, job, i, threads, segment_frames, overwrite=overwrite, options=options)
+                if cut is None:
+                    yield i, s, d, None
+                    continue
+                cuts.append(cut)
+                for k in range(len(cut.segments)):
+                    yield i, s, d, (cut, k)
 
-    tasks = _Window(client, numbered, submit, _window(hosts, window))
-    try:
-        for (_, s, d), future in tasks:
-            value = _outcome(future, str(s))
-            result = value if isinstance(value, FileResult) else FileResult(s, None, value)
-            if _rerun_found_its_output(result.error, d, existed):
-                result = FileResult(s, d, None)
-            record(result)
-    finally:
-        tasks.cancel()
-        _sweep_workers(client)
-        for folder in folders:  # what the attempts of dead workers left
-            sweep_stale_temps(folder)
+        def submit(item):
+            i, s, d, part = item
+            if part is None:
+                return client.submit(
+                    _file_task,
+                    str(s),
+                    str(d),
+                    chain,
+                    spec,
+                    hosts,
+                    options,
+                    topic,
+                    key=f"tileproc-file-{job}-{i}",
+                    retries=task_retries,
+                    pure=False,
+                )
+            cut, k = part
+            first, count, seek = cut.segments[k]
+            return client.submit(
+                _segment_task,
+                cut.info,
+                first,
+                count,
+                seek,
+                str(cut.folder / cut.names[k]),
+                chain,
+                spec,
+                hosts,
+                cut.writer,
+                topic,
+                key=f"tileproc-segment-{job}-{i}-{k}",
+                retries=task_retries,
+                pure=False,
+            )
+
+        tasks = _Window(client, items(), submit, _window(hosts, window))
+        try:
+            for (_, s, d, part), future in tasks:
+                if part is not None:
+                    cut, k = part
+                    first, count, _ = cut.segments[k]
+                    error = _outcome(future, f"{s} frames {first}-{first + count - 1}")
+                    if not cut.segment_done(error):
+                        continue
+                    result = cut.finish(overwrite=overwrite)
+                else:
+                    value = _outcome(future, str(s))
+                    result = value if isinstance(value, FileResult) else FileResult(s, None, value)
+                if _rerun_found_its_output(result.error, d, existed):
+                    result = FileResult(s, d, None)
+                record(result)
+        finally:
+            tasks.cancel()
+            for cut in cuts:
+                shutil.rmtree(cut.folder, ignore_errors=True)
+            _sweep_workers(client)
+            for folder in folders:  # what the attempts of dead workers left
+                sweep_stale_temps(folder)
     return report
+
+
+@contextlib.contextmanager
+def _frames_topic(client, job: str, on_frames: Callable[[int], None] | None) -> Iterator[str | None]:
+    """The Dask event topic on which this job's tasks report frames done (None without ``on_frames``)."""
+    if on_frames is None:
+        yield None
+        return
+    topic = f"tileproc-frames-{job}"
+    client.subscribe_topic(topic, lambda event: on_frames(event[1]))
+    try:
+        yield topic
+    finally:
+        with contextlib.suppress(Exception):
+            client.unsubscribe_topic(topic)
+
+
+FOLDER_SEGMENT_SECONDS = 10
+"""Least length of a segment of a video in a folder job (:func:`process_folder`)."""
+
+
+@dataclasses.dataclass
+class _Cut:
+    """A video of a folder job cut into segments: what to join once every segment is back."""
+
+    info: video.VideoInfo
+    dst: Path
+    plan: Any
+    writer: dict[str, Any]
+    segments: list[tuple[int, int, Fraction | None]]
+    folder: Path
+    left: int = 0
+    error: BaseException | None = None
+
+    def __post_init__(self) -> None:
+        self.left = len(self.segments)
+
+    @property
+    def names(self) -> list[str]:
+        return [f"segment-{i:05d}{self.dst.suffix}" for i in range(len(self.segments))]
+
+    def segment_done(self, error: BaseException | None) -> bool:
+        """Count one segment back (keeping the first error); True when it was the last."""
+        if error is not None and self.error is None:
+            self.error = error
+        self.left -= 1
+        return self.left == 0
+
+    def finish(self, *, overwrite: bool) -> FileResult:
+        """Join the segments into ``dst`` (unless one failed) and remove their folder."""
+        try:
+            if self.error is None:
+                _join(self.info, self.folder, self.names, self.segments, self.dst, self.plan, overwrite=overwrite)
+        except TileprocError as exc:
+            self.error = exc
+        finally:
+            shutil.rmtree(self.folder, ignore_errors=True)
+        if self.error is not None:
+            return FileResult(self.info.path, None, self.error)
+        return FileResult(self.info.path, self.dst, None)
+
+
+def _cut(
+    src: Path, dst: Path, job: str, i: int, threads: int, segment_frames: int | None, *, overwrite: bool, options
+) -> _Cut | None:
+    """The segments of a video of a folder job, or None to run it as one task (short, not cuttable, or refused:
+    the task then reports why)."""
+    try:
+        check_input(src)
+        info = video.probe_video(src, max_pixels=options["max_pixels"])
+        check_output(dst, inputs=[src], overwrite=overwrite)
+        writer = {k: options[k] for k in ("codec", "crf", "preset", "pix_fmt")}
+        dtype = pipeline.video_dtype(info, dst)
+        plan = video.encoder_plan(dst, info, dtype, **writer)
+    except (TileprocError, ValueError):
+        return None
+    target = segment_frames or max(
+        math.ceil(info.frame_count / (2 * threads)), math.ceil(FOLDER_SEGMENT_SECONDS * info.fps)
+    )
+    if info.variable_rate or plan.muxer == "gif" or info.frame_count < 2 * target:
+        return None
+    keys = _keyframes(info)
+    segments = _plan_segments(keys, info.frame_count, target) if keys else []
+    if len(segments) < 2:
+        return None
+    folder = dst.parent / f".{dst.stem[:80]}.tileproc-segments-{job}-{i}"
+    folder.mkdir()
+    return _Cut(info, dst, plan, writer, segments, folder)
 
 
 def process_file(
@@ -464,11 +679,14 @@ def process_file(
     crf: float | None = None,
     preset: str = "medium",
     pix_fmt: str | None = None,
+    storage_options: dict[str, Any] | None = None,
     **engine_options: Any,
-) -> Path:
+) -> Path | str:
     """Filter one image (one task) or video (:func:`process_video`) on a Dask cluster.
 
     ``dst`` None means ``name.tileproc.ext`` beside it. Returns the output path.
+    ``src`` and ``dst`` may be URLs (:mod:`tiler.staging`): the file is then one
+    task, whose worker fetches the input and uploads the output.
 
     Examples
     --------
@@ -476,9 +694,13 @@ def process_file(
     ...     process_file(client, "photo.jpg", "out.jpg", "sharpen")
     PosixPath('out.jpg')
     """
-    src = _local_path(src)
-    dst = _local_path(dst) if dst is not None else None
+    src = _location(src)
+    dst = _location(dst) if dst is not None else None
     video_options = dict(codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt)
+    if staging.involved(src, dst):
+        options = dict(overwrite=overwrite, max_pixels=max_pixels, quality=quality, **video_options)
+        options["storage_options"] = storage_options
+        return _single_file(client, src, dst, chain, workers, options, engine_options, task_retries)
     if pipeline.is_video(src):
         return process_video(
             client,
@@ -492,13 +714,23 @@ def process_file(
             **video_options,
             **engine_options,
         )
-    dst = dst if dst is not None else output_name(src)
+    options = dict(overwrite=overwrite, max_pixels=max_pixels, quality=quality, **video_options)
+    return _single_file(client, src, dst, chain, workers, options, engine_options, task_retries)
+
+
+def _single_file(
+    client, src, dst, chain, workers, options: dict, engine_options: dict, task_retries: int
+) -> Path | str:
+    """One whole file as one task (an image, or a file given by URL: its worker fetches, filters and uploads)."""
+    if dst is None:
+        dst = staging.default_output(src) if isinstance(src, str) else output_name(src)
     chain = _checked_chain(chain)
     spec = _engine_spec(workers, engine_options)
-    sweep_stale_temps(dst.parent)
+    folder = dst.parent if isinstance(dst, Path) else None
+    if folder is not None:
+        sweep_stale_temps(folder)
     hosts = _hosts(client)
     _register(client)
-    options = dict(overwrite=overwrite, max_pixels=max_pixels, quality=quality, **video_options)
     try:
         _whole_file_task(
             client,
@@ -509,13 +741,14 @@ def process_file(
             spec,
             hosts,
             options,
-            overwrite=overwrite,
+            overwrite=options["overwrite"],
             key=f"tileproc-file-{secrets.token_hex(4)}-0",
             task_retries=task_retries,
         )
     finally:
         _sweep_workers(client)
-        sweep_stale_temps(dst.parent)
+        if folder is not None:
+            sweep_stale_temps(folder)
     return dst
 
 
@@ -532,12 +765,13 @@ def _whole_file_task(
     overwrite: bool,
     key: str,
     task_retries: int,
+    topic: str | None = None,
 ) -> None:
     """Run ``task`` for one whole file on some worker; raise its error unless a rerun
     (after a worker died) found the output its first attempt had already completed."""
-    existed = set() if overwrite else _existing([dst])
+    existed = set() if overwrite else staging.existing([dst], options.get("storage_options"))
     future = client.submit(
-        task, str(src), str(dst), chain, spec, hosts, options, key=key, retries=task_retries, pure=False
+        task, str(src), str(dst), chain, spec, hosts, options, topic, key=key, retries=task_retries, pure=False
     )
     try:
         value = _outcome(future, str(src))
@@ -566,10 +800,12 @@ def process_video(
     segment_frames: int | None = None,
     on_start: Callable[[video.VideoInfo], None] | None = None,
     on_segment: Callable[[int], None] | None = None,
+    on_frames: Callable[[int], None] | None = None,
     task_retries: int = 2,
     window: int | None = None,
+    storage_options: dict[str, Any] | None = None,
     **engine_options: Any,
-) -> Path:
+) -> Path | str:
     """Filter a video on a Dask cluster: segments on different workers, joined into one file.
 
     The video is cut at keyframes into segments of at least ``segment_frames``
@@ -583,7 +819,11 @@ def process_video(
     written atomically.
 
     A variable-frame-rate source or a GIF output is not cut: the whole video
-    is one task. Options are those of :func:`tiler.process_video`, and:
+    is one task. From a URL to a URL, workers fetch the source and upload
+    their segments under a hidden prefix beside ``dst``, and one task joins
+    them (nothing passes through this process); a video from a URL to a
+    path, or from a path to a URL, is one task. Options are those of
+    :func:`tiler.process_video`, and:
 
     Parameters
     ----------
@@ -595,6 +835,10 @@ def process_video(
         Called with the source's :class:`~tiler.io.video.VideoInfo` before any task.
     on_segment : callable, optional
         Called with the number of frames of each segment as it finishes.
+    on_frames : callable, optional
+        Called here, from Dask's event thread, with the number of frames
+        filtered since the last call, as the workers report them (about
+        twice a second each).
 
     Examples
     --------
@@ -602,8 +846,28 @@ def process_video(
     ...     process_video(client, "clip.mp4", "clip.blur.mp4", "blur", crf=20)
     PosixPath('clip.blur.mp4')
     """
-    src = _local_path(src)
-    dst = _local_path(dst) if dst is not None else output_name(src)
+    src = _location(src)
+    dst = _location(dst) if dst is not None else None
+    if staging.involved(src, dst):
+        writer = dict(codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt)
+        options = dict(overwrite=overwrite, max_pixels=max_pixels, storage_options=storage_options, **writer)
+        if isinstance(src, str) and (dst is None or isinstance(dst, str)) and pipeline.is_video(Path(src)):
+            return _remote_video(
+                client,
+                src,
+                dst or staging.default_output(src),
+                chain,
+                workers,
+                options,
+                engine_options,
+                segment_frames=segment_frames,
+                on_segment=on_segment,
+                on_frames=on_frames,
+                task_retries=task_retries,
+                window=window,
+            )
+        return _single_file(client, src, dst, chain, workers, options, engine_options, task_retries)
+    dst = dst if dst is not None else output_name(src)
     chain = _checked_chain(chain)
     spec = _engine_spec(workers, engine_options)
     if segment_frames is not None and segment_frames < 1:
@@ -627,19 +891,21 @@ def process_video(
     try:
         if len(segments) == 1:
             options = dict(overwrite=overwrite, max_pixels=max_pixels, **writer)
-            _whole_file_task(
-                client,
-                _video_task,
-                src,
-                dst,
-                chain,
-                spec,
-                hosts,
-                options,
-                overwrite=overwrite,
-                key=f"tileproc-video-{job}",
-                task_retries=task_retries,
-            )
+            with _frames_topic(client, job, on_frames) as topic:
+                _whole_file_task(
+                    client,
+                    _video_task,
+                    src,
+                    dst,
+                    chain,
+                    spec,
+                    hosts,
+                    options,
+                    overwrite=overwrite,
+                    key=f"tileproc-video-{job}",
+                    task_retries=task_retries,
+                    topic=topic,
+                )
             if on_segment is not None:
                 on_segment(info.frame_count)
             return dst
@@ -657,6 +923,7 @@ def process_video(
             overwrite=overwrite,
             job=job,
             on_segment=on_segment,
+            on_frames=on_frames,
             task_retries=task_retries,
             window=_window(hosts, window),
         )
@@ -680,6 +947,7 @@ def _segments(
     overwrite: bool,
     job: str,
     on_segment,
+    on_frames,
     task_retries: int,
     window: int,
 ) -> Path:
@@ -688,6 +956,44 @@ def _segments(
     folder.mkdir()
     try:
         names = [f"segment-{i:05d}{dst.suffix}" for i in range(len(segments))]
+        _run_segments(
+            client,
+            info,
+            segments,
+            [str(folder / n) for n in names],
+            (chain, spec, hosts, writer),
+            None,
+            label=str(info.path),
+            job=job,
+            on_segment=on_segment,
+            on_frames=on_frames,
+            task_retries=task_retries,
+            window=window,
+        )
+        _join(info, folder, names, segments, dst, plan, overwrite=overwrite)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return dst
+
+
+def _run_segments(
+    client,
+    info: video.VideoInfo,
+    segments: list,
+    targets: list[str],
+    work: tuple,
+    source: tuple[str, Any, str] | None,
+    *,
+    label: str,
+    job: str,
+    on_segment,
+    on_frames,
+    task_retries: int,
+    window: int,
+) -> None:
+    """Filter each segment into its target on the workers; raise the first failure once those in flight end."""
+    chain, spec, hosts, writer = work
+    with _frames_topic(client, job, on_frames) as topic:
 
         def submit(item):
             i, (first, count, seek) = item
@@ -697,11 +1003,13 @@ def _segments(
                 first,
                 count,
                 seek,
-                str(folder / names[i]),
+                targets[i],
                 chain,
                 spec,
                 hosts,
                 writer,
+                topic,
+                source,
                 key=f"tileproc-segment-{job}-{i}",
                 retries=task_retries,
                 pure=False,
@@ -710,7 +1018,7 @@ def _segments(
         tasks = _Window(client, enumerate(segments), submit, window)
         try:
             for (_, (first, count, _)), future in tasks:
-                error = _outcome(future, f"{info.path} frames {first}-{first + count - 1}")
+                error = _outcome(future, f"{label} frames {first}-{first + count - 1}")
                 if error is not None:
                     tasks.settle()  # the segments in flight end before their folder goes
                     raise error
@@ -718,10 +1026,94 @@ def _segments(
                     on_segment(count)
         finally:
             tasks.cancel()
-        _join(info, folder, names, segments, dst, plan, overwrite=overwrite)
+
+
+def _remote_video(
+    client,
+    src: str,
+    dst: str,
+    chain,
+    workers,
+    options: dict[str, Any],
+    engine_options: dict[str, Any],
+    *,
+    segment_frames: int | None,
+    on_segment,
+    on_frames,
+    task_retries: int,
+    window: int | None,
+) -> str:
+    """A video from object storage to object storage, cut into segments like a local one.
+
+    A worker fetches the source and plans the cut; each worker that filters a
+    segment fetches the source once (kept for the job), and uploads its
+    segment under a hidden prefix beside ``dst``; one more task joins them
+    and uploads ``dst``. Nothing but the plan passes through this process.
+    """
+    chain = _checked_chain(chain)
+    spec = _engine_spec(workers, engine_options)
+    if segment_frames is not None and segment_frames < 1:
+        raise ValueError(f"segment_frames must be >= 1, got {segment_frames}")
+    storage = options["storage_options"]
+    remote.check_output(dst, storage, overwrite=options["overwrite"])
+    hosts = _hosts(client)
+    _register(client)
+    job = secrets.token_hex(4)
+    source = (src, storage, job)
+    name = Path(dst.rpartition("/")[2])
+    prefix = f"{dst.rpartition('/')[0]}/.{name.stem[:80]}.tileproc-segments-{job}"
+    try:
+        planned = client.submit(_plan_task, source, options["max_pixels"], key=f"tileproc-plan-{job}", pure=False)
+        info, keys = _outcome_or_raise(planned, src)
+        writer = {k: options[k] for k in ("codec", "crf", "preset", "pix_fmt")}
+        plan = video.encoder_plan(name, info, pipeline.video_dtype(info, name), **writer)
+        threads = max(1, sum(hosts.values()))
+        target = segment_frames or max(math.ceil(info.frame_count / (2 * threads)), math.ceil(2 * info.fps))
+        use_keys = keys if not info.variable_rate and plan.muxer != "gif" else None
+        segments = _plan_segments(use_keys, info.frame_count, target) if use_keys else [(0, info.frame_count, None)]
+        if len(segments) == 1:
+            _drop_sources(client, job)
+            return _single_file(client, src, dst, chain, workers, options, engine_options, task_retries)
+        names = [f"{prefix}/segment-{i:05d}{name.suffix}" for i in range(len(segments))]
+        _run_segments(
+            client,
+            info,
+            segments,
+            names,
+            (chain, spec, hosts, writer),
+            source,
+            label=src,
+            job=job,
+            on_segment=on_segment,
+            on_frames=on_frames,
+            task_retries=task_retries,
+            window=_window(hosts, window),
+        )
+        joined = client.submit(
+            _join_task, info, source, names, segments, dst, plan, options["overwrite"], key=f"tileproc-join-{job}"
+        )
+        _outcome_or_raise(joined, src)
     finally:
-        shutil.rmtree(folder, ignore_errors=True)
+        _drop_sources(client, job)
+        with contextlib.suppress(Exception):
+            fs, path = remote.filesystem(prefix, storage)
+            if fs.exists(path):
+                fs.rm(path, recursive=True)
+        _sweep_workers(client)
     return dst
+
+
+def _outcome_or_raise(future, label: str) -> Any:
+    """A task's value; its failure (or a tileproc error it returned) raised here."""
+    value = _outcome(future, label)
+    if isinstance(value, BaseException):
+        raise value
+    return value
+
+
+def _drop_sources(client, job: str) -> None:
+    with contextlib.suppress(Exception):
+        client.run(_drop_staged_sources, job)
 
 
 def _keyframes(info: video.VideoInfo) -> list[tuple[int, Fraction]] | None:
@@ -913,6 +1305,42 @@ def _sweep_segments(dask_worker=None) -> int:
     return len(sweep_stale_segments())
 
 
+_REPORT_EVERY = 0.5
+"""Seconds between two progress events of a task (frames done on a worker, sent to the driver)."""
+
+
+@contextlib.contextmanager
+def _reporting(engine: Engine, topic: str | None) -> Iterator[None]:
+    """While a task runs: count the frames ``engine`` finishes, and send the count as a Dask event on ``topic``."""
+    if topic is None:
+        yield
+        return
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+    except (ImportError, ValueError):  # not inside a Dask worker
+        yield
+        return
+    pending = [0, time.monotonic()]
+
+    def progress(event) -> None:
+        if event.kind != "frame":
+            return
+        pending[0] += event.done
+        if time.monotonic() - pending[1] >= _REPORT_EVERY:
+            worker.log_event(topic, pending[0])
+            pending[:] = [0, time.monotonic()]
+
+    previous, engine.progress = engine.progress, progress
+    try:
+        yield
+    finally:
+        engine.progress = previous
+        if pending[0]:
+            worker.log_event(topic, pending[0])
+
+
 def _portable(exc: BaseException) -> BaseException:
     """``exc`` if it survives pickling, else a plain tileproc error with its message."""
     try:
@@ -923,23 +1351,36 @@ def _portable(exc: BaseException) -> BaseException:
 
 
 def _file_task(
-    src: str, dst: str, chain, spec: _EngineSpec, hosts: dict[str, int], options: dict[str, Any]
+    src: str,
+    dst: str,
+    chain,
+    spec: _EngineSpec,
+    hosts: dict[str, int],
+    options: dict[str, Any],
+    topic: str | None = None,
 ) -> FileResult:
-    """One file on this worker: read, filter with the local engine, write atomically."""
+    """One file on this worker: read (fetched first if a URL), filter with the local engine, write atomically."""
+    source = src if remote.is_url(src) else Path(src)
     try:
-        with _engine(spec, hosts) as engine:
-            out = pipeline.process_file(engine, src, dst, chain, sweep=False, **options)
+        with _engine(spec, hosts) as engine, _reporting(engine, topic):
+            out = staging.run_file(engine, source, dst, chain, sweep=False, **options)
     except TileprocError as exc:
-        return FileResult(Path(src), None, _portable(exc))
-    return FileResult(Path(src), Path(out), None)
+        return FileResult(source, None, _portable(exc))
+    return FileResult(source, out, None)
 
 
 def _video_task(
-    src: str, dst: str, chain, spec: _EngineSpec, hosts: dict[str, int], options: dict[str, Any]
+    src: str,
+    dst: str,
+    chain,
+    spec: _EngineSpec,
+    hosts: dict[str, int],
+    options: dict[str, Any],
+    topic: str | None = None,
 ) -> BaseException | None:
     """A whole video on this worker, as on one machine."""
     try:
-        with _engine(spec, hosts) as engine:
+        with _engine(spec, hosts) as engine, _reporting(engine, topic):
             pipeline.process_video(engine, src, dst, chain, sweep=False, **options)
     except TileprocError as exc:
         return _portable(exc)
@@ -971,16 +1412,96 @@ def _segment_task(
     spec: _EngineSpec,
     hosts: dict[str, int],
     writer: dict[str, Any],
+    topic: str | None = None,
+    source: tuple[str, Any, str] | None = None,
 ) -> BaseException | None:
-    """Frames ``first .. first+count-1`` of the source, filtered, into a video-only file ``dst``."""
+    """Frames ``first .. first+count-1`` of the source, filtered, into a video-only file ``dst``.
+
+    With ``source`` (url, storage options, job) the source is this worker's staged copy of that URL and ``dst``
+    a URL the segment is uploaded to.
+    """
     part = dataclasses.replace(info, frame_count=count, duration=Fraction(count) / info.fps)
+    seek_at = None if seek is None else _seek_point(seek, info.fps)
     try:
-        with _engine(spec, hosts) as engine:
-            _filter_range(
-                engine, part, first, None if seek is None else _seek_point(seek, info.fps), Path(dst), chain, writer
-            )
+        with _engine(spec, hosts) as engine, _reporting(engine, topic):
+            if source is None:
+                _filter_range(engine, part, first, seek_at, Path(dst), chain, writer)
+                return None
+            part = dataclasses.replace(part, path=_staged_source(*source))
+            with remote.workspace() as work:
+                local = work / dst.rpartition("/")[2]
+                _filter_range(engine, part, first, seek_at, local, chain, writer)
+                remote.upload(local, dst, source[1], overwrite=True)
     except TileprocError as exc:
         return _portable(exc)
+    return None
+
+
+_sources_lock = threading.Lock()
+_sources: dict[tuple[str, str], tuple[Path, Path]] = {}  # (url, job) -> (staged copy, its workspace)
+
+
+def _staged_source(url: str, storage_options: Any, job: str) -> Path:
+    """This process's local copy of ``url`` for ``job``: fetched by the first task that needs it, then kept."""
+    with _sources_lock:
+        if (url, job) not in _sources:
+            remote.sweep_stale_workspaces()
+            work = Path(tempfile.mkdtemp(prefix=remote.workspace_prefix()))
+            try:
+                _sources[(url, job)] = (remote.stage_input(url, work, storage_options), work)
+            except BaseException:
+                shutil.rmtree(work, ignore_errors=True)
+                raise
+        return _sources[(url, job)][0]
+
+
+def _drop_staged_sources(job: str, dask_worker=None) -> int:
+    """Delete this process's staged copies for ``job`` (the job has ended)."""
+    with _sources_lock:
+        done = [k for k in _sources if k[1] == job]
+        for key in done:
+            shutil.rmtree(_sources.pop(key)[1], ignore_errors=True)
+    return len(done)
+
+
+def _plan_task(source: tuple[str, Any, str], max_pixels: int | None) -> Any:
+    """On a worker: fetch the source (kept for the job's segments), probe it, find its keyframes."""
+    try:
+        info = video.probe_video(_staged_source(*source), max_pixels=max_pixels)
+        return info, _keyframes(info)
+    except TileprocError as exc:
+        return _portable(_renamed(exc, source))
+
+
+def _renamed(exc: TileprocError, source: tuple[str, Any, str]) -> TileprocError:
+    """``exc`` naming the source URL rather than this worker's staged copy of it."""
+    staged = _sources.get((source[0], source[2]))
+    return staging.named(exc, None if staged is None else staged[0], source[0])
+
+
+def _join_task(
+    info: video.VideoInfo,
+    source: tuple[str, Any, str],
+    names: list[str],
+    segments: list,
+    dst: str,
+    plan,
+    overwrite: bool,
+) -> BaseException | None:
+    """On a worker: fetch the segments, join them with the source's audio, upload ``dst`` whole."""
+    storage = source[1]
+    out = None
+    try:
+        info = dataclasses.replace(info, path=_staged_source(*source))
+        with remote.workspace() as work:
+            folder = work / "segments"
+            for name in names:
+                remote.stage_input(name, folder, storage)
+            out = work / dst.rpartition("/")[2]
+            _join(info, folder, [n.rpartition("/")[2] for n in names], segments, out, plan, overwrite=True)
+            remote.upload(out, dst, storage, overwrite=overwrite)
+    except TileprocError as exc:
+        return _portable(staging.named(_renamed(exc, source), out, dst))
     return None
 
 

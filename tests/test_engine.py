@@ -159,3 +159,55 @@ def test_engine_reuses_one_pool_for_many_calls():
         for _ in range(3):
             e.process(np.zeros((70, 20, 3), np.uint16), negate)
         assert e.pool.pids == pids
+
+
+def test_closing_never_swaps_the_callers_signal_handlers():
+    """Promise 9: not even for the moment of cleanup (a host thread watches the handlers)."""
+    import signal
+    import threading
+
+    def mine(*args):
+        pass
+
+    seen: set = set()
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGINT, mine)
+    term = signal.getsignal(signal.SIGTERM)
+
+    def watch():
+        while not stop.is_set():
+            seen.add((signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)))
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        frame = np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8)
+        for _ in range(3):
+            with Engine(workers=2, inline_below=0) as engine:
+                engine.process(frame, "blur")
+    finally:
+        stop.set()
+        watcher.join()
+        signal.signal(signal.SIGINT, previous)
+    assert seen == {(mine, term)}
+
+
+def test_an_interrupt_during_close_still_releases_everything(monkeypatch):
+    """Ctrl-C arriving mid-cleanup: the cleanup finishes (the leak fixture checks), then it is raised."""
+    from tiler.sharedmem import FrameRing
+
+    real_close = FrameRing.close
+    calls = []
+
+    def interrupted_once(self):
+        calls.append(1)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        real_close(self)
+
+    monkeypatch.setattr(FrameRing, "close", interrupted_once)
+    engine = Engine(workers=2, inline_below=0)
+    engine.process(np.zeros((300, 400, 3), np.uint8), "invert")
+    with pytest.raises(KeyboardInterrupt):
+        engine.close()
+    assert len(calls) == 2 and not engine.started

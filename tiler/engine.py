@@ -25,7 +25,6 @@ this process (built-in filters on small frames) starts none.
 from __future__ import annotations
 
 import contextlib
-import signal
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -180,16 +179,18 @@ class Engine:
         nothing shares them any more.
         """
         self._closed = True
-        with _deferred_interrupts():
-            if self._pool is not None:
-                self._pool.close()
-                self._pool = None
-            self._ring.close()
-            self._loans.forget()
-            for _, slot in self._pinned.values():
-                slot.close()
-            self._pinned.clear()
-            self._lent.clear()
+        _finish(self._close_pool, self._ring.close, self._loans.forget, self._close_pinned)
+
+    def _close_pool(self) -> None:
+        if self._pool is not None:
+            self._pool.close()  # safe to call again after an interrupted close
+            self._pool = None
+
+    def _close_pinned(self) -> None:
+        while self._pinned:
+            _, (_, slot) = self._pinned.popitem()
+            slot.close()
+        self._lent.clear()
 
     def __enter__(self) -> Engine:
         return self
@@ -456,33 +457,22 @@ def _copy_into(out: np.ndarray):
     return store
 
 
-@contextlib.contextmanager
-def _deferred_interrupts():
-    """Let cleanup finish before a Ctrl-C or SIGTERM arriving during it is acted on."""
-    import threading
+def _finish(*steps: Callable[[], None]) -> None:
+    """Run every cleanup step to the end, even through a Ctrl-C or SIGTERM arriving during one.
 
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    received: list[tuple] = []
-    previous = {}
-    try:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.signal(sig, lambda *a: received.append(a))
-    except ValueError:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        yield
-        return
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        if received:
-            signum = received[0][0]
-            handler = previous.get(signum)
-            if callable(handler):
-                handler(*received[0])
-            elif handler == signal.SIG_DFL:
-                signal.raise_signal(signum)
+    The caller's signal handlers are never swapped (promise 9): an exception a
+    handler raises mid-step (KeyboardInterrupt, a SIGTERM handler's) is held, the
+    step runs again (each is safe to repeat), and the first exception is raised
+    once everything is released.
+    """
+    first: BaseException | None = None
+    for step in steps:
+        for _ in range(3):
+            try:
+                step()
+                break
+            except BaseException as exc:  # noqa: BLE001 - re-raised below, after the cleanup
+                if first is None:
+                    first = exc
+    if first is not None:
+        raise first

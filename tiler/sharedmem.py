@@ -157,13 +157,13 @@ class FrameSlot:
     def close(self) -> None:
         """Unmap and unlink (idempotent). Arrays still viewing the slot keep its pages
         mapped until they go; the name is gone at once."""
-        mapping, self.mapping = self.mapping, None
-        if mapping is None:
+        if self.mapping is None:
             return
+        with contextlib.suppress(FileNotFoundError):  # the name first: safe to repeat if interrupted here
+            os.unlink(self.name)
+        mapping, self.mapping = self.mapping, None
         with contextlib.suppress(BufferError):
             mapping.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.name)
 
 
 class FrameRing:

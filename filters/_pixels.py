@@ -209,7 +209,7 @@ def check_int(name: str, param: str, value: object, *, low: int, high: int, odd:
     integral = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
     if not integral or not low <= value <= high or (odd and value % 2 == 0):  # type: ignore[operator]
         raise FilterError(f"{name}: {param} must be {what} in {low}..{high}, got {value!r}")
-    return int(value)  # type: ignore[arg-type]
+    return int(value)  # type: ignore[call-overload]
 
 
 def _range(low: float | None, high: float | None, low_open: bool) -> str:

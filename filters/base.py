@@ -208,7 +208,7 @@ class Filter(_Geometry):
         return (_rebuild_filter, (where or cls, self.params))
 
 
-def _rebuild_filter(where: tuple[str, str, str | None] | type, params: dict[str, Any]) -> Filter:
+def _rebuild_filter(where: tuple[str, str, str | None] | type[Filter], params: dict[str, Any]) -> Filter:
     cls = where if isinstance(where, type) else _import_factory(*where)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     obj = cls(**{k: v for k, v in params.items() if fields[k].init})
@@ -236,7 +236,7 @@ def _reference(obj: Any, module: str | None, qualname: str) -> tuple[str, str, s
     finds ``obj``, else the module-level name bound to it (``f = filter(halo=1)(g)``).
     """
     mod = sys.modules.get(module) if module else None
-    if mod is None or module in _MAIN:
+    if module is None or mod is None or module in _MAIN:
         return None
     found: Any = mod
     for part in qualname.split("."):
@@ -299,7 +299,7 @@ def load_file_module(path: str, module: str | None = None):
     return mod
 
 
-def _import_factory(module: str, qualname: str, path: str | None) -> FilterFunction:
+def _import_factory(module: str, qualname: str, path: str | None) -> Any:
     obj = _load_module(module, path)
     for part in qualname.split("."):
         obj = getattr(obj, part)
@@ -434,7 +434,7 @@ class _Scaled(_Geometry):
             i0 = math.floor(o0 / s) - h
             i1 = math.ceil(o1 / s) + h
             spans += [max(0, i0 // q * q), min(n, -(-i1 // q) * q)]
-        return tuple(spans)  # type: ignore[return-value]
+        return (spans[0], spans[1], spans[2], spans[3])
 
     def apply_rect(self, x: np.ndarray, stage: Stage) -> np.ndarray:
         if self.scale is None:

@@ -250,7 +250,7 @@ def _jobs(inputs: list[Path], output: str | None, ext: str | None) -> list[tuple
     """
     many = len(inputs) > 1
     out = Path(output) if output else None
-    to_folder = out is not None and (many or output.endswith(os.sep) or out.is_dir())
+    to_folder = out is not None and output is not None and (many or output.endswith(os.sep) or out.is_dir())
     jobs = []
     for src in inputs:
         if src.is_dir():
@@ -491,7 +491,7 @@ class _Report:
         self.total = [0, 0, 0]  # written, skipped, failed
         self.started = time.monotonic()
 
-    def written(self, src: Path, dst: Path | None, seconds: float, *, line: bool = True) -> None:
+    def written(self, src: Path | str, dst: Path | str | None, seconds: float, *, line: bool = True) -> None:
         self.total[0] += 1
         if line and not self.quiet:
             self.bars.write(f"tileproc: {_one_line(src)} -> {_one_line(dst)} ({seconds:.1f} s)")
@@ -589,6 +589,7 @@ def _run_folder(
             counts[0] += 1
             report.written(result.src, result.dst, 0.0, line=False)
         else:
+            assert result.error is not None  # not ok: it has an error
             counts[1 if report.failed(result.error) == "skipped" else 2] += 1
 
     try:

@@ -43,7 +43,7 @@ import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 from tiler import pipeline, staging
 from tiler.engine import Engine, resolve_chain
@@ -297,7 +297,7 @@ def _register(client) -> None:
     client.register_plugin(_engines_plugin(), name="tileproc-engines")
 
 
-class _Window:
+class _Window(Generic[_T]):
     """Submit ``items`` with at most ``size`` tasks in flight; iterate (item, future) as each finishes.
 
     A new task is submitted as each one completes, so a million items never
@@ -321,7 +321,7 @@ class _Window:
             item = self._pending.pop(future)
             following = next(self._items, _END)
             if following is not _END:
-                self._add(following)
+                self._add(cast(_T, following))  # not the sentinel: an item
             yield item, future
 
     def settle(self) -> None:
@@ -458,7 +458,7 @@ def process_folder(
         raise InputError(f"{src}: not a folder")
     chain = _checked_chain(chain)
     spec = _engine_spec(workers, engine_options)
-    options = dict(
+    options: dict[str, Any] = dict(
         overwrite=overwrite,
         max_pixels=max_pixels,
         quality=quality,
@@ -696,9 +696,9 @@ def process_file(
     """
     src = _location(src)
     dst = _location(dst) if dst is not None else None
-    video_options = dict(codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt)
+    video_options: dict[str, Any] = dict(codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt)
     if staging.involved(src, dst):
-        options = dict(overwrite=overwrite, max_pixels=max_pixels, quality=quality, **video_options)
+        options: dict[str, Any] = dict(overwrite=overwrite, max_pixels=max_pixels, quality=quality, **video_options)
         options["storage_options"] = storage_options
         return _single_file(client, src, dst, chain, workers, options, engine_options, task_retries)
     if pipeline.is_video(src):
@@ -1073,7 +1073,8 @@ def _remote_video(
         segments = _plan_segments(use_keys, info.frame_count, target) if use_keys else [(0, info.frame_count, None)]
         if len(segments) == 1:
             _drop_sources(client, job)
-            return _single_file(client, src, dst, chain, workers, options, engine_options, task_retries)
+            _single_file(client, src, dst, chain, workers, options, engine_options, task_retries)
+            return dst  # what _single_file returns for a given dst
         names = [f"{prefix}/segment-{i:05d}{name.suffix}" for i in range(len(segments))]
         _run_segments(
             client,

@@ -311,7 +311,7 @@ class Engine:
                 del self._pinned[name]
                 self._lent.pop(name, None)
                 slot.close()
-                if self.started:
+                if self.started and self._pool is not None:
                     self._pool.broadcast(Forget(name))
 
     def map_frames(self, frames: Iterable[np.ndarray], chain: Any, *, copy: bool = True) -> Iterator[np.ndarray]:
@@ -356,8 +356,10 @@ class Engine:
             if frame.error is not None:
                 raise frame.error
             if copy:
+                assert frame.target is not None  # made above when copying
                 yield frame.target
                 continue
+            assert frame.slot_views is not None and frame.slot is not None  # a stored frame holds its slot
             shared = _Shared(frame.slot_views[1], frame.slot, self, readonly=True)
             frame.lease = weakref.ref(shared)
             if frame.pinned is not None:

@@ -83,6 +83,7 @@ def own_package(name: str) -> None:
         spec = importlib.util.spec_from_file_location(
             name, ours / "__init__.py", submodule_search_locations=[str(ours)]
         )
+        assert spec is not None and spec.loader is not None  # a path ending in .py always has a source loader
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
         try:
@@ -326,7 +327,7 @@ def _zygote_main() -> None:
     buf = b""
     while True:
         try:
-            ready, _, _ = select.select([sock, wake_r], [], [])
+            ready, _, _ = select.select(list[socket.socket | int]([sock, wake_r]), [], [])
         except InterruptedError:
             continue
         if wake_r in ready:

@@ -54,10 +54,10 @@ __all__ = [
 
 @dataclass(frozen=True)
 class FileResult:
-    """One input of a batch: where it went, or why it failed."""
+    """One input of a batch: where it went, or why it failed (a URL's places are strings)."""
 
-    src: Path
-    dst: Path | None
+    src: Path | str
+    dst: Path | str | None
     error: BaseException | None = None
 
     @property
@@ -136,7 +136,7 @@ def _image_frame(src: Path, dst: Path, chain: Any, *, overwrite: bool, max_pixel
         info = source.probe()
         images.check_image_output(info, dst, overwrite=overwrite, inputs=[src])
     except TileprocError as exc:
-        return Frame(str(src), (1, 1), np.uint8, error=exc, meta=(src, dst))
+        return Frame(str(src), (1, 1), np.dtype(np.uint8), error=exc, meta=(src, dst))
     out = resized_info(info, chain.output_shape(info.shape))
     sink = images.ImageSink(dst, out, overwrite=overwrite, quality=quality)
     if source.runs == "parent":

@@ -119,7 +119,7 @@ class WorkerPool:
 
     # -- watching ------------------------------------------------------------
 
-    def wait(self, timeout: float | None, extra: list = (), tile_timeout: float | None = None):
+    def wait(self, timeout: float | None, extra: list | tuple = (), tile_timeout: float | None = None):
         """Block until a reply, a death or ``extra`` is ready.
 
         Returns (replies, lost, extra_ready) where replies are the workers'

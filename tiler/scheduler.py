@@ -37,7 +37,7 @@ import itertools
 import queue
 import threading
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -224,7 +224,7 @@ class Scheduler:
 
     def __init__(
         self,
-        pool: WorkerPool | None,
+        pool: WorkerPool | Callable[[], WorkerPool | None] | None,
         ring: FrameRing,
         chain: Chain,
         *,
@@ -252,7 +252,7 @@ class Scheduler:
         # it runs then began at most ``_tick`` s after that last message, so it ran for longer
         # than ``tile_timeout``; a slow batch of tiles, each within the limit, never times out.
         self._tick = tile_timeout / 8 if tile_timeout is not None else None
-        self._limit = tile_timeout + self._tick if tile_timeout is not None else None
+        self._limit = tile_timeout + self._tick if tile_timeout is not None and self._tick is not None else None
         self._inline_below = inline_below if _built_in(chain) else 0
         self._book = TaskBook()
         self._inflight: list[Frame] = []
@@ -260,7 +260,7 @@ class Scheduler:
 
     # -- public ----------------------------------------------------------------
 
-    def run(self, frames: Iterator[Frame]) -> Iterator[Frame]:
+    def run(self, frames: Iterable[Frame]) -> Generator[Frame, None, None]:
         """Yield each frame, in order, once it is stored or has failed.
 
         The frame's slot views are valid until the next frame is requested.
@@ -377,7 +377,9 @@ class Scheduler:
     def _workers(self) -> WorkerPool:
         """The pool, started now if this is the first frame that needs it."""
         if self.pool is None:
+            assert self._start_pool is not None  # with workers: a pool, or a way to start one
             self.pool = self._start_pool()
+        assert self.pool is not None
         return self.pool
 
     def _here(self, frame: Frame) -> bool:
@@ -390,6 +392,7 @@ class Scheduler:
         if step is None:
             then(frame, None)
         elif isinstance(step, Inline) or (isinstance(step, OnPool) and self.pool is None and self._here(frame)):
+            assert frame.slot_views is not None  # a frame's steps run while it holds a slot
             src, dst = frame.slot_views
             try:
                 value = step.fn(src, dst, *getattr(step, "args", ()))
@@ -401,6 +404,7 @@ class Scheduler:
             self._workers()
             task_id = next(_task_ids)
             frame.waiting += 1
+            assert frame.slot is not None and frame.slot.ref is not None  # bound: the frame holds its slot
             self._book.queue(frame, task_id, Call(task_id, frame.slot.ref, step.fn, step.args))
         else:
             frame.waiting += 1
@@ -418,6 +422,7 @@ class Scheduler:
         """Filter the frame here, or queue its tiles; ``source`` is copied into the slot first,
         strip by strip, each task sent as soon as the rows its windows read are in."""
         frame.state = FrameState.TILING
+        assert frame.slot_views is not None
         src, dst = frame.slot_views
         height, width = frame.shape[:2]
         if self._here(frame):
@@ -429,6 +434,7 @@ class Scheduler:
                 result = run_chain(self.chain.filters, window, full_plan(self.chain.filters, window.shape))
             except ChainError as exc:
                 cause = exc.__cause__
+                assert cause is not None  # run_chain raises ChainError from the filter's exception
                 tb = format_traceback(cause)
                 self._fail(frame, errors.filter_failed(frame.label, exc.name, exc.kind, describe_exception(cause), tb))
                 return
@@ -472,14 +478,13 @@ class Scheduler:
         changes the size, the grid cuts the output and each core's input window comes
         from its stages (the whole last row of tiles, in case a window depends on the column).
         """
-        last = frame.grid[tiles[-1]]
+        grid = frame.grid
+        assert grid is not None  # set before tiles are queued
         if not self.chain.reshapes:
-            return last.window.r1
-        cols = frame.grid.cols
-        row_start = max(tiles[0], tiles[-1] // cols * cols)
+            return grid[tiles[-1]].window.r1
+        row_start = max(tiles[0], tiles[-1] // grid.cols * grid.cols)
         return max(
-            source_window(self.chain.filters, frame.grid[i].core, frame.shape).r1
-            for i in range(row_start, tiles[-1] + 1)
+            source_window(self.chain.filters, grid[i].core, frame.shape).r1 for i in range(row_start, tiles[-1] + 1)
         )
 
     def _store_in_order(self, inflight: list[Frame]) -> None:
@@ -532,6 +537,7 @@ class Scheduler:
         if isinstance(task, Call):
             return task, None
         blob = None if self.chain_key in chains else self.chain_blob
+        assert frame.slot is not None and frame.slot.ref is not None and frame.grid is not None  # tiles queued: bound
         return TileBatch(task_id, frame.slot.ref, self.chain_key, blob, frame.grid, task, self._tick), self.chain_key
 
     def _pump(self) -> None:
@@ -562,6 +568,7 @@ class Scheduler:
             if frame.waiting == 0:
                 frame.state = FrameState.READY
         else:
+            assert frame.after is not None  # set by _step before the step runs
             frame.after(frame, value)
 
     def _reply(self, reply: Done | Failed) -> None:
@@ -606,6 +613,7 @@ class Scheduler:
                 frame.waiting -= 1
                 where = f"{frame.label}, {_what(task)}"
                 if gone.timed_out:
+                    assert self.tile_timeout is not None  # only a tile timeout times a worker out
                     err: BaseException = errors.tile_timed_out(where, self.tile_timeout)
                 else:
                     err = errors.worker_died(where, gone.exitcode, attempts + 1)

@@ -120,13 +120,15 @@ def plan_folder(
     and with no ``dst`` existing ``*.tileproc.*`` files are not inputs. Two
     inputs with one output name are both refused. Returns (pairs, problems).
     """
+    pairs: list[tuple[Any, Any]]
+    problems: list[FileResult]
     if not remote.is_url(src):  # a local folder into an output URL: local planning, outputs mapped to URLs
         root = Path(src)
         hidden = root / ".tileproc-output"  # a hidden stand-in output folder, never scanned
         pairs, problems = pipeline.plan_folder(root, hidden, ext=ext)
         return [(s, remote.join(str(dst), d.relative_to(hidden).as_posix())) for s, d in pairs], problems
     src = str(src)
-    pairs: list[tuple[Any, Any]] = []
+    pairs = []
     for rel in remote.list_folder(src, storage_options):
         parts = rel.split("/")
         if any(p.startswith(".") for p in parts) or not pipeline.is_supported(Path(parts[-1])):
@@ -134,6 +136,7 @@ def plan_folder(
         if dst is None and ".tileproc." in parts[-1]:
             continue
         s = remote.join(src, rel)
+        d: str | Path
         if dst is None:
             d = default_output(s, ext=ext)
         elif remote.is_url(dst):
@@ -142,7 +145,7 @@ def plan_folder(
             d = Path(dst) / rel
             d = d.with_suffix(ext) if ext else d
         pairs.append((s, d))
-    problems: list[FileResult] = []
+    problems = []
     by_output: dict[str, list[Any]] = {}
     for s, d in pairs:
         by_output.setdefault(str(d), []).append(s)

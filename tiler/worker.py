@@ -207,7 +207,7 @@ def format_traceback(exc: BaseException) -> str:
 class _Worker:
     def __init__(self) -> None:
         self.segments: dict[str, mmap.mmap] = {}
-        self.chains: dict[str, tuple] = {}
+        self.chains: dict[str, tuple | BaseException] = {}
 
     def views(self, ref: SlotRef, *, writable_input: bool = False) -> tuple[np.ndarray, np.ndarray]:
         shm = self.segments.get(ref.name)
@@ -227,6 +227,7 @@ class _Worker:
         chain = self.chains.get(msg.chain_key)
         if chain is None:
             try:
+                assert msg.chain_blob is not None, "a chain this worker lacks comes with its blob"
                 chain = pickle.loads(msg.chain_blob)
             except BaseException as exc:  # e.g. a filter module the worker cannot import
                 chain = exc
@@ -247,6 +248,7 @@ class _Worker:
                     out = run_chain(chain, src[tile.window.slices])[tile.core_in_window.slices]
             except ChainError as exc:
                 cause = exc.__cause__
+                assert cause is not None  # run_chain raises ChainError from the filter's exception
                 return Failed(
                     msg.task_id,
                     describe_exception(cause),

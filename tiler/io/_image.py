@@ -329,7 +329,7 @@ def ifd_problems(f: Any, size: int) -> list[str]:
     if struct.unpack(e + "H", head[2:4])[0] != 42:
         return []
     problems: list[str] = []
-    todo, seen = [struct.unpack(e + "I", head[4:8])[0]], set()
+    todo, seen = [struct.unpack(e + "I", head[4:8])[0]], set[int]()
     while todo and len(seen) < 8:
         at = todo.pop()
         if at in seen:

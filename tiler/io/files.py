@@ -160,7 +160,7 @@ def sweep_stale_temps(folder: Path) -> list[Path]:
     gone (or whose pid now runs a later process): a folder shared with another
     machine or container keeps the other runs' temporaries, live or not.
     """
-    removed = []
+    removed: list[Path] = []
     try:
         entries = list(os.scandir(folder))
     except OSError:

@@ -254,6 +254,8 @@ def _pillow_limit(path: Path) -> InputError:
 
 def _rawmode(im: Image.Image) -> str:
     """The decoder's raw mode of the first tile: it tells 16-bit colour from 8-bit."""
+    if not isinstance(im, ImageFile.ImageFile):  # only an image read from a file has tiles
+        return ""
     try:
         tile = im.tile[0]
         args = tile.args if hasattr(tile, "args") else tile[3]  # a plain tuple before Pillow 11
@@ -479,6 +481,7 @@ def _pillow_pixels(im: Image.Image, info: ImageInfo) -> np.ndarray:
         a = np.asarray(im).astype(np.uint16)
         return alpha_from_key(a, trns, 65535) if c == 2 else a
     if mode == "P":
+        assert im.palette is not None  # an image in mode P has a palette
         rows = np.frombuffer(bytes(im.palette.tobytes()), np.uint8).reshape(-1, len(im.palette.mode))
         if c == 4 and rows.shape[1] == 3:
             alpha = np.full(len(rows), 255, np.uint8)
@@ -966,6 +969,7 @@ class ImageSink(Sink):
             self._first = np.array(frame)  # one frame is a still: wait for the second
         else:
             if self._count == 1:
+                assert self._first is not None  # kept by the first write
                 self._open(self._first)
             self._add(frame)
         self._count += 1

@@ -21,7 +21,7 @@ import struct
 import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from PIL import Image, PngImagePlugin
@@ -42,8 +42,10 @@ __all__ = ["PNG_SIGNATURE", "ApngScan", "scan_apng", "png_chunks", "png_chunk", 
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
+_Bytes = TypeVar("_Bytes", bytes, bytearray)
 
-def png_chunks(data: bytes) -> Iterator[tuple[bytes, bytes]]:
+
+def png_chunks(data: _Bytes) -> Iterator[tuple[_Bytes, _Bytes]]:
     """Yield ``(type, payload)`` for each chunk, checking lengths and CRCs, up to IEND."""
     if not data.startswith(PNG_SIGNATURE):
         raise ContainerError("not a PNG file")

@@ -85,6 +85,7 @@ import contextlib
 import dataclasses
 import fcntl
 import functools
+import io
 import math
 import os
 import re
@@ -499,7 +500,9 @@ def _streams(container: Any, skip: int | None = None) -> tuple[StreamInfo, ...]:
                 layout=(cc.layout.name if audio and cc.layout is not None else ""),
                 language=_language(s),
                 kind=s.type,
-                start=max(Fraction(0), _seconds(s.start_time, s.time_base) - start) if s.start_time is not None else 0,
+                start=max(Fraction(0), _seconds(s.start_time, s.time_base) - start)
+                if s.start_time is not None
+                else Fraction(0),
                 tag=tag,
                 timecode=_timecode(s.metadata),
             )
@@ -632,7 +635,7 @@ def _timing(path: Path, scan: PacketScan, nominal: Fraction | None) -> tuple[Fra
         raise InputError(f"{path}: the video stream's timestamps do not advance")
     deltas = [b - a for a, b in zip(pts, pts[1:])]
     mean = Fraction(span, n - 1)
-    variable = any(abs(d - mean) > max(1, mean / 500) for d in deltas)
+    variable = any(abs(d - mean) > max(Fraction(1), mean / 500) for d in deltas)
     if not variable and len(set(deltas)) == 1:
         # Every frame the same number of ticks: the rate is exact, whatever the time base
         # (AVI's is the frame duration itself, where one tick of doubt would be a whole frame).
@@ -641,7 +644,7 @@ def _timing(path: Path, scan: PacketScan, nominal: Fraction | None) -> tuple[Fra
     if not variable:
         # Timestamps are rounded to the time base: the span is exact to one tick.
         measured = (n - 1) / (span * tb)
-        lo, hi = (n - 1) / ((span + 1) * tb), (n - 1) / (max(span - 1, Fraction(1, 2)) * tb)
+        lo, hi = (n - 1) / ((span + 1) * tb), (n - 1) / (max(Fraction(span - 1), Fraction(1, 2)) * tb)
         rate = _pick_rate(measured, lo, hi)
         return rate, False, pts[0] + round(n / (rate * tb))
     last = scan.durations[-1] if scan.durations[-1] > 0 else round(mean)
@@ -1084,8 +1087,8 @@ class VideoReader:
             if self._eof:
                 return False
             self.open()
-            assert self._proc is not None and self._proc.stdout is not None
-            view = memoryview(buf).cast("B")
+            assert self._proc is not None and isinstance(self._proc.stdout, io.RawIOBase)  # bufsize=0: a FileIO
+            view = buf.data.cast("B")
             total, got = view.nbytes, 0
             while got < total:
                 try:
@@ -1333,10 +1336,10 @@ def encoder_plan(
             args += ["-color_range" if k == "range" else f"-{k}", v]
     if info.sample_aspect != 1 or info.sample_aspect_tagged:
         vf.append(f"setsar={info.sample_aspect.numerator}/{info.sample_aspect.denominator}")
-    tags: tuple[str, ...] = ("-metadata:s:v:0", f"language={info.language}") if info.language else ()
+    video_tags: tuple[str, ...] = ("-metadata:s:v:0", f"language={info.language}") if info.language else ()
     if info.timecode:  # MP4/MOV get a timecode track from it, Matroska a tag
-        tags += ("-timecode", info.timecode)
-    return _Plan(muxer, codec, ",".join(vf), (pw, ph), args, pix_fmt, tags, tuple(notes))
+        video_tags += ("-timecode", info.timecode)
+    return _Plan(muxer, codec, ",".join(vf), (pw, ph), args, pix_fmt, video_tags, tuple(notes))
 
 
 _TEXT_SUBTITLES = {"subrip", "srt", "ass", "ssa", "webvtt", "mov_text", "text"}
@@ -1615,6 +1618,7 @@ class VideoWriter:
         """Variable rate: the encoded video (frame i at i/fps) gets each frame's own time, then the other
         streams join it in ``tmp``. FFmpeg's command line cannot give raw frames their times; PyAV
         rewrites the packets' timestamps without decoding."""
+        assert self._video_tmp is not None  # a variable rate video is encoded to it first
         timed = self._video_tmp.with_name(self._video_tmp.name.replace(".nut", ".timed.nut"))
         self._scratch.append(timed)
         try:
@@ -1695,7 +1699,7 @@ class VideoWriter:
         if self._done:
             raise VideoError(f"{self.dst}: the writer is closed")
         assert self._proc is not None and self._proc.stdin is not None
-        view = memoryview(frame).cast("B")
+        view = frame.data.cast("B")
         total, sent = view.nbytes, 0
         with self._pipe_lock:
             try:

@@ -14,6 +14,7 @@ from filters.color import Contrast, Gamma, Grayscale, Invert, Threshold
 from filters.edges import Edges, Emboss
 from filters.rank import Median
 from filters.registry import FilterInfo, available, resolve
+from filters.resize import Resize
 from filters.sharpen import Sharpen
 from filters.testing import check_filter
 
@@ -40,4 +41,5 @@ __all__ = [
     "Contrast",
     "Gamma",
     "Threshold",
+    "Resize",
 ]

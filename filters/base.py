@@ -7,6 +7,13 @@ and returns an array of the same shape and dtype. Border handling happens inside
 ``apply`` exactly as on a whole frame; the engine feeds it real neighbour pixels
 everywhere else.
 
+A filter may also change the frame's size (``reshapes``: a resize, an x2
+upscaler). Such a filter says what it makes of a frame (``output_shape``), which
+input rectangle a rectangle of its output needs (``source_rect``) and computes
+an output rectangle from that window (``apply_rect``). A chain maps each output
+rectangle back through every stage, each in its own pixels (:func:`plan_stages`);
+the same-size filters take part with their halo.
+
 Two ways to write one:
 
 * a frozen dataclass subclass of :class:`Filter` (the built-ins), whose fields
@@ -35,10 +42,12 @@ import hashlib
 import importlib
 import importlib.util
 import inspect
+import math
 import os
 import pickle
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from fractions import Fraction
 from typing import Any
 
 import cloudpickle
@@ -50,10 +59,92 @@ __all__ = [
     "FilterFunction",
     "FunctionFilter",
     "Chain",
+    "Stage",
     "filter",
     "as_filter",
+    "plan_stages",
+    "output_shape",
+    "check_stage",
     "dumps",
 ]
+
+Rect4 = tuple[int, int, int, int]  # rows r0:r1, columns c0:c1 (half-open)
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One filter's part in computing an output rectangle of a chain.
+
+    ``shape`` is the (rows, cols) of the frame the filter reads, ``window`` the
+    rectangle of it that it reads and ``rect`` the rectangle of its own output
+    that it produces; rectangles are ``(r0, r1, c0, c1)``, half-open.
+    """
+
+    shape: tuple[int, int]
+    window: Rect4
+    rect: Rect4
+
+
+class _Geometry:
+    """How a filter maps rectangles: by its halo, at the same size (the default)."""
+
+    reshapes = False
+
+    def output_shape(self, shape: tuple[int, int]) -> tuple[int, int]:
+        """(rows, cols) of the output for an input of ``shape`` (rows, cols)."""
+        return (int(shape[0]), int(shape[1]))
+
+    def source_rect(self, rect: Rect4, shape: tuple[int, int]) -> Rect4:
+        """The input rectangle that output ``rect`` depends on, for an input of ``shape``."""
+        h = self.halo  # type: ignore[attr-defined]
+        r0, r1, c0, c1 = rect
+        return (max(r0 - h, 0), min(r1 + h, shape[0]), max(c0 - h, 0), min(c1 + h, shape[1]))
+
+    def apply_rect(self, x: np.ndarray, stage: Stage) -> np.ndarray:
+        """Output ``stage.rect`` computed from ``x``, the pixels of ``stage.window``."""
+        out = self.apply(x)  # type: ignore[attr-defined]
+        check_result(self, x, out)  # type: ignore[arg-type]
+        return out[_inside(stage.rect, stage.window)]
+
+
+def _inside(rect: Rect4, outer: Rect4, scale: tuple[Fraction, Fraction] = (Fraction(1), Fraction(1))) -> tuple:
+    """Slices of ``rect`` in an array whose first pixel is ``outer``'s first times ``scale``."""
+    r = int(outer[0] * scale[0])
+    c = int(outer[2] * scale[1])
+    return (slice(rect[0] - r, rect[1] - r), slice(rect[2] - c, rect[3] - c))
+
+
+def plan_stages(filters: Sequence[Any], rect: Rect4, shape: Sequence[int]) -> tuple[Stage, ...]:
+    """Map output rectangle ``rect`` of a chain back through every stage to the input.
+
+    ``shape`` is the input frame's shape. Each stage's window is computed in
+    that stage's own pixels (scale, then halo). The first stage's ``window`` is
+    what the chain reads from the input frame.
+
+    Examples
+    --------
+    >>> from filters.registry import resolve
+    >>> chain = resolve("blur:sigma=1,resize:scale=0.5")
+    >>> [s.window for s in plan_stages(chain.filters, (0, 2, 0, 2), (8, 8))]
+    [(0, 8, 0, 8), (0, 4, 0, 4)]
+    """
+    sizes = [(int(shape[0]), int(shape[1]))]
+    for f in filters:
+        sizes.append(f.output_shape(sizes[-1]))
+    stages = []
+    for f, size in zip(reversed(filters), reversed(sizes[:-1])):
+        window = tuple(int(v) for v in f.source_rect(rect, size))
+        stages.append(Stage(size, window, rect))  # type: ignore[arg-type]
+        rect = window  # type: ignore[assignment]
+    return tuple(reversed(stages))
+
+
+def output_shape(filters: Sequence[Any], shape: Sequence[int]) -> tuple[int, ...]:
+    """The shape a chain of ``filters`` makes of a frame of ``shape`` (channels kept)."""
+    size = (int(shape[0]), int(shape[1]))
+    for f in filters:
+        size = f.output_shape(size)
+    return (*size, *shape[2:])
 
 
 class FilterError(ValueError):
@@ -61,14 +152,16 @@ class FilterError(ValueError):
 
 
 @dataclasses.dataclass(frozen=True)
-class Filter:
+class Filter(_Geometry):
     """Base class of every filter.
 
     Subclasses are frozen dataclasses: each field is a keyword parameter with a
     default, validated in ``__post_init__`` (raise :class:`FilterError` naming
     the parameter, the value and the allowed range). They set the class
     attributes ``name`` (the CLI name) and, for filters whose output pixel
-    depends only on the same input pixel, ``pointwise = True``.
+    depends only on the same input pixel, ``pointwise = True``. A filter that
+    changes the frame's size sets ``reshapes = True`` and overrides
+    ``output_shape``, ``source_rect`` and ``apply_rect`` (see the module notes).
 
     ``apply`` returns the input dtype and range: integer frames are computed in
     float32 where needed, rounded and clipped on the way out; float32 frames
@@ -223,7 +316,13 @@ class FilterFunction:
     pointwise: bool
 
     def __init__(
-        self, func: Callable, halo: int | Callable, name: str | None, pointwise: bool, module: str | None = None
+        self,
+        func: Callable,
+        halo: int | Callable,
+        name: str | None,
+        pointwise: bool,
+        module: str | None = None,
+        scale: float | Fraction | Callable | None = None,
     ):
         if not callable(func):
             raise FilterError(f"filter: expected a function of a tile, got {func!r}")
@@ -231,6 +330,7 @@ class FilterFunction:
         fname = getattr(func, "__name__", None) or getattr(inner, "__name__", None) or "filter"
         self.func = func
         self._halo = halo
+        self._scale = scale
         self.name = name or fname
         self.pointwise = pointwise
         # The module whose code made this filter (where @filter or filter(...)(g)
@@ -261,16 +361,34 @@ class FilterFunction:
 
     def halo_for(self, params: dict[str, Any]) -> int:
         if callable(self._halo):
-            sig = inspect.signature(self._halo)
-            if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
-                value = self._halo(**params)
-            else:
-                value = self._halo(**{k: v for k, v in params.items() if k in sig.parameters})
+            value = self._call_with(self._halo, params)
         else:
             value = self._halo
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
             raise FilterError(f"{self.name}: halo must be an integer >= 0, got {value!r}")
         return int(value)
+
+    def scale_for(self, params: dict[str, Any]) -> Fraction | None:
+        """The declared scale for ``params`` as a fraction; None when the size is kept."""
+        value = self._call_with(self._scale, params) if callable(self._scale) else self._scale
+        if value is None:
+            return None
+        try:
+            if isinstance(value, bool):
+                raise TypeError
+            scale = Fraction(value).limit_denominator(10_000)
+        except (TypeError, ValueError):
+            raise FilterError(f"{self.name}: scale must be a number > 0, got {value!r}") from None
+        if not 0 < scale <= 64:
+            raise FilterError(f"{self.name}: scale must be > 0 and <= 64, got {value!r}")
+        return None if scale == 1 else scale
+
+    @staticmethod
+    def _call_with(fn: Callable, params: dict[str, Any]) -> Any:
+        sig = inspect.signature(fn)
+        if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+            return fn(**params)
+        return fn(**{k: v for k, v in params.items() if k in sig.parameters})
 
     def where(self) -> tuple[str, str, str | None] | None:
         """(module, attribute, file) by which a worker imports this factory; None: it travels by value."""
@@ -280,7 +398,7 @@ class FilterFunction:
         where = self.where()
         if where is not None:
             return (_import_factory, where)
-        return (FilterFunction, (self.func, self._halo, self.name, self.pointwise, self.__module__))
+        return (FilterFunction, (self.func, self._halo, self.name, self.pointwise, self.__module__, self._scale))
 
     def __repr__(self) -> str:
         return f"<filter function {self.name}>"
@@ -292,13 +410,61 @@ def sys_params(sig: inspect.Signature):
     return [p for p in params[1:] if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
 
 
-class FunctionFilter:
-    """A :class:`FilterFunction` with its params bound: a filter value."""
+class _Scaled(_Geometry):
+    """Geometry of a filter whose ``apply`` returns ``round(size * scale)`` for any input size.
+
+    ``scale`` is a Fraction p/q (None: the size is kept, halo geometry) and
+    ``halo`` is in input pixels. Windows start on multiples of q input pixels,
+    so that each window's output starts on a whole output pixel.
+    """
+
+    scale: Fraction | None
+
+    def output_shape(self, shape: tuple[int, int]) -> tuple[int, int]:
+        if self.scale is None:
+            return super().output_shape(shape)
+        return (scaled_size(shape[0], self.scale), scaled_size(shape[1], self.scale))
+
+    def source_rect(self, rect: Rect4, shape: tuple[int, int]) -> Rect4:
+        if self.scale is None:
+            return super().source_rect(rect, shape)
+        s, q, h = self.scale, self.scale.denominator, self.halo  # type: ignore[attr-defined]
+        spans = []
+        for o0, o1, n in ((rect[0], rect[1], shape[0]), (rect[2], rect[3], shape[1])):
+            i0 = math.floor(o0 / s) - h
+            i1 = math.ceil(o1 / s) + h
+            spans += [max(0, i0 // q * q), min(n, -(-i1 // q) * q)]
+        return (spans[0], spans[1], spans[2], spans[3])
+
+    def apply_rect(self, x: np.ndarray, stage: Stage) -> np.ndarray:
+        if self.scale is None:
+            return super().apply_rect(x, stage)
+        out = self.apply(x)  # type: ignore[attr-defined]
+        want = (*self.output_shape(x.shape[:2]), *x.shape[2:])
+        if not isinstance(out, np.ndarray) or out.shape != want or out.dtype != x.dtype:
+            got = f"{out.dtype}{list(out.shape)}" if isinstance(out, np.ndarray) else type(out).__name__
+            raise FilterError(
+                f"{self.name}: returned {got} for a {x.dtype}{list(x.shape)} input, expected "  # type: ignore[attr-defined]
+                f"{x.dtype}{list(want)} (the input's size times its declared scale {self.scale}, rounded)"
+            )
+        return out[_inside(stage.rect, stage.window, (self.scale, self.scale))]
+
+
+class FunctionFilter(_Scaled):
+    """A :class:`FilterFunction` with its params bound: a filter value.
+
+    With a declared ``scale`` s (a fraction p/q), the function's output for an
+    input of n pixels has ``round(n * s)`` (halves up); the engine feeds it
+    windows that start on multiples of q input pixels, so that each window's
+    output starts on a whole output pixel.
+    """
 
     def __init__(self, factory: FilterFunction, params: dict[str, Any]):
         self.factory = factory
         self._params = dict(params)
         self.halo = factory.halo_for(self._params)
+        self.scale = factory.scale_for(self._params)
+        self.reshapes = self.scale is not None
 
     name = property(lambda self: self.factory.name)
     pointwise = property(lambda self: self.factory.pointwise)
@@ -331,6 +497,7 @@ def filter(
     halo: int | Callable = 0,
     name: str | None = None,
     pointwise: bool = False,
+    scale: float | Fraction | Callable | None = None,
 ):
     """Make a plain numpy function a filter.
 
@@ -339,6 +506,12 @@ def filter(
     halo : int or callable
         How many pixels beyond each output pixel the function reads, or a
         function of the filter's params returning it (``lambda radius=1: radius``).
+        For a filter with a ``scale``, in input pixels.
+    scale : number, Fraction or callable, optional
+        For a function that changes the frame's size: output size over input
+        size (2, 0.5, ``Fraction(2, 3)``), or a function of the params giving
+        it. The output of an (H, W) input is ``(round(H*scale), round(W*scale))``,
+        halves rounded up, at least 1.
     name : str, optional
         The name shown in messages and listings (default: the function's name).
     pointwise : bool
@@ -360,6 +533,11 @@ def filter(
     >>> invert = filter(halo=0, pointwise=True)(lambda tile: ~tile)
     >>> invert().halo
     0
+    >>> @filter(scale=2)
+    ... def double(tile):
+    ...     return tile.repeat(2, axis=0).repeat(2, axis=1)
+    >>> double().output_shape((3, 5))
+    (6, 10)
     """
 
     # Like collections.namedtuple: the module of the code that calls filter()
@@ -367,12 +545,17 @@ def filter(
     home = sys._getframe(1).f_globals.get("__name__")
 
     def wrap(f: Callable) -> FilterFunction:
-        return FilterFunction(f, halo=halo, name=name, pointwise=pointwise, module=home)
+        return FilterFunction(f, halo=halo, name=name, pointwise=pointwise, module=home, scale=scale)
 
     return wrap(func) if func is not None else wrap
 
 
 AnyFilter = Filter | FunctionFilter
+
+
+def scaled_size(n: int, scale: Fraction) -> int:
+    """``round(n * scale)``, halves up, at least 1."""
+    return max(1, math.floor(n * scale + Fraction(1, 2)))
 
 
 def as_filter(obj: Any) -> AnyFilter:
@@ -404,6 +587,7 @@ class Chain:
             raise FilterError("empty filter chain: give at least one filter")
         self.halo = sum(f.halo for f in self.filters)
         self.pointwise = all(f.pointwise for f in self.filters)
+        self.reshapes = any(f.reshapes for f in self.filters)
 
     @property
     def name(self) -> str:
@@ -412,11 +596,27 @@ class Chain:
     def apply(self, frame: np.ndarray) -> np.ndarray:
         """The chain on a frame or tile; checks what each filter returns."""
         out = frame
-        for f in self.filters:
-            result = f.apply(out)
-            check_result(f, out, result)
+        if self.reshapes:
+            shape = self.output_shape(frame.shape)
+            stages = self.plan((0, shape[0], 0, shape[1]), frame.shape)
+            out = frame[_inside(stages[0].window, (0, 0, 0, 0))]
+        for i, f in enumerate(self.filters):
+            if self.reshapes:
+                result = f.apply_rect(out, stages[i])
+                check_stage(f, out, result, stages[i])
+            else:
+                result = f.apply(out)
+                check_result(f, out, result)
             out = result
         return out
+
+    def output_shape(self, shape: Sequence[int]) -> tuple[int, ...]:
+        """The shape of the chain's output for a frame of ``shape`` (channels kept)."""
+        return output_shape(self.filters, shape)
+
+    def plan(self, rect: Rect4, shape: Sequence[int]) -> tuple[Stage, ...]:
+        """Output ``rect`` mapped back through every stage; see :func:`plan_stages`."""
+        return plan_stages(self.filters, rect, shape)
 
     def check_picklable(self) -> bytes:
         """The chain serialised as it travels to workers (:func:`dumps`), or :class:`FilterError` saying why not.
@@ -437,6 +637,17 @@ class Chain:
 
     def __repr__(self) -> str:
         return f"Chain({', '.join(map(repr, self.filters))})"
+
+
+def check_stage(f: AnyFilter, x: np.ndarray, result: Any, stage: Stage) -> None:
+    """Raise :class:`FilterError` unless ``result`` is ``stage.rect`` of ``x``'s dtype and channels."""
+    r0, r1, c0, c1 = stage.rect
+    want = (r1 - r0, c1 - c0, *x.shape[2:])
+    if not isinstance(result, np.ndarray) or result.shape != want or result.dtype != x.dtype:
+        got = f"{result.dtype}{list(result.shape)}" if isinstance(result, np.ndarray) else type(result).__name__
+        raise FilterError(f"{f.name}: returned {got}, expected {x.dtype}{list(want)}")
+    if result.dtype.kind == "f" and not np.isfinite(result).all():
+        raise FilterError(f"{f.name}: returned NaN or infinite values")
 
 
 def check_result(f: AnyFilter, tile: np.ndarray, result: Any) -> None:

@@ -48,10 +48,12 @@ from filters.blur import BoxBlur, GaussianBlur
 from filters.color import Contrast, Gamma, Grayscale, Invert, Threshold
 from filters.edges import Edges, Emboss
 from filters.rank import Median
+from filters.resize import Resize
 from filters.sharpen import Sharpen
 
 __all__ = [
     "BUILTINS",
+    "OPTIONAL",
     "ENTRY_POINT_GROUP",
     "FilterInfo",
     "Spec",
@@ -62,6 +64,9 @@ __all__ = [
 ]
 
 ENTRY_POINT_GROUP = "tileproc.filters"
+
+#: Built-in filters that need an optional extra: name -> (module, class, extra).
+OPTIONAL: Mapping[str, tuple[str, str, str]] = MappingProxyType({"onnx": ("filters.onnx", "Onnx", "onnx")})
 
 #: Built-in filter classes by name, in the order ``available()`` lists them.
 BUILTINS: Mapping[str, type[Filter]] = MappingProxyType(
@@ -79,6 +84,7 @@ BUILTINS: Mapping[str, type[Filter]] = MappingProxyType(
             Contrast,
             Gamma,
             Threshold,
+            Resize,
         )
     }
 )
@@ -249,6 +255,9 @@ def lookup(name: str) -> Any:
     """
     if name in BUILTINS:
         return BUILTINS[name]
+    if name in OPTIONAL:
+        module, attr, _ = OPTIONAL[name]
+        return getattr(importlib.import_module(module), attr)
     if ":" in name:
         target, _, attr = name.rpartition(":")
         if target in BUILTINS:  # "blur:3" or "blur:sigma": a parameter without its name or value
@@ -265,7 +274,7 @@ def lookup(name: str) -> Any:
             raise FilterError(
                 f"filter plugin {name!r} ({ep.value}) failed to load: {type(exc).__name__}: {exc}"
             ) from exc
-    known = sorted(set(BUILTINS) | set(plugins))
+    known = sorted(set(BUILTINS) | set(OPTIONAL) | set(plugins))
     close = difflib.get_close_matches(name, known, n=3)
     hint = f"; did you mean {' or '.join(close)}?" if close else "."
     raise FilterError(
@@ -447,6 +456,11 @@ def available() -> list[FilterInfo]:
     ('blur:sigma=1.0,truncate=4.0', 4)
     """
     infos = [_info(name, cls, "built-in") for name, cls in BUILTINS.items()]
+    for name, (module, attr, extra) in OPTIONAL.items():
+        cls = getattr(importlib.import_module(module), attr)
+        params = {k: d for k, (_, d) in cls.param_types().items()}
+        summary = (cls.__doc__ or "").strip().split("\n", 1)[0].strip().replace("``", "")
+        infos.append(FilterInfo(name, summary, params, None, False, f"built-in, needs pip install 'tileproc[{extra}]'"))
     for name, ep in sorted(_entry_points().items()):
         dist = getattr(ep, "dist", None)
         source = f"plugin {dist.name if dist is not None else '?'} ({ep.value})"

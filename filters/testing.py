@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 import filters
-from filters.base import Chain, FilterError
+from filters.base import Chain, FilterError, Stage
 from filters.registry import Spec, resolve
 
 __all__ = ["check_filter"]
@@ -48,12 +48,16 @@ def check_filter(
     Checks that it (or each filter of a chain) goes through the engine's own
     serialisation (:func:`filters.base.dumps`: by reference where another
     process can import it, else by value), loads in a new Python process as a
-    worker would load it, and comes back giving the same results; that ``apply`` returns its input's shape and dtype,
+    worker would load it, with the same halo and scale there, and comes back
+    giving the same results; that ``apply`` returns its input's shape and dtype,
     leaves its input alone (it gets read-only views) and is deterministic; and
     that its halo is honest: on random frames of every given dtype and channel
     count, cut into tiles of several sizes, each tile computed from its window
     (the tile grown by the halo, clipped at the frame edge) equals the same
-    pixels of the whole-frame result, bit for bit.
+    pixels of the whole-frame result, bit for bit. A filter that changes the
+    frame's size must return ``round(size * scale)`` for its declared scale,
+    and each output tile computed from the input window that its scale and
+    halo give must equal the whole-frame result.
 
     Parameters
     ----------
@@ -105,6 +109,12 @@ def check_filter(
     for i, (dtype, shape) in enumerate(cases):
         frame = _random_frame(rng, shape, dtype)
         whole = _apply(chain, frame, label)
+        want = chain.output_shape(frame.shape)
+        if whole.shape != want or whole.dtype != frame.dtype:
+            raise AssertionError(
+                f"check_filter: {label} returned {whole.dtype}{list(whole.shape)} for a {frame.dtype} frame "
+                f"of shape {frame.shape}; its declared geometry says {frame.dtype}{list(want)}"
+            )
         if i == 0:
             _check_same(label, "applying it twice", whole, _apply(chain, frame, label), frame)
             _check_same(label, "its unpickled copy", whole, _apply(copy, frame, label), frame)
@@ -130,7 +140,7 @@ def _check_pickle(chain: Chain, label: str) -> Chain:
         blob = chain.check_picklable()
     except FilterError as exc:
         raise AssertionError(f"check_filter: {exc}") from None
-    _load_in_fresh_process(blob, label)
+    _load_in_fresh_process(blob, label, _geometry(chain.filters))
     return Chain(pickle.loads(blob))
 
 
@@ -140,17 +150,28 @@ _LOADER = """\
 import pickle, sys
 paths = pickle.loads(sys.stdin.buffer.read(int(sys.argv[1])))
 sys.path[:] = paths
-pickle.loads(sys.stdin.buffer.read())
+loaded = pickle.loads(sys.stdin.buffer.read())
+shape = tuple(int(v) for v in sys.argv[2].split("x"))
+sys.stdout.write(repr([(f.halo, tuple(f.output_shape(shape))) for f in loaded]))
 """
 
+#: A frame size at which the loaded copy's geometry (halo, output size) is compared.
+_PROBE_SHAPE = (97, 89)
 
-def _load_in_fresh_process(blob: bytes, label: str) -> None:
-    """Raise AssertionError unless ``blob`` loads in a new Python process."""
+
+def _geometry(filters: Sequence[Any]) -> str:
+    """Each filter's halo and output size for :data:`_PROBE_SHAPE`, as the loader prints them."""
+    return repr([(f.halo, tuple(f.output_shape(_PROBE_SHAPE))) for f in filters])
+
+
+def _load_in_fresh_process(blob: bytes, label: str, geometry: str) -> None:
+    """Raise AssertionError unless ``blob`` loads in a new Python process with the same
+    ``geometry`` (each filter's halo and output size, :func:`_geometry`) as here."""
     home = os.path.dirname(os.path.dirname(os.path.abspath(filters.__file__)))
     paths = pickle.dumps([home] + [os.path.abspath(p or os.curdir) for p in sys.path])
     try:
         done = subprocess.run(
-            [sys.executable, "-I", "-c", _LOADER, str(len(paths))],
+            [sys.executable, "-I", "-c", _LOADER, str(len(paths)), "x".join(map(str, _PROBE_SHAPE))],
             input=paths + blob,
             capture_output=True,
             timeout=120,
@@ -162,6 +183,14 @@ def _load_in_fresh_process(blob: bytes, label: str) -> None:
         raise AssertionError(
             f"check_filter: {label}: a new worker process could not load it: {lines[-1]}. "
             "Define the filter in an importable module, or make what it uses picklable."
+        )
+    there = done.stdout.decode(errors="replace")
+    if there != geometry:
+        raise AssertionError(
+            f"check_filter: {label}: a new worker process loads it with another geometry "
+            f"(halo, output size of a {_PROBE_SHAPE[0]}x{_PROBE_SHAPE[1]} frame per filter): {there} there, "
+            f"{geometry} here. Keep the halo and scale in the filter's params or its declaration, "
+            "not in state set after it was made."
         )
 
 
@@ -240,6 +269,8 @@ def _failed(label: str, frame: np.ndarray, exc: Exception) -> AssertionError:
 
 def _tiled(chain: Chain, frame: np.ndarray, halo: int, tile: tuple[int, int], label: str) -> np.ndarray:
     """The engine's way: each tile computed from its window, the core kept."""
+    if chain.reshapes:
+        return _tiled_reshaped(chain, frame, tile, label)
     rows, cols = frame.shape[:2]
     th, tw = tile
     out: np.ndarray | None = None
@@ -254,6 +285,29 @@ def _tiled(chain: Chain, frame: np.ndarray, halo: int, tile: tuple[int, int], la
             out[r:r1, c:c1] = result[r - wr0 : r1 - wr0, c - wc0 : c1 - wc0]
     assert out is not None
     return out
+
+
+def _tiled_reshaped(chain: Chain, frame: np.ndarray, tile: tuple[int, int], label: str) -> np.ndarray:
+    """Output tiles, each mapped back through every stage to its input window."""
+    shape = chain.output_shape(frame.shape)
+    out = np.empty(shape, frame.dtype)
+    th, tw = tile
+    for r in range(0, shape[0], th):
+        for c in range(0, shape[1], tw):
+            rect = (r, min(shape[0], r + th), c, min(shape[1], c + tw))
+            stages = chain.plan(rect, frame.shape)
+            x = frame[stages[0].window[0] : stages[0].window[1], stages[0].window[2] : stages[0].window[3]]
+            for f, stage in zip(chain.filters, stages):
+                x = _apply_stage(f, x, stage, label)
+            out[r : rect[1], c : rect[3]] = x
+    return out
+
+
+def _apply_stage(f: Any, x: np.ndarray, stage: Stage, label: str) -> np.ndarray:
+    try:
+        return f.apply_rect(x, stage)
+    except Exception as exc:
+        raise _failed(label, x, exc) from exc
 
 
 def _bits(a: np.ndarray) -> np.ndarray:
@@ -300,8 +354,16 @@ def _seam_message(
     def passes(h: int) -> bool:
         return all(_bits_equal(w, _tiled(chain, f, h, t, label)) for f, w, ts in checked for t in ts)
 
-    needed = next((h for h in range(halo + 1, halo + _MAX_EXTRA_HALO + 1) if passes(h)), None)
-    if needed is not None and needed < _whole_frame_halo(frame.shape, tile):
+    needed = (
+        None if chain.reshapes else next((h for h in range(halo + 1, halo + _MAX_EXTRA_HALO + 1) if passes(h)), None)
+    )
+    if chain.reshapes:
+        cause = (
+            "Each output tile was computed from the input window that the declared scale "
+            "and halo give; the filter reads further (declare a larger halo) or depends on "
+            "where the window starts (compute each output pixel from its global position)."
+        )
+    elif needed is not None and needed < _whole_frame_halo(frame.shape, tile):
         cause = (
             f"The filter reads pixels further away than its halo of {halo}: it needs "
             f"halo >= {needed} here. Declare a larger halo."
@@ -316,7 +378,7 @@ def _seam_message(
         )
     return (
         f"check_filter: {label} is not seamless: on a {frame.dtype} frame of shape "
-        f"{frame.shape} cut into {tile[0]}x{tile[1]} tiles with halo {halo}, pixel "
+        f"{frame.shape} cut into {tile[0]}x{tile[1]} {'output ' if chain.reshapes else ''}tiles with halo {halo}, pixel "
         f"(row {row}, col {col}) is {tiled[row, col].tolist()} tiled but "
         f"{whole[row, col].tolist()} on the whole frame ({int(differ.sum())} of "
         f"{differ.size} pixels differ). {cause}"

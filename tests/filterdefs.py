@@ -8,6 +8,7 @@ input, randomness), for ``check_filter`` to catch.
 from __future__ import annotations
 
 import dataclasses
+from fractions import Fraction
 
 import numpy as np
 
@@ -29,6 +30,13 @@ __all__ = [
     "SOFTEN",
     "SOFTEN_BOX",
     "not_a_filter",
+    "double_box",
+    "half_mean",
+    "thirds",
+    "wrong_scale",
+    "position_grid",
+    "UPSCALE",
+    "module_scaled",
 ]
 
 
@@ -151,3 +159,68 @@ SOFTEN_BOX = boxmean_np(radius=2)
 def not_a_filter(tile):
     """A plain function without @filter."""
     return tile
+
+
+# -- filters that change the frame's size -------------------------------------
+
+
+@filter(halo=lambda radius=1: radius, scale=2)
+def double_box(tile, *, radius=1):
+    """A box mean, then each pixel repeated 2x2: scale 2, halo ``radius`` input pixels."""
+    return _box(tile, radius).repeat(2, axis=0).repeat(2, axis=1)
+
+
+def _block_mean(tile: np.ndarray, q: int, p: int) -> np.ndarray:
+    """Each q x q block (edge blocks clipped) -> p x p copies of its mean (scale p/q)."""
+    rows, cols = tile.shape[:2]
+    t = tile.astype(np.float32)
+    blocks = (-(-rows // q), -(-cols // q))
+    acc = np.zeros(blocks + tile.shape[2:], np.float32)
+    count = np.zeros(blocks + (1,) * (tile.ndim - 2), np.float32)
+    for dr in range(q):
+        for dc in range(q):
+            part = t[dr::q, dc::q]
+            acc[: part.shape[0], : part.shape[1]] += part
+            count[: part.shape[0], : part.shape[1]] += 1
+    out = (acc / count).repeat(p, axis=0).repeat(p, axis=1)
+    out = out[: max(1, (2 * rows * p + q) // (2 * q)), : max(1, (2 * cols * p + q) // (2 * q))]
+    if tile.dtype.kind == "f":
+        return out
+    return np.rint(out).astype(tile.dtype)
+
+
+@filter(scale=0.5)
+def half_mean(tile):
+    """Means of 2x2 blocks: scale 1/2, no halo."""
+    return _block_mean(tile, 2, 1)
+
+
+@filter(scale=lambda p=2, q=3: Fraction(p, q))
+def thirds(tile, *, p=2, q=3):
+    """Each q x q block becomes p x p copies of its mean: scale p/q from the params."""
+    return _block_mean(tile, q, p)
+
+
+@filter(scale=2)
+def wrong_scale(tile):
+    """Declares scale 2 but keeps the size."""
+    return tile.copy()
+
+
+@filter(scale=2)
+def position_grid(tile):
+    """Upscales x2 and marks the window's first row: depends on where the window starts."""
+    out = tile.repeat(2, axis=0).repeat(2, axis=1)
+    out[0] = 0
+    return out
+
+
+#: Read by ``module_scaled``'s scale at call time: a test changes it in its own process
+#: only, so that a new worker process sees another scale than the caller.
+UPSCALE = 2
+
+
+@filter(scale=lambda: UPSCALE)
+def module_scaled(tile):
+    """Each pixel repeated ``UPSCALE`` x ``UPSCALE`` times, at the scale the module says now."""
+    return tile.repeat(UPSCALE, axis=0).repeat(UPSCALE, axis=1)

@@ -54,3 +54,20 @@ def test_default_tiles_are_full_width_strips():
     assert tw == 3840 and 2160 / th >= 8
     assert default_tile_shape(10, 10, 16, 0) == (10, 10)
     assert default_tile_shape(2000, 50, 16, 40)[0] >= 80  # never thinner than twice the halo
+
+
+def test_chain_tiles_cover_the_output_once_and_windows_compose():
+    from filters.registry import resolve
+    from tiler.geometry import chain_output_shape, chain_tiles, source_window
+
+    chain = resolve("blur:sigma=1,resize:scale=0.5,boxblur:radius=2").filters
+    assert chain_output_shape(chain, (41, 30, 3)) == (21, 15, 3)
+    tiles = chain_tiles(chain, (41, 30), (4, 6))
+    cover = np.zeros((21, 15), int)
+    for t in tiles:
+        cover[t.core.slices] += 1
+        assert t.window == source_window(chain, t.core, (41, 30))
+    assert (cover == 1).all()
+    # Output rows 8:12, boxblur reach 2 -> resize rows 6:14 -> input rows 12:28 (area, 2:1)
+    # -> blur reach 4 -> input rows 8:32.
+    assert source_window(chain, Rect(8, 12, 0, 15), (40, 30)) == Rect(8, 32, 0, 30)

@@ -3,6 +3,8 @@
 One engine per worker count runs every filter (and some chains) over shapes
 (1x1, 1xN, Nx1, odd, prime, smaller and larger than the tile), dtypes,
 channel counts and tile sizes, with tiles really dispatched to the workers.
+Chains that change the frame's size (resize at several ratios and kernels, a
+custom x2 filter) run over the same grid: tiles are then cut from the output.
 """
 
 import itertools
@@ -26,10 +28,19 @@ VARIANTS = [
     "edges,invert,gamma:gamma=2.2",
     "emboss,contrast:contrast=1.5",
 ]
+RESHAPING = [
+    "resize:scale=0.6667",  # about 1280/1920
+    "resize:scale=0.3083,interp=lanczos",  # about 333/1080
+    "resize:scale=2,interp=cubic",
+    "resize:width=5,height=9,interp=linear",
+    "resize:scale=0.7,interp=nearest",
+    "blur:sigma=2,resize:scale=0.5,sharpen",
+    "filterdefs:half_mean,filterdefs:double_box:radius=2",
+]
 
 
 def specs():
-    return [info.name for info in available() if info.source == "built-in"] + VARIANTS
+    return [info.name for info in available() if info.source == "built-in"] + VARIANTS + RESHAPING
 
 
 def frame_of(rng, shape, dtype):
@@ -52,6 +63,7 @@ def test_every_builtin_is_covered():
         "contrast",
         "gamma",
         "threshold",
+        "resize",
     } <= names
 
 
@@ -71,6 +83,6 @@ def test_tiled_equals_whole_for_every_filter(workers):
                         continue  # one-pixel tiles on the small shapes only: same code, fewer tasks
                     engine.tile_shape = (tile, tile)
                     got = engine.process(frame, chain)
-                    if got.dtype != want.dtype or not np.array_equal(got, want):
+                    if got.shape != want.shape or got.dtype != want.dtype or not np.array_equal(got, want):
                         failures.append(f"{spec} {full} {np.dtype(dtype)} tile {tile}")
     assert not failures, f"{len(failures)} cases differ, e.g. " + "; ".join(failures[:10])

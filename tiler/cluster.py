@@ -1517,5 +1517,6 @@ def _filter_range(
 ) -> None:
     """As :func:`tiler.pipeline.process_video`, for a stretch of the source and without audio."""
     dtype = pipeline.video_dtype(info, dst)
-    writer = video.VideoWriter(dst, info, dtype=dtype, audio_from=None, overwrite=True, **writer_options)
+    out_info = pipeline.resized_video_info(info, chain)
+    writer = video.VideoWriter(dst, out_info, dtype=dtype, audio_from=None, overwrite=True, **writer_options)
     pipeline.filter_stream(engine, _RangeReader(info, seek, dtype=dtype), writer, chain, first=first)

@@ -286,8 +286,9 @@ class Engine:
         self._pinned[slot.name] = (weakref.ref(shared), slot)
         return np.asarray(shared)
 
-    def _pinned_slot(self, frame: np.ndarray, label: str = "frame") -> FrameSlot | None:
-        """The slot of ``frame`` if it is exactly an array from :meth:`empty` of this engine;
+    def _pinned_slot(self, frame: np.ndarray, label: str = "frame", chain: Chain | None = None) -> FrameSlot | None:
+        """The slot of ``frame`` if it is exactly an array from :meth:`empty` of this engine and
+        has room for ``chain``'s result (a larger result, from a resize, goes through the ring);
         refused if the result of its last frame is still viewed (it would be overwritten)."""
         base = frame.base
         if not isinstance(base, _Shared) or base.engine() is not self or base.slot.name not in self._pinned:
@@ -295,6 +296,11 @@ class Engine:
         if frame.__array_interface__["data"][0] != base.address or frame.shape != base.shape:
             return None
         if frame.dtype != base.dtype or not frame.flags.c_contiguous:
+            return None
+        if (
+            chain is not None
+            and int(np.prod(chain.output_shape(frame.shape))) * frame.dtype.itemsize > base.slot.capacity
+        ):
             return None
         lease = self._lent.get(base.slot.name)
         if lease is not None and lease() is not None:
@@ -347,8 +353,8 @@ class Engine:
             for i, frame in enumerate(frames):
                 frame = check_frame(frame, f"frame {i}")
                 label = f"frame {i}"
-                pinned = self._pinned_slot(frame, label)
-                target = np.empty(frame.shape, frame.dtype) if copy else None
+                pinned = self._pinned_slot(frame, label, chain)
+                target = np.empty(chain.output_shape(frame.shape), frame.dtype) if copy else None
                 source = None if pinned is not None else frame
                 yield Frame(label, frame.shape, frame.dtype, source=source, target=target, pinned=pinned)
 
@@ -370,7 +376,8 @@ class Engine:
             del view  # before the next frame is asked for: only the caller's references count
 
     def process(self, frame: np.ndarray, chain: Any, *, out: np.ndarray | None = None) -> np.ndarray:
-        """Filter one frame; returns a new array of the same shape and dtype, or ``out``.
+        """Filter one frame; returns a new array of the same dtype, or ``out``; of the same
+        shape unless the chain changes the size (``resize``, an upscaling model).
 
         Parameters
         ----------
@@ -380,8 +387,8 @@ class Engine:
         chain : str, Filter, Chain or list
             The filters.
         out : numpy.ndarray, optional
-            A writable array of the frame's shape and dtype to write the result
-            into (it may be ``frame`` itself).
+            A writable array of the result's shape (``Chain.output_shape``) and the
+            frame's dtype to write the result into (it may be ``frame`` itself).
 
         Examples
         --------
@@ -392,19 +399,21 @@ class Engine:
         if out is None:
             (result,) = self.map_frames([frame], chain)
             return result
-        if not isinstance(out, np.ndarray) or out.shape != frame.shape or out.dtype != frame.dtype:
+        chain = resolve_chain(chain)
+        shape = chain.output_shape(frame.shape)
+        if not isinstance(out, np.ndarray) or out.shape != shape or out.dtype != frame.dtype:
             got = f"{out.shape} {out.dtype}" if isinstance(out, np.ndarray) else type(out).__name__
-            raise ValueError(f"out: expected an array of shape {frame.shape} and dtype {frame.dtype}, got {got}")
+            raise ValueError(f"out: expected an array of shape {shape} and dtype {frame.dtype}, got {got}")
         if not out.flags.writeable:
             raise ValueError("out: the array is read-only")
-        pinned = self._pinned_slot(frame)
+        pinned = self._pinned_slot(frame, chain=chain)
         if pinned is not None and np.shares_memory(out, frame):
             # Workers still read the frame while finished tiles would land in it: copy at the end.
             job = Frame("frame", frame.shape, frame.dtype, pinned=pinned, store=Inline(_copy_into(out)))
         else:
             source = None if pinned is not None else frame
             job = Frame("frame", frame.shape, frame.dtype, source=source, target=out, pinned=pinned)
-        for done in self.run([job], resolve_chain(chain)):
+        for done in self.run([job], chain):
             if done.error is not None:
                 raise done.error
         return out

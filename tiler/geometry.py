@@ -6,15 +6,33 @@ A tile's *core* is the part of the output it owns. Its *window* is the core
 grown by the chain's halo on every side and clipped at the frame edge: the
 pixels a worker reads. Because windows are clipped, border handling happens
 only at the true frame edge, inside the filters, exactly as on the whole frame.
+
+When a filter of the chain changes the frame's size, cores are cut from the
+*output* frame and each core is mapped back through every stage of the chain,
+scale then halo in that stage's own pixels, to the input window it needs
+(:func:`chain_tiles`; the per-stage arithmetic is the filters' own, in
+:func:`filters.base.plan_stages`, which the filter library's checks share).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["Rect", "Tile", "TileGrid", "default_tile_shape", "MAX_STRIP_PIXELS"]
+from filters.base import output_shape, plan_stages
+
+__all__ = [
+    "Rect",
+    "Tile",
+    "TileGrid",
+    "default_tile_shape",
+    "MAX_STRIP_PIXELS",
+    "chain_output_shape",
+    "source_window",
+    "chain_tiles",
+]
 
 
 @dataclass(frozen=True)
@@ -123,3 +141,36 @@ class TileGrid:
 
     def __iter__(self) -> Iterator[Tile]:
         return (self[i] for i in range(len(self)))
+
+
+def chain_output_shape(filters: Sequence[Any], shape: Sequence[int]) -> tuple[int, ...]:
+    """The frame shape that ``filters`` make of a frame of ``shape`` (channels kept).
+
+    Examples
+    --------
+    >>> from filters.registry import resolve
+    >>> chain_output_shape(resolve("resize:width=960").filters, (1080, 1920, 3))
+    (540, 960, 3)
+    """
+    return output_shape(filters, shape)
+
+
+def source_window(filters: Sequence[Any], core: Rect, shape: Sequence[int]) -> Rect:
+    """The input window an output ``core`` needs, through every stage of ``filters``.
+
+    Examples
+    --------
+    >>> from filters.registry import resolve
+    >>> source_window(resolve("blur:sigma=1,resize:scale=0.5").filters, Rect(0, 2, 0, 2), (8, 8))
+    Rect(r0=0, r1=8, c0=0, c1=8)
+    """
+    stages = plan_stages(filters, (core.r0, core.r1, core.c0, core.c1), shape)
+    return Rect(*stages[0].window)
+
+
+def chain_tiles(filters: Sequence[Any], shape: Sequence[int], tile_shape: tuple[int, int]) -> list[Tile]:
+    """Output cores of ``tile_shape`` covering the chain's output frame once, each with
+    the input window it is computed from (for a chain that changes the frame's size)."""
+    out = chain_output_shape(filters, shape)
+    grid = TileGrid(out[0], out[1], tile_shape)
+    return [Tile(t.index, t.core, source_window(filters, t.core, shape)) for t in grid]

@@ -18,6 +18,7 @@ animation), and the sink is written where it says.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import stat
 from collections.abc import Callable, Iterator
@@ -28,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from tiler.engine import resolve_chain
 from tiler.errors import InputError, OutputError, TileprocError
 from tiler.io import images, video
 from tiler.io.files import check_input, inside, output_name, sweep_stale_temps
@@ -41,6 +43,8 @@ __all__ = [
     "prepare_folder",
     "filter_stream",
     "video_dtype",
+    "resized_info",
+    "resized_video_info",
     "FileResult",
     "Report",
     "is_video",
@@ -97,15 +101,44 @@ def _write(src: np.ndarray, dst: np.ndarray, sink: images.ImageSink) -> None:
     sink.commit()
 
 
-def _image_frame(src: Path, dst: Path, *, overwrite: bool, max_pixels: int, quality: int | None) -> Frame:
-    """A still image as a frame whose source and sink run on the workers; an animation is marked for later."""
+def resized_info(info: images.ImageInfo, shape: tuple[int, ...]) -> images.ImageInfo:
+    """``info`` for an output of ``shape``: a resized image keeps its physical size, so its
+    resolution (DPI) scales with its pixel count on each axis, and the EXIF pixel
+    dimensions (PixelXDimension, PixelYDimension) say the new size."""
+    if tuple(shape[:2]) == tuple(info.shape[:2]):
+        return info
+    dpi = info.dpi and (info.dpi[0] * shape[1] / info.shape[1], info.dpi[1] * shape[0] / info.shape[0])
+    return dataclasses.replace(info, dpi=dpi or None, exif=_exif_resized(info.exif, shape[1], shape[0]))
+
+
+def _exif_resized(exif: bytes | None, width: int, height: int) -> bytes | None:
+    if not exif:
+        return exif
+    from PIL import Image
+
+    try:
+        tags = Image.Exif()
+        tags.load(exif)
+        sub = tags.get_ifd(0x8769)
+        if 0xA002 not in sub and 0xA003 not in sub:
+            return exif
+        sub[0xA002], sub[0xA003] = width, height
+        return tags.tobytes()
+    except Exception:  # unreadable EXIF is written back as it came (the images module vetted it)
+        return exif
+
+
+def _image_frame(src: Path, dst: Path, chain: Any, *, overwrite: bool, max_pixels: int, quality: int | None) -> Frame:
+    """A still image as a frame whose source and sink run on the workers; an animation is marked for later.
+    The sink writes the size that ``chain`` makes (:func:`resized_info`)."""
     source = images.ImageSource(src, max_pixels=max_pixels)
     try:
         info = source.probe()
         images.check_image_output(info, dst, overwrite=overwrite, inputs=[src])
     except TileprocError as exc:
         return Frame(str(src), (1, 1), np.dtype(np.uint8), error=exc, meta=(src, dst))
-    sink = images.ImageSink(dst, info, overwrite=overwrite, quality=quality)
+    out = resized_info(info, chain.output_shape(info.shape))
+    sink = images.ImageSink(dst, out, overwrite=overwrite, quality=quality)
     if source.runs == "parent":
         return Frame(str(src), info.shape, info.dtype, meta=(src, dst, source, sink))  # an animation: see below
     return Frame(
@@ -152,10 +185,11 @@ def _run_images(
     ``sweep``: afterwards, remove temporaries of writers that died meanwhile (an encode
     retried after its worker was killed) from the output folders."""
     animations = []
+    chain = resolve_chain(chain)
 
     def frames() -> Iterator[Frame]:
         for src, dst in pairs:
-            frame = _image_frame(src, dst, overwrite=overwrite, max_pixels=max_pixels, quality=quality)
+            frame = _image_frame(src, dst, chain, overwrite=overwrite, max_pixels=max_pixels, quality=quality)
             if frame.error is None and frame.load is None:
                 animations.append(frame.meta)
                 continue
@@ -219,14 +253,23 @@ def process_video(
     if on_start is not None:
         on_start(info)
     dtype = video_dtype(info, dst)
+    out = resized_video_info(info, chain)  # the writer's frame size: the chain's output
     writer = video.VideoWriter(
-        dst, info, dtype=dtype, codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt, overwrite=overwrite
+        dst, out, dtype=dtype, codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt, overwrite=overwrite
     )
     if on_note is not None:
         for line in notes + writer.notes:
             on_note(line)
     filter_stream(engine, video.VideoReader(info, dtype=dtype), writer, chain)
     return dst
+
+
+def resized_video_info(info: video.VideoInfo, chain: Any) -> video.VideoInfo:
+    """``info`` as the writer sees it: the size the chain makes of each frame (a resize)."""
+    height, width = resolve_chain(chain).output_shape(info.frame_shape)[:2]
+    if (height, width) == (info.height, info.width):
+        return info
+    return dataclasses.replace(info, width=width, height=height)
 
 
 def video_dtype(info: video.VideoInfo, dst: Path) -> np.dtype:

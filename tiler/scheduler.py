@@ -47,7 +47,7 @@ from filters.base import Chain
 from tiler import errors
 from tiler.dispatch import Loans, TaskBook, Wakeup
 from tiler.errors import TileprocError
-from tiler.geometry import TileGrid, default_tile_shape
+from tiler.geometry import TileGrid, default_tile_shape, source_window
 from tiler.pool import WorkerPool
 from tiler.sharedmem import FrameRing, FrameSlot
 from tiler.worker import (
@@ -59,6 +59,7 @@ from tiler.worker import (
     TileBatch,
     describe_exception,
     format_traceback,
+    full_plan,
     release_frames,
     run_chain,
 )
@@ -127,6 +128,7 @@ class Frame:
     error: BaseException | None = None
     value: Any = None  # what load / store returned, for the caller
     meta: Any = None  # the caller's own data
+    out_shape: tuple[int, ...] | None = None  # the filtered frame's shape, when the chain changes it
     source: np.ndarray | None = None
     target: np.ndarray | None = None
     pinned: FrameSlot | None = None
@@ -145,7 +147,9 @@ class Frame:
 
     @property
     def nbytes(self) -> int:
-        return int(np.prod(self.shape)) * np.dtype(self.dtype).itemsize
+        """Bytes of the larger of the input and output frames."""
+        pixels = max(int(np.prod(self.shape)), int(np.prod(self.out_shape or self.shape)))
+        return pixels * np.dtype(self.dtype).itemsize
 
 
 @dataclass(frozen=True)
@@ -330,6 +334,8 @@ class Scheduler:
         if frame.error is not None:  # failed before it needed a slot (e.g. probing)
             frame.state = FrameState.FINISHED
             return
+        if self.chain.reshapes:
+            frame.out_shape = self.chain.output_shape(frame.shape)
         if frame.pinned is not None and self._pinned_twice(frame):
             return
         try:
@@ -343,7 +349,7 @@ class Scheduler:
                 for name in self.ring.retired:
                     self.pool.broadcast(Forget(name))
             self.ring.retired.clear()
-        frame.slot_views = frame.slot.bind(frame.shape, frame.dtype)
+        frame.slot_views = frame.slot.bind(frame.shape, frame.dtype, frame.out_shape)
         frame.state = FrameState.LOADING
         if frame.source is not None or frame.pinned is not None:
             self._filter(frame, frame.source)
@@ -377,9 +383,9 @@ class Scheduler:
         return self.pool
 
     def _here(self, frame: Frame) -> bool:
-        """Whether the frame is filtered in this process."""
-        height, width = frame.shape[:2]
-        return not self.has_workers or height * width < self._inline_below
+        """Whether the frame is filtered in this process (its input and output both small)."""
+        pixels = max(int(np.prod(s[:2])) for s in (frame.shape, frame.out_shape or frame.shape))
+        return not self.has_workers or pixels < self._inline_below
 
     def _step(self, frame: Frame, step: Step | None, then: Callable[[Frame, Any], None]) -> None:
         frame.after = then
@@ -424,7 +430,8 @@ class Scheduler:
                 source = source.view()
                 source.flags.writeable = False
             try:
-                result = run_chain(self.chain.filters, src if source is None else source)
+                window = src if source is None else source
+                result = run_chain(self.chain.filters, window, full_plan(self.chain.filters, window.shape))
             except ChainError as exc:
                 cause = exc.__cause__
                 assert cause is not None  # run_chain raises ChainError from the filter's exception
@@ -436,8 +443,15 @@ class Scheduler:
             frame.state = FrameState.READY
             return
         pool = self._workers()
-        tile_shape = self.tile_shape or default_tile_shape(height, width, pool.n, self.chain.halo)
-        frame.grid = TileGrid(height, width, tile_shape, self.chain.halo)
+        if self.chain.reshapes:
+            # Cores are cut from the output frame; each worker maps a core back through
+            # every stage of the chain to the input window it reads (filters.base.plan_stages).
+            out_height, out_width = dst.shape[:2]
+            tile_shape = self.tile_shape or default_tile_shape(out_height, out_width, pool.n, 0)
+            frame.grid = TileGrid(out_height, out_width, tile_shape)
+        else:
+            tile_shape = self.tile_shape or default_tile_shape(height, width, pool.n, self.chain.halo)
+            frame.grid = TileGrid(height, width, tile_shape, self.chain.halo)
         frame.tiles = len(frame.grid)
         # Tasks per frame: four per worker balance the load of a lone frame; with other frames
         # in flight, they balance it, and one task per worker costs the least dispatch.
@@ -448,7 +462,7 @@ class Scheduler:
         for start in range(0, frame.tiles, per):
             tiles = range(start, min(start + per, frame.tiles))
             if source is not None:
-                rows = frame.grid[tiles[-1]].window.r1  # row-major: the last tile reaches lowest
+                rows = self._rows_read(frame, tiles)
                 if rows > copied:
                     src[copied:rows] = source[copied:rows]
                     copied = rows
@@ -456,6 +470,22 @@ class Scheduler:
             self._book.queue(frame, next(_task_ids), tiles)
             if source is not None:
                 self._dispatch()  # the workers start on these rows while the rest is copied
+
+    def _rows_read(self, frame: Frame, tiles: range) -> int:
+        """The input rows ``0:n`` that the windows of ``tiles`` (of ``frame.grid``) read.
+
+        Row-major: the last tile's row of the grid reaches lowest. For a chain that
+        changes the size, the grid cuts the output and each core's input window comes
+        from its stages (the whole last row of tiles, in case a window depends on the column).
+        """
+        grid = frame.grid
+        assert grid is not None  # set before tiles are queued
+        if not self.chain.reshapes:
+            return grid[tiles[-1]].window.r1
+        row_start = max(tiles[0], tiles[-1] // grid.cols * grid.cols)
+        return max(
+            source_window(self.chain.filters, grid[i].core, frame.shape).r1 for i in range(row_start, tiles[-1] + 1)
+        )
 
     def _store_in_order(self, inflight: list[Frame]) -> None:
         """Start stores in frame order: a frame is stored only after every earlier one started."""

@@ -90,6 +90,7 @@ class SlotRef:
     dtype: str
     in_offset: int
     out_offset: int
+    out_shape: tuple[int, ...] | None = None  # when a filter changes the frame's size
 
 
 def attach(path: str) -> mmap.mmap:
@@ -105,9 +106,9 @@ def attach_views(buf, ref: SlotRef, *, writable_input: bool = False) -> tuple[np
     """(input, output) numpy views of a slot over a mapped buffer; the input is read-only
     unless ``writable_input`` (for the step that decodes into it)."""
     dtype = np.dtype(ref.dtype)
-    count = int(np.prod(ref.shape))
-    src = np.frombuffer(buf, dtype, count, ref.in_offset).reshape(ref.shape)
-    dst = np.frombuffer(buf, dtype, count, ref.out_offset).reshape(ref.shape)
+    out_shape = ref.shape if ref.out_shape is None else ref.out_shape
+    src = np.frombuffer(buf, dtype, int(np.prod(ref.shape)), ref.in_offset).reshape(ref.shape)
+    dst = np.frombuffer(buf, dtype, int(np.prod(out_shape)), ref.out_offset).reshape(out_shape)
     src.flags.writeable = writable_input
     return src, dst
 
@@ -141,12 +142,16 @@ class FrameSlot:
             os.close(fd)
         self.ref: SlotRef | None = None
 
-    def bind(self, shape: tuple[int, ...], dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
-        """Lay a frame of ``shape`` and ``dtype`` into the slot; return (input, output) views."""
+    def bind(
+        self, shape: tuple[int, ...], dtype: np.dtype, out_shape: tuple[int, ...] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Lay a frame of ``shape`` and ``dtype`` into the slot; return (input, output) views.
+        The output has ``out_shape`` when given (a chain that changes the frame's size)."""
         dtype = np.dtype(dtype)
-        if int(np.prod(shape)) * dtype.itemsize > self.capacity:
+        if max(int(np.prod(shape)), int(np.prod(out_shape or shape))) * dtype.itemsize > self.capacity:
             raise ValueError("frame does not fit this slot")
-        self.ref = SlotRef(self.name, tuple(int(s) for s in shape), dtype.str, 0, self.capacity)
+        out = None if out_shape is None or tuple(out_shape) == tuple(shape) else tuple(int(s) for s in out_shape)
+        self.ref = SlotRef(self.name, tuple(int(s) for s in shape), dtype.str, 0, self.capacity, out)
         return attach_views(self.mapping, self.ref, writable_input=True)
 
     def close(self) -> None:

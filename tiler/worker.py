@@ -4,7 +4,10 @@ A worker is a loop over small messages from its own pipe to the parent:
 
 * :class:`TileBatch` -- a tile grid and a range of tile indices: run the chain on
   each tile's window of the slot's input (a read-only view, no copy) and write
-  the tile's core into the slot's output;
+  the tile's core into the slot's output. For a chain that changes the frame's
+  size the grid cuts the *output* frame, and each core is mapped back through
+  every stage (:func:`filters.base.plan_stages`) to the input window it is
+  computed from;
 * :class:`Call` -- run a module-level function on a slot (decode or encode a file);
 * :class:`Forget` -- unmap a segment the parent retired;
 * ``None`` -- exit.
@@ -33,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from filters.base import check_result
+from filters.base import Stage, check_result, check_stage, output_shape, plan_stages
 from tiler import platform
 from tiler.geometry import TileGrid
 from tiler.sharedmem import SlotRef, attach, attach_views
@@ -47,6 +50,7 @@ __all__ = [
     "Tick",
     "ChainError",
     "run_chain",
+    "full_plan",
     "describe_exception",
     "format_traceback",
     "release_frames",
@@ -56,7 +60,14 @@ __all__ = [
 
 @dataclass(frozen=True)
 class TileBatch:
-    """Tiles ``tiles`` (a range of indices) of ``grid``: a few hundred bytes whatever their count."""
+    """Tiles ``tiles`` (a range of indices) of ``grid``: a few hundred bytes whatever their count.
+
+    ``grid`` cuts the slot's output frame. For a chain of same-size filters that
+    is the input frame's size and each tile's window is its core grown by the
+    chain's halo; for a chain that changes the size (any filter ``reshapes``) it
+    is the output size, and the worker plans each core's stages from the chain,
+    the slot's input shape and the core (:func:`filters.base.plan_stages`).
+    """
 
     task_id: int
     slot: SlotRef
@@ -116,20 +127,40 @@ class ChainError(Exception):
         self.name, self.kind = name, kind
 
 
-def run_chain(chain, window: np.ndarray) -> np.ndarray:
-    """Apply the filters of ``chain`` to ``window`` in order, checking each result."""
+def run_chain(chain, window: np.ndarray, stages: tuple[Stage, ...] | None = None) -> np.ndarray:
+    """Apply the filters of ``chain`` to ``window`` in order, checking each result.
+
+    With ``stages`` (a chain that changes the frame's size), ``window`` holds the
+    first stage's window and each filter computes its stage's rectangle
+    (:func:`filters.base.plan_stages`); the result is the last stage's rectangle.
+    """
     out = window
-    for f in chain:
+    for i, f in enumerate(chain):
         try:
-            result = f.apply(out)
+            result = f.apply(out) if stages is None else f.apply_rect(out, stages[i])
         except Exception as exc:
             raise ChainError(f.name, "error") from exc
         try:
-            check_result(f, out, result)
+            if stages is None:
+                check_result(f, out, result)
+            else:
+                check_stage(f, out, result, stages[i])
         except Exception as exc:
             raise ChainError(f.name, "invalid") from exc
         out = result
     return out
+
+
+def full_plan(chain, shape: tuple[int, ...]) -> tuple[Stage, ...] | None:
+    """The stages of a whole frame for a chain that changes its size; None for one that does not."""
+    if not any(f.reshapes for f in chain):
+        return None
+    out = output_shape(chain, shape)
+    return plan_stages(chain, (0, out[0], 0, out[1]), shape)
+
+
+def _rect4(r) -> tuple[int, int, int, int]:
+    return (r.r0, r.r1, r.c0, r.c1)
 
 
 def _text(exc: BaseException) -> str:
@@ -204,11 +235,17 @@ class _Worker:
         if isinstance(chain, BaseException):  # the same failure for every task of this chain
             return Failed(msg.task_id, describe_exception(chain), format_traceback(chain), kind="load")
         src, dst = self.views(msg.slot)
+        reshapes = any(f.reshapes for f in chain)
         last = time.monotonic()
         for index in msg.tiles:
             tile = msg.grid[index]
             try:
-                out = run_chain(chain, src[tile.window.slices])
+                if reshapes:  # the output core, computed stage by stage from its input window
+                    stages = plan_stages(chain, _rect4(tile.core), src.shape)
+                    r0, r1, c0, c1 = stages[0].window
+                    out = run_chain(chain, src[r0:r1, c0:c1], stages)
+                else:
+                    out = run_chain(chain, src[tile.window.slices])[tile.core_in_window.slices]
             except ChainError as exc:
                 cause = exc.__cause__
                 assert cause is not None  # run_chain raises ChainError from the filter's exception
@@ -220,7 +257,7 @@ class _Worker:
                     filter_name=exc.name,
                     kind=exc.kind,
                 )
-            dst[tile.core.slices] = out[tile.core_in_window.slices]
+            dst[tile.core.slices] = out
             if msg.tick is not None and time.monotonic() - last >= msg.tick:
                 report(Tick(msg.task_id))
                 last = time.monotonic()

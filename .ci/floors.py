@@ -6,9 +6,8 @@ written there are facts, not hopes.
 
 import re
 import sys
-from pathlib import Path
-
 import tomllib
+from pathlib import Path
 
 project = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())["project"]
 requirements = list(project["dependencies"])

@@ -1822,8 +1822,12 @@ def _retime(src: Path, dst: Path, info: VideoInfo, count: int) -> None:
     """Copy the video packets of ``src`` (frame i at i/fps) into ``dst`` (NUT), frame i at
     ``info.timestamps[i]`` (relative to the first), in ``info.time_base``; no decoding.
 
-    Decode times before the first frame (an encoder's reordering delay) are
-    spaced by the smallest gap between frames, so every packet keeps dts <= pts.
+    A packet's frame is its presentation time's rank on the ``1/fps`` grid,
+    counted from the earliest presentation time in ``src``: an encoder that
+    reorders frames (H.264 B-frames) may shift the whole stream by its delay,
+    and packets come in decode order, not presentation order. Decode times
+    before the first frame (the reordering delay) are spaced by the smallest
+    gap between frames, so every packet keeps dts <= pts.
     """
     import av
 
@@ -1838,6 +1842,17 @@ def _retime(src: Path, dst: Path, info: VideoInfo, count: int) -> None:
             return rel[-1] + (k - len(rel) + 1) * step
         return rel[k]
 
+    def index(ticks: int, time_base: Any) -> int:
+        return round(ticks * Fraction(time_base) * info.fps)  # ticks -> frame index on the 1/fps grid
+
+    def shown(packet: Any) -> int | None:
+        return packet.pts if packet.pts is not None else packet.dts
+
+    with av.open(ffmpeg_path(src)) as inp:
+        ist = inp.streams.video[0]
+        first = min(
+            (index(shown(p), p.time_base) for p in inp.demux(ist) if p.size and shown(p) is not None), default=0
+        )
     with av.open(ffmpeg_path(src)) as inp, av.open(ffmpeg_path(dst), "w", format="nut") as out:
         ist = inp.streams.video[0]
         ost = out.add_stream_from_template(ist)
@@ -1845,10 +1860,9 @@ def _retime(src: Path, dst: Path, info: VideoInfo, count: int) -> None:
         for packet in inp.demux(ist):
             if packet.size == 0:
                 continue
-            scale = Fraction(packet.time_base) * info.fps  # ticks -> frame index
-            pts = packet.pts if packet.pts is not None else packet.dts
-            packet.pts = at(round(pts * scale))
-            packet.dts = at(round(packet.dts * scale)) if packet.dts is not None else None
+            tb, pts, dts = packet.time_base, shown(packet), packet.dts
+            packet.pts = at(index(pts, tb) - first)
+            packet.dts = at(index(dts, tb) - first) if dts is not None else None
             packet.duration = 0
             packet.time_base = info.time_base
             packet.stream = ost

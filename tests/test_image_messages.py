@@ -161,3 +161,27 @@ def test_no_library_warning_is_raised_on_damaged_metadata(tmp_path):
             info = probe_image(path)
             write_image(read_image(info), tmp_path / f"o-{path.stem}.jpg", info)
     assert [str(w.message) for w in caught] == []
+
+
+def test_multi_page_tiff_says_which_pages_are_left_out(tmp_path, caplog):
+    pages = np.arange(3 * H * W, dtype=np.uint16).reshape(3, H, W)
+    src = tmp_path / "pages.tif"
+    tifffile.imwrite(src, pages, photometric="minisblack")  # three gray pages
+    with caplog.at_level(logging.WARNING, logger="tiler.io"):
+        info = probe_image(src)
+        got = read_image(info)
+    np.testing.assert_array_equal(got, pages[0])
+    lines = [r.getMessage() for r in caplog.records if r.name == "tiler.io"]
+    assert lines == [f"{src}: a multi-page TIFF: only page 1 of 3 is read (pages 2 to 3 are left out)"]
+
+
+def test_reduced_resolution_pages_are_not_counted_as_lost(tmp_path, caplog):
+    a = np.arange(H * W * 4, dtype=np.uint8).reshape(2 * H, 2 * W)
+    src = tmp_path / "preview.tif"
+    with tifffile.TiffWriter(src) as tif:
+        tif.write(a)
+        tif.write(a[::2, ::2], subfiletype=1)  # a reduced-resolution copy of the image
+    with caplog.at_level(logging.WARNING, logger="tiler.io"):
+        info = probe_image(src)
+    assert info.shape[:2] == a.shape
+    assert [r.getMessage() for r in caplog.records if r.name == "tiler.io"] == []

@@ -355,3 +355,54 @@ def test_one_rate_containers_take_the_average_rate_and_say_so(gap_clip, tmp_path
     copy_video(gap_clip, dst, info=at)
     out = probe_video(dst)
     assert (out.frame_count, out.fps, out.variable_rate) == (at.frame_count, at.fps, False)
+
+
+@pytest.fixture(scope="module")
+def tagged(tmp_path_factory) -> Path:
+    """Matroska: 64x48 at sample aspect ratio 4:3 (85.33 pixels wide shown), a titled German video, German
+    subtitles."""
+    d = tmp_path_factory.mktemp("tagged")
+    srt = d / "subs.srt"
+    srt.write_text("1\n00:00:00,100 --> 00:00:00,300\nHallo\n\n")
+    path = d / "tagged.mkv"
+    ff(
+        "-f", "lavfi", "-i", "testsrc2=s=64x48:r=25:d=0.4,setsar=4/3", "-i", str(srt),
+        "-map", "0", "-map", "1", *X264, "-c:s", "srt",
+        "-metadata:s:v", "title=Main picture", "-metadata:s:v", "language=deu",
+        "-metadata:s:s", "language=deu", "-metadata:s:s", "title=Deutsch", str(path),
+    )  # fmt: skip
+    return path
+
+
+def _stream_tags(path: Path) -> list[dict[str, str]]:
+    with av.open(str(path)) as c:
+        return [{k.lower(): v for k, v in s.metadata.items()} for s in c.streams]
+
+
+@pytest.mark.parametrize("ext", [".mkv", ".mp4", ".mov", ".webm"])
+def test_video_title_and_languages_kept(tagged, tmp_path, ext):
+    dst = tmp_path / f"out{ext}"
+    copy_video(tagged, dst)
+    video, subs = _stream_tags(dst)
+    assert video.get("title", video.get("name")) == "Main picture" and probe_video(dst).title == "Main picture"
+    assert subs.get("title", subs.get("name")) == "Deutsch"
+    german = "ger" if ext == ".mov" else "deu"  # QuickTime knows the bibliographic code only
+    assert video["language"] == subs["language"] == german
+
+
+def test_sample_aspect_ratio_a_container_cannot_hold_is_said(tagged, tmp_path):
+    mkv = tmp_path / "out.mkv"
+    assert copy_video(tagged, mkv).notes == []
+    assert probe_video(mkv).sample_aspect == Fraction(4, 3)
+    webm = tmp_path / "out.webm"
+    w = copy_video(tagged, webm)
+    shown = probe_video(webm).sample_aspect
+    assert w.notes == [
+        f"{webm}: sample aspect ratio 4:3: WebM stores the displayed width in whole pixels: 85x48 "
+        f"(sample aspect ratio {shown.numerator}:{shown.denominator})"
+    ]
+    gif = tmp_path / "out.gif"
+    w = copy_video(tagged, gif)
+    assert w.notes[0] == f"{gif}: sample aspect ratio 4:3: GIF has square pixels (written unstretched)"
+    with av.open(str(gif)) as c:
+        assert (c.streams.video[0].width, c.streams.video[0].height) == (64, 48)

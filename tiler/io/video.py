@@ -289,6 +289,8 @@ class VideoInfo:
         at the source's own instants.
     timecode : str or None
         The start timecode (``"01:00:00:00"``) of the video or its timecode track.
+    title : str or None
+        The video stream's title tag (Matroska's track name), when it has one.
 
     Examples
     --------
@@ -329,6 +331,7 @@ class VideoInfo:
     streams: tuple[StreamInfo, ...] = ()
     resampled: bool = False
     timecode: str | None = None
+    title: str | None = None
 
     @property
     def frame_shape(self) -> tuple[int, int, int]:
@@ -469,6 +472,12 @@ def _timecode(metadata: Any) -> str | None:
 def _language(stream: Any) -> str | None:
     lang = (stream.metadata or {}).get("language")
     return None if lang in (None, "", "und") else lang
+
+
+def _title(stream: Any) -> str | None:
+    """A stream's title: Matroska's track name, or the ``name`` of an MP4/MOV track's user data."""
+    metadata = stream.metadata or {}
+    return metadata.get("title") or metadata.get("name") or None
 
 
 def _seconds(ticks: int | None, time_base: Any) -> Fraction:
@@ -772,6 +781,7 @@ def probe_video(path: str | os.PathLike[str], *, max_pixels: int | None = None) 
             timecode=_timecode(stream.metadata)
             or next((s.timecode for s in others if s.timecode), None)
             or _timecode(container.metadata),
+            title=_title(stream),
         )
     return info
 
@@ -1283,7 +1293,8 @@ def encoder_plan(
         # every frame until the end); ordered dithering flickers less from frame to frame.
         vf.append("split[a][b];[a]palettegen=stats_mode=single[p];[b][p]paletteuse=new=1:dither=bayer")
         args += ["-c:v", "gif", "-loop", "0"]
-        return _Plan(muxer, codec, ",".join(vf), (pw, ph), args, None)
+        square = () if info.sample_aspect == 1 else (f"{_sar_text(info)}: GIF has square pixels (written unstretched)",)
+        return _Plan(muxer, codec, ",".join(vf), (pw, ph), args, None, notes=square)
     notes: list[str] = []
     if info.interlaced:
         # Frames are filtered woven (both fields together) and encoded as interlaced
@@ -1333,10 +1344,61 @@ def encoder_plan(
             args += ["-color_range" if k == "range" else f"-{k}", v]
     if info.sample_aspect != 1 or info.sample_aspect_tagged:
         vf.append(f"setsar={info.sample_aspect.numerator}/{info.sample_aspect.denominator}")
-    tags: tuple[str, ...] = ("-metadata:s:v:0", f"language={info.language}") if info.language else ()
+        shown = pw * info.sample_aspect
+        if muxer == "webm" and shown.denominator != 1:
+            # WebM (unlike Matroska) stores the display size in whole pixels: ffmpeg's muxer rounds it
+            notes.append(
+                f"{_sar_text(info)}: WebM stores the displayed width in whole pixels: "
+                f"{round(shown)}x{ph} (sample aspect ratio {_ratio(Fraction(round(shown), pw))})"
+            )
+    tags: tuple[str, ...] = ()
+    if info.language:
+        tags += ("-metadata:s:v:0", f"language={_container_language(muxer, info.language)}")
+    if info.title:
+        tags += ("-metadata:s:v:0", f"title={info.title}")
     if info.timecode:  # MP4/MOV get a timecode track from it, Matroska a tag
         tags += ("-timecode", info.timecode)
     return _Plan(muxer, codec, ",".join(vf), (pw, ph), args, pix_fmt, tags, tuple(notes))
+
+
+def _ratio(r: Fraction) -> str:
+    return f"{r.numerator}:{r.denominator}"
+
+
+def _sar_text(info: VideoInfo) -> str:
+    return f"sample aspect ratio {_ratio(info.sample_aspect)}"
+
+
+# ISO 639-2 has twenty languages with two codes: terminology (T, which Matroska and MP4 take) and
+# bibliographic (B). QuickTime's language table knows only the B codes: the mov muxer writes "und"
+# for a T code. The pairs are fixed by the standard; no library in tileproc's dependencies lists them.
+_ISO639_T_TO_B = {
+    "bod": "tib",
+    "ces": "cze",
+    "cym": "wel",
+    "deu": "ger",
+    "ell": "gre",
+    "eus": "baq",
+    "fas": "per",
+    "fra": "fre",
+    "hye": "arm",
+    "isl": "ice",
+    "kat": "geo",
+    "mkd": "mac",
+    "mri": "mao",
+    "msa": "may",
+    "mya": "bur",
+    "nld": "dut",
+    "ron": "rum",
+    "slk": "slo",
+    "sqi": "alb",
+    "zho": "chi",
+}
+
+
+def _container_language(muxer: str, language: str) -> str:
+    """The language code as ``muxer`` stores it (QuickTime: the bibliographic ISO 639-2 code)."""
+    return _ISO639_T_TO_B.get(language, language) if muxer == "mov" else language
 
 
 _TEXT_SUBTITLES = {"subrip", "srt", "ass", "ssa", "webvtt", "mov_text", "text"}
@@ -1370,6 +1432,8 @@ def stream_plan(muxer: str, streams: Sequence[StreamInfo], source: int) -> tuple
         letter = {"audio": "a", "subtitle": "s", "data": "d", "attachment": "t"}[s.kind]
         args.extend(["-map", f"{source}:{s.index}"])
         args.extend(a.replace("#", f"{letter}:{k}") for a in codec_args)
+        if s.language and _container_language(muxer, s.language) != s.language:
+            args.extend([f"-metadata:s:{letter}:{k}", f"language={_container_language(muxer, s.language)}"])
         out[s.kind] += 1
 
     for s in streams:

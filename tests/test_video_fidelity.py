@@ -406,3 +406,34 @@ def test_sample_aspect_ratio_a_container_cannot_hold_is_said(tagged, tmp_path):
     assert w.notes[0] == f"{gif}: sample aspect ratio 4:3: GIF has square pixels (written unstretched)"
     with av.open(str(gif)) as c:
         assert (c.streams.video[0].width, c.streams.video[0].height) == (64, 48)
+
+
+def test_mkv_keeps_image_attachments_as_attachments(tmp_path):
+    """FFmpeg presents a Matroska PNG attachment as a picture (attached_pic): it stays an attachment."""
+    d = tmp_path / "src"
+    d.mkdir()
+    png = d / "cover.png"
+    ff("-f", "lavfi", "-i", "color=c=red:s=16x16:d=1", "-frames:v", "1", str(png))
+    text = d / "notes.txt"
+    text.write_text("an attached file\n")
+    src = d / "attached.mkv"
+    ff(
+        "-f", "lavfi", "-i", "testsrc2=s=64x48:r=25:d=0.4", *X264,
+        "-attach", str(text), "-metadata:s:t:0", "mimetype=text/plain",
+        "-attach", str(png), "-metadata:s:t:1", "mimetype=image/png", str(src),
+    )  # fmt: skip
+    info = probe_video(src)
+    assert [(s.kind, s.attached_picture) for s in info.streams] == [("attachment", False), ("attachment", True)]
+    dst = tmp_path / "out.mkv"
+    assert copy_video(src, dst).notes == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mkv", "src"]  # the extracted file is gone
+    with av.open(str(dst)) as c:
+        assert len(c.streams.video) == 2 and [a.data for a in c.streams.attachments] == [b"an attached file\n"]
+        (picture,) = [s for s in c.streams.video if s.disposition & av.stream.Disposition.attached_pic]
+        assert (picture.metadata["filename"], picture.metadata["mimetype"]) == ("cover.png", "image/png")
+        assert [bytes(p) for p in c.demux(picture) if p.size] == [png.read_bytes()]
+    mp4 = tmp_path / "out.mp4"
+    assert copy_video(src, mp4).notes == [
+        f"{mp4}: stream 1 (attachment): only Matroska holds attachments",
+        f"{mp4}: stream 2 (attachment png): only Matroska holds attachments",
+    ]

@@ -93,7 +93,7 @@ import subprocess
 import sys
 import threading
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -205,6 +205,11 @@ class StreamInfo:
         The codec tag (fourcc) as stored, ``""`` when none.
     timecode : str or None
         The start timecode of a timecode track (``"01:00:00:00"``).
+    filename, mimetype : str
+        An attachment's file name and media type (``""`` for other streams).
+    attached_picture : bool
+        An image attachment of a Matroska file, which FFmpeg presents as a
+        picture: it is written back as an attachment, not as a picture stream.
     """
 
     index: int
@@ -217,6 +222,9 @@ class StreamInfo:
     start: Fraction = Fraction(0)
     tag: str = ""
     timecode: str | None = None
+    filename: str = ""
+    mimetype: str = ""
+    attached_picture: bool = False
 
 
 AudioStream = StreamInfo  # the name earlier releases used for audio streams
@@ -488,6 +496,8 @@ def _seconds(ticks: int | None, time_base: Any) -> Fraction:
 
 def _streams(container: Any, skip: int | None = None) -> tuple[StreamInfo, ...]:
     """Every stream but ``skip``, described from FFmpeg's codec parameters."""
+    import av
+
     out = []
     start = _seconds(container.start_time, Fraction(1, 1_000_000)) if container.start_time is not None else 0
     for s in container.streams:
@@ -496,6 +506,9 @@ def _streams(container: Any, skip: int | None = None) -> tuple[StreamInfo, ...]:
         cc = s.codec_context
         name = getattr(cc, "name", None) or "none"
         audio = s.type == "audio"
+        tags = {k.lower(): v for k, v in (s.metadata or {}).items()}
+        # Matroska's image attachments come as pictures marked attached_pic, with the attachment's tags
+        picture = s.type == "video" and bool(s.disposition & av.stream.Disposition.attached_pic) and "mimetype" in tags
         tag = ""
         with contextlib.suppress(Exception):
             tag = str(cc.codec_tag or "").strip("\x00 ")
@@ -507,10 +520,13 @@ def _streams(container: Any, skip: int | None = None) -> tuple[StreamInfo, ...]:
                 channels=int(cc.channels or 0) if audio else 0,
                 layout=(cc.layout.name if audio and cc.layout is not None else ""),
                 language=_language(s),
-                kind=s.type,
+                kind="attachment" if picture else s.type,
                 start=max(Fraction(0), _seconds(s.start_time, s.time_base) - start) if s.start_time is not None else 0,
                 tag=tag,
                 timecode=_timecode(s.metadata),
+                filename=tags.get("filename", ""),
+                mimetype=tags.get("mimetype", ""),
+                attached_picture=picture,
             )
         )
     return tuple(out)
@@ -1413,19 +1429,25 @@ _SUBTITLE_COPY = {
 _DATA_TAGS = {"mp4": {"tmcd", "gpmd"}, "mov": {"tmcd", "gpmd"}}  # data tracks the MP4/MOV muxer writes
 
 
-def stream_plan(muxer: str, streams: Sequence[StreamInfo], source: int) -> tuple[list[str], list[str]]:
+def stream_plan(
+    muxer: str, streams: Sequence[StreamInfo], source: int, files: Mapping[int, Any] | None = None
+) -> tuple[list[str], list[str]]:
     """FFmpeg arguments that keep ``streams`` of input ``source`` in a ``muxer`` file, and what cannot be kept.
 
     Audio is copied when the container takes its codec, else re-encoded
     (AAC; Opus for WebM; MP3 for AVI). Text subtitles are copied or converted
     to the container's text format; picture subtitles, attachments and data
     tracks are copied where the container holds them. Each stream keeps its
-    own start and length, its language and disposition. Returns
-    ``(arguments, dropped)``: ``dropped`` names each stream left out and why.
+    own start and length, its language and disposition. An image attachment
+    (:attr:`StreamInfo.attached_picture`) is attached from its file in
+    ``files`` (stream index -> path, written by :class:`VideoWriter`).
+    Returns ``(arguments, dropped)``: ``dropped`` names each stream left out
+    and why.
     """
     args: list[str] = []
     dropped: list[str] = []
     out = {"audio": 0, "subtitle": 0, "data": 0, "attachment": 0}
+    attached: list[tuple[StreamInfo, Any]] = []  # attachments ffmpeg adds after every mapped stream
 
     def keep(s: StreamInfo, *codec_args: str) -> None:
         k = out[s.kind]
@@ -1456,7 +1478,12 @@ def stream_plan(muxer: str, streams: Sequence[StreamInfo], source: int) -> tuple
             else:
                 dropped.append(f"{what}: {muxer.upper()} cannot hold these subtitles")
         elif s.kind == "attachment":
-            if muxer == "matroska":
+            if muxer == "matroska" and s.attached_picture:
+                if files is None or s.index not in files:
+                    dropped.append(f"{what}: the attachment's file was not extracted")
+                else:
+                    attached.append((s, files[s.index]))
+            elif muxer == "matroska":
                 keep(s, "-c:#", "copy")
             else:
                 dropped.append(f"{what}: only Matroska holds attachments")
@@ -1469,7 +1496,40 @@ def stream_plan(muxer: str, streams: Sequence[StreamInfo], source: int) -> tuple
                 dropped.append(f"{what}: {muxer.upper()} cannot hold this data track")
         else:
             dropped.append(f"{what}: a second picture stream (cover art) is not kept")
+    for k, (s, path) in enumerate(attached, start=out["attachment"]):
+        args += ["-attach", ffmpeg_path(path)]
+        args += [f"-metadata:s:t:{k}", f"mimetype={s.mimetype}", f"-metadata:s:t:{k}", f"filename={s.filename}"]
     return args, dropped
+
+
+def _extract_attachments(src: str | os.PathLike[str], files: Mapping[int, Path]) -> None:
+    """Write the image attachments of ``src`` (stream index -> path in ``files``), each into its own file.
+
+    FFmpeg presents a Matroska image attachment as a one-packet picture
+    stream, which ``ffmpeg -attach`` cannot copy from another file: its bytes
+    are that packet's. Those packets come first (FFmpeg queues them when the
+    file opens), so the rest of the file is not read.
+    """
+    import av
+
+    got: dict[int, bytes] = {}
+    try:
+        with av.open(ffmpeg_path(src)) as c:
+            for packet in c.demux(*(c.streams[i] for i in files)):
+                if packet.size:
+                    got.setdefault(packet.stream.index, bytes(packet))
+                if len(got) == len(files):
+                    break
+    except Exception as exc:  # noqa: BLE001 - PyAV raises its own errors; one line for the user
+        raise VideoError(f"{src}: cannot read the attachments ({_av_reason(exc)})") from None
+    for index, path in files.items():
+        if index not in got:
+            raise VideoError(f"{src}: stream {index} (attachment) has no data")
+        try:
+            with open(path, "xb") as f:
+                f.write(got[index])
+        except OSError as exc:
+            raise VideoError(f"{path}: cannot write the attachment ({exc.strerror or exc})") from None
 
 
 def encode_args(
@@ -1478,11 +1538,13 @@ def encode_args(
     streams: Sequence[StreamInfo],
     source: int | None,
     extra: Sequence[str] = (),
+    files: Mapping[int, Any] | None = None,
 ) -> list[str]:
     """Output side of the ffmpeg command: maps, filters, codecs, the other streams, muxer, name.
 
     ``streams`` of input ``source`` are kept as :func:`stream_plan` says, with
-    the file's metadata and chapters. No stream is cut to another's length.
+    the file's metadata and chapters, image attachments from ``files``. No
+    stream is cut to another's length.
     """
     args = ["-map", "0:v:0"]
     if plan.filters:
@@ -1490,7 +1552,7 @@ def encode_args(
     args += plan.video_args
     args += plan.video_tags
     if source is not None and streams and plan.muxer != "gif":
-        args += stream_plan(plan.muxer, streams, source)[0]
+        args += stream_plan(plan.muxer, streams, source, files)[0]
         args += ["-map_metadata", str(source), "-map_chapters", str(source)]
     else:
         args += ["-map_chapters", "-1"]
@@ -1598,6 +1660,7 @@ class VideoWriter:
         self._streams: tuple[StreamInfo, ...] | None = None
         self._video_tmp: Path | None = None  # the encoded video before its frames get their times
         self._scratch: list[Path] = []  # temporaries removed whatever happens
+        self._attachments: dict[int, Path] | None = None
 
     def kept_streams(self) -> tuple[StreamInfo, ...]:
         """The streams of ``audio_from`` offered to the output (the container may refuse some: :attr:`notes`)."""
@@ -1610,12 +1673,24 @@ class VideoWriter:
                 self._streams = probe_streams(self.audio_from)
         return self._streams
 
+    def attachment_files(self) -> dict[int, Path]:
+        """Where the image attachments kept are extracted to (stream index -> temporary beside ``dst``)."""
+        if self._attachments is None:
+            pictures = [s for s in self.kept_streams() if s.attached_picture]
+            keep = self.encoder_plan.muxer == "matroska"
+            self._attachments = {
+                s.index: temp_path_for(self.dst.with_name(f"{self.dst.stem}.attachment{s.index}"))
+                for s in (pictures if keep else ())
+            }
+        return self._attachments
+
     @property
     def notes(self) -> list[str]:
         """One line per property or stream of the source the output cannot keep (empty: everything kept)."""
         lines = [f"{self.dst}: {n}" for n in self.encoder_plan.notes]
         streams = self.kept_streams()
-        lines += [f"{self.dst}: {d}" for d in stream_plan(self.encoder_plan.muxer, streams, 1)[1]]
+        plan = stream_plan(self.encoder_plan.muxer, streams, 1, self.attachment_files())
+        lines += [f"{self.dst}: {d}" for d in plan[1]]
         if self.encoder_plan.muxer == "avi":
             late = [s for s in streams if s.kind == "audio" and abs(s.start - self.info.offset) > Fraction(1, 1000)]
             lines += [
@@ -1673,7 +1748,8 @@ class VideoWriter:
         if streams and plan.muxer != "gif":
             cmd += ["-i", ffmpeg_path(self.audio_from)]  # type: ignore[arg-type]
             source = 1
-        return cmd + encode_args(plan, ffmpeg_path(tmp or self.dst), streams, source)
+        files = self.attachment_files()
+        return cmd + encode_args(plan, ffmpeg_path(tmp or self.dst), streams, source, files=files)
 
     def _mux_timed(self, tmp: Path) -> None:
         """Variable rate: the encoded video (frame i at i/fps) gets each frame's own time, then the other
@@ -1691,7 +1767,7 @@ class VideoWriter:
         if streams:
             cmd += ["-i", ffmpeg_path(self.audio_from)]  # type: ignore[arg-type]
         copy = dataclasses.replace(self.encoder_plan, filters="", video_args=["-c:v", "copy"])
-        cmd += encode_args(copy, ffmpeg_path(tmp), streams, 1 if streams else None)
+        cmd += encode_args(copy, ffmpeg_path(tmp), streams, 1 if streams else None, files=self.attachment_files())
         proc = _run(cmd)
         if proc.returncode != 0:
             said = last_lines(proc.stderr.decode("utf-8", "replace")) or _exit_reason(proc.returncode)
@@ -1711,10 +1787,15 @@ class VideoWriter:
                 if self.retimed:
                     self._video_tmp = temp_path_for(self.dst.with_suffix(".nut"))
                     self._scratch.append(self._video_tmp)
+                files = self.attachment_files()
+                if files and self.audio_from is not None:
+                    self._scratch.extend(files.values())
+                    _extract_attachments(self.audio_from, files)
                 cmd = self.command(self._video_tmp or tmp)
                 self._proc = _spawn(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
             except BaseException as exc:
                 atomic.__exit__(type(exc), exc, exc.__traceback__)
+                self._drop_scratch()
                 self._done = True
                 if isinstance(exc, OSError):
                     raise VideoError(f"{self.dst}: cannot start ffmpeg ({exc})") from None

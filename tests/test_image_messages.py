@@ -5,14 +5,17 @@ from __future__ import annotations
 import logging
 import struct
 import threading
+import zlib
 from pathlib import Path
 
+import cv2
 import numpy as np
 import tifffile
 from PIL import Image, ImageFile
 
 from tiler.errors import InputError
 from tiler.io.images import probe_image, read_image, write_image
+from tiler.io.png import PNG_SIGNATURE, png_chunk, png_chunks
 
 H, W = 12, 17
 
@@ -185,3 +188,22 @@ def test_reduced_resolution_pages_are_not_counted_as_lost(tmp_path, caplog):
         info = probe_image(src)
     assert info.shape[:2] == a.shape
     assert [r.getMessage() for r in caplog.records if r.name == "tiler.io"] == []
+
+
+def test_sixteen_bit_png_with_a_damaged_profile_reads_quietly(tmp_path, capfd):
+    """The 16-bit reader (OpenCV's libpng) would print "libpng warning: iCCP: too short" on stderr."""
+    a = np.arange(H * W * 3, dtype=np.uint16).reshape(H, W, 3) * 97
+    ok, buf = cv2.imencode(".png", a[:, :, ::-1])  # OpenCV stores BGR
+    assert ok
+    data = PNG_SIGNATURE
+    for kind, payload in png_chunks(bytes(buf)):
+        data += png_chunk(kind, payload)
+        if kind == b"IHDR":
+            data += png_chunk(b"iCCP", b"ICC Profile\x00\x00" + zlib.compress(b"too short"))
+    src = tmp_path / "bogus-icc.png"
+    src.write_bytes(data)
+    capfd.readouterr()
+    info = probe_image(src)
+    assert (info.dtype, info.channels) == (np.uint16, 3)
+    np.testing.assert_array_equal(read_image(info), a)
+    assert capfd.readouterr() == ("", "")

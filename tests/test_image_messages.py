@@ -207,3 +207,20 @@ def test_sixteen_bit_png_with_a_damaged_profile_reads_quietly(tmp_path, capfd):
     assert (info.dtype, info.channels) == (np.uint16, 3)
     np.testing.assert_array_equal(read_image(info), a)
     assert capfd.readouterr() == ("", "")
+
+
+def test_command_line_prints_input_notes_as_its_own_warnings(tmp_path, capfd):
+    from tiler.cli import main
+
+    damaged = tmp_path / "t_badtag.tif"
+    _damaged_tag_tiff(damaged)
+    pages = tmp_path / "pages.tif"
+    tifffile.imwrite(pages, np.zeros((2, H, W), np.uint8), photometric="minisblack")
+    capfd.readouterr()
+    for src in (damaged, pages):
+        assert main([str(src), "-f", "invert", "-o", str(tmp_path / f"o-{src.name}"), "-w", "0", "-q"]) == 0
+    out, err = capfd.readouterr()
+    lines = err.splitlines()
+    assert lines and all(line.startswith("tileproc: warning: ") for line in lines), err
+    assert any(line.startswith(f"tileproc: warning: {damaged}: damaged TIFF tags (") for line in lines)
+    assert lines[-1] == f"tileproc: warning: {pages}: a multi-page TIFF: only page 1 of 2 is read (page 2 is left out)"

@@ -265,7 +265,8 @@ def probe(path: Path, max_pixels: int) -> ImageInfo:
         dpi = _resolution(page)
         pages = _page_count(tif)
     if pages > 1:
-        log.warning("%s: a multi-page TIFF: only page 1 of %d is read (pages 2 to %d are left out)", path, pages, pages)
+        rest = "page 2 is" if pages == 2 else f"pages 2 to {pages} are"
+        log.warning("%s: a multi-page TIFF: only page 1 of %d is read (%s left out)", path, pages, rest)
     if mode in ("P", "PA"):
         dtype = np.dtype(np.uint8)
     note(path, "damaged TIFF tags", quiet.messages)

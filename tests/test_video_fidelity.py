@@ -281,6 +281,27 @@ def test_interlaced_keeps_field_order_and_filters_woven_frames(interlaced, tmp_p
     assert np.all(np.abs(lines[2:-2] - 128) < 40)  # a spatial filter mixes the two fields
 
 
+def test_interlaced_h264_keeps_top_field_first_in_matroska(tmp_path):
+    # MPEG-TS keeps the bitstream's order (tt); FFmpeg tags its own interlaced H.264 encodes
+    # tb ("top coded first, bottom displayed first"), which Matroska would store as "swapped"
+    src = tmp_path / "tt.ts"
+    ff(
+        "-f", "lavfi", "-i", "color=c=white:s=64x24:r=50:d=0.2", "-f", "lavfi", "-i", "color=c=black:s=64x24:r=50:d=0.2",
+        "-filter_complex", "[0][1]interleave,tinterlace=interleave_top,setfield=tff[v]",
+        "-map", "[v]", *X264, "-flags", "+ildct+ilme", "-field_order", "tt", str(src),
+    )  # fmt: skip
+    info = probe_video(src)
+    assert info.field_order == "tt"
+    dst = tmp_path / "out.mkv"
+    copy_video(src, dst)
+    with av.open(str(dst)) as c:
+        assert c.streams.video[0].codec_context.field_order == 2  # AV_FIELD_TT
+    out = probe_video(dst)
+    assert out.field_order == "tt" and out.frame_count == info.frame_count
+    lines = read_all(out)[..., 0].astype(int).mean(axis=(0, 2))
+    assert lines[0::2].min() > 200 and lines[1::2].max() < 55  # the fields, woven as they were
+
+
 @pytest.mark.parametrize("sar", ["1/1", "4/3"])
 def test_sample_aspect_ratio_and_languages_kept(tmp_path, sar):
     src = tmp_path / "sar.mp4"

@@ -1711,6 +1711,29 @@ class VideoWriter:
             and len(info.timestamps) >= info.frame_count
         )
 
+    @property
+    def _field_order_args(self) -> list[str]:
+        """The source's field order for a Matroska remux of interlaced H.264.
+
+        FFmpeg's command line tags each interlaced H.264 encode "top (or bottom)
+        coded first, displayed second" (tb/bt) whatever ``-field_order`` says,
+        and the Matroska muxer stores that tag; a stream copy takes the option.
+        """
+        info, plan = self.info, self.encoder_plan
+        if (
+            info.interlaced
+            and info.field_order in ("tt", "bb")
+            and plan.codec == "libx264"
+            and plan.muxer == "matroska"
+        ):
+            return ["-field_order", info.field_order]
+        return []
+
+    @property
+    def _remuxed(self) -> bool:
+        """The video is encoded alone into a NUT file, then copied into the output with the other streams."""
+        return self.retimed or bool(self._field_order_args)
+
     def _offset_args(self, streams: Sequence[StreamInfo]) -> list[str]:
         """Where the video starts on the file's clock, when other streams share it."""
         same = self.audio_from is not None and Path(self.audio_from) == Path(self.info.path)
@@ -1721,13 +1744,14 @@ class VideoWriter:
     def command(self, tmp: str | os.PathLike[str] | None = None) -> list[str]:
         """The ffmpeg command line this writer runs (to ``tmp``, default ``dst``).
 
-        For a variable-rate video (:attr:`retimed`) it encodes the video alone
-        into ``tmp`` (NUT); :meth:`close` then sets each frame's time and adds
-        the other streams.
+        For a variable-rate video (:attr:`retimed`), or interlaced H.264 in
+        Matroska, it encodes the video alone into ``tmp`` (NUT); :meth:`close`
+        then sets each frame's time (or the field order) and adds the other
+        streams.
         """
         info = self.info
         cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-nostats", "-loglevel", "error"]
-        streams = () if self.retimed else self.kept_streams()
+        streams = () if self._remuxed else self.kept_streams()
         cmd += self._offset_args(streams)
         cmd += [
             "-f",
@@ -1742,7 +1766,7 @@ class VideoWriter:
             "pipe:0",
         ]
         plan = self.encoder_plan
-        if self.retimed:
+        if self._remuxed:
             plan = dataclasses.replace(plan, muxer="nut", video_tags=())
         source = None
         if streams and plan.muxer != "gif":
@@ -1754,19 +1778,22 @@ class VideoWriter:
     def _mux_timed(self, tmp: Path) -> None:
         """Variable rate: the encoded video (frame i at i/fps) gets each frame's own time, then the other
         streams join it in ``tmp``. FFmpeg's command line cannot give raw frames their times; PyAV
-        rewrites the packets' timestamps without decoding."""
-        timed = self._video_tmp.with_name(self._video_tmp.name.replace(".nut", ".timed.nut"))
-        self._scratch.append(timed)
-        try:
-            _retime(self._video_tmp, timed, self.info, self.frames_written)
-        except Exception as exc:  # noqa: BLE001 - PyAV raises its own errors; one line for the user
-            raise VideoError(f"{self.dst}: cannot set the frames' times ({_av_reason(exc)})") from None
+        rewrites the packets' timestamps without decoding. Interlaced H.264 gets its field order here."""
+        assert self._video_tmp is not None
+        timed = self._video_tmp
+        if self.retimed:
+            timed = self._video_tmp.with_name(self._video_tmp.name.replace(".nut", ".timed.nut"))
+            self._scratch.append(timed)
+            try:
+                _retime(self._video_tmp, timed, self.info, self.frames_written)
+            except Exception as exc:  # noqa: BLE001 - PyAV raises its own errors; one line for the user
+                raise VideoError(f"{self.dst}: cannot set the frames' times ({_av_reason(exc)})") from None
         streams = self.kept_streams()
         cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-nostats", "-loglevel", "error"]
         cmd += self._offset_args(streams) + ["-i", ffmpeg_path(timed)]
         if streams:
             cmd += ["-i", ffmpeg_path(self.audio_from)]  # type: ignore[arg-type]
-        copy = dataclasses.replace(self.encoder_plan, filters="", video_args=["-c:v", "copy"])
+        copy = dataclasses.replace(self.encoder_plan, filters="", video_args=["-c:v", "copy", *self._field_order_args])
         cmd += encode_args(copy, ffmpeg_path(tmp), streams, 1 if streams else None, files=self.attachment_files())
         proc = _run(cmd)
         if proc.returncode != 0:
@@ -1784,7 +1811,7 @@ class VideoWriter:
             atomic = atomic_output(self.dst, inputs=inputs, overwrite=self.overwrite)
             tmp = atomic.__enter__()
             try:
-                if self.retimed:
+                if self._remuxed:
                     self._video_tmp = temp_path_for(self.dst.with_suffix(".nut"))
                     self._scratch.append(self._video_tmp)
                 files = self.attachment_files()

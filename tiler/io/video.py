@@ -38,17 +38,23 @@ Policies (each one a promise of ``DESIGN.md``):
   its own start and length (nothing is cut to the video's length): audio
   copied when the container takes its codec (else AAC; Opus for WebM; MP3
   for AVI), subtitles copied or converted to the container's text format
-  (``mov_text`` in MP4/MOV, WebVTT in WebM), attachments (Matroska), data
+  (``mov_text`` in MP4/MOV, WebVTT in WebM), attachments (Matroska; image
+  attachments too, which FFmpeg presents as pictures), data
   tracks MP4/MOV can write (GoPro metadata), the timecode (a timecode track in
   MP4/MOV, a tag in Matroska), chapters and metadata.
   What cannot be kept (attachments outside Matroska, picture subtitles in
   MP4, anything in GIF, an audio start offset in AVI, which starts all
   streams together) is said in one line per stream (``VideoWriter.notes``).
-* **Flags.** Language tags (video and every stream), the sample aspect ratio
-  (also when it is tagged 1:1) and the colour tags are kept.
+* **Flags.** Language tags (video and every stream; MOV takes the
+  bibliographic ISO 639-2 code: ``deu`` is written ``ger``), stream titles,
+  the sample aspect ratio (also when it is tagged 1:1) and the colour tags are
+  kept. GIF has square pixels and WebM stores the displayed width in whole
+  pixels: a sample aspect ratio they cannot hold is said in a note.
 * **Fields.** Interlaced input is never deinterlaced: each frame is filtered
   as stored, both fields woven together, and encoded as interlaced pictures
-  with the source's field order (H.264: ``+ildct+ilme``, ``setfield``). A
+  with the source's field order (H.264: ``+ildct+ilme``, ``setfield``; in
+  Matroska the order is set again by a stream copy, since ffmpeg tags its
+  own interlaced encodes "coded first, displayed second"). A
   pointwise filter (``invert``, ``gamma``...) treats each field exactly as it
   would alone; a spatial filter (``blur``, ``median``...) reaches across
   lines, so it mixes the two fields, which are 1/50 or 1/60 s apart:

@@ -194,20 +194,18 @@ def test_closing_never_swaps_the_callers_signal_handlers():
 
 def test_an_interrupt_during_close_still_releases_everything(monkeypatch):
     """Ctrl-C arriving mid-cleanup: the cleanup finishes (the leak fixture checks), then it is raised."""
-    from tiler.sharedmem import FrameRing
-
-    real_close = FrameRing.close
+    engine = Engine(workers=2, inline_below=0)
+    engine.process(np.zeros((300, 400, 3), np.uint8), "invert")
+    real_close = engine._ring.close
     calls = []
 
-    def interrupted_once(self):
+    def interrupted_once():
         calls.append(1)
         if len(calls) == 1:
             raise KeyboardInterrupt
-        real_close(self)
+        real_close()
 
-    monkeypatch.setattr(FrameRing, "close", interrupted_once)
-    engine = Engine(workers=2, inline_below=0)
-    engine.process(np.zeros((300, 400, 3), np.uint8), "invert")
+    monkeypatch.setattr(engine._ring, "close", interrupted_once)
     with pytest.raises(KeyboardInterrupt):
         engine.close()
     assert len(calls) == 2 and not engine.started

@@ -30,3 +30,17 @@ def test_quality_on_png_says_it_is_ignored(tmp_path, capsys):
     assert err.count("\n") == 1 and "--quality" in err and "ignored for .png" in err
     assert main([str(src), "-f", "invert", "-o", str(tmp_path / "o.jpg"), "--quality", "50", "-q"]) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_a_symbolic_link_loop_in_a_folder_is_named_as_one(tmp_path, capsys):
+    src = tmp_path / "in"
+    src.mkdir()
+    _png(src / "a.png")
+    (src / "loop.png").symlink_to(src / "back.png")
+    (src / "back.png").symlink_to(src / "loop.png")
+    (src / "dangling.png").symlink_to(tmp_path / "nope.png")
+    assert main([str(src), "-f", "invert", "-o", str(tmp_path / "out"), "-w", "0", "-q"]) == 1
+    err = capsys.readouterr().err
+    assert f"{src / 'loop.png'}: a symbolic link loop" in err and f"{src / 'back.png'}: a symbolic link loop" in err
+    assert f"{src / 'dangling.png'}: a broken symbolic link" in err
+    assert (tmp_path / "out" / "a.png").is_file()

@@ -5,14 +5,17 @@ from __future__ import annotations
 import logging
 import struct
 import threading
+import zlib
 from pathlib import Path
 
+import cv2
 import numpy as np
 import tifffile
 from PIL import Image, ImageFile
 
 from tiler.errors import InputError
 from tiler.io.images import probe_image, read_image, write_image
+from tiler.io.png import PNG_SIGNATURE, png_chunk, png_chunks
 
 H, W = 12, 17
 
@@ -161,3 +164,63 @@ def test_no_library_warning_is_raised_on_damaged_metadata(tmp_path):
             info = probe_image(path)
             write_image(read_image(info), tmp_path / f"o-{path.stem}.jpg", info)
     assert [str(w.message) for w in caught] == []
+
+
+def test_multi_page_tiff_says_which_pages_are_left_out(tmp_path, caplog):
+    pages = np.arange(3 * H * W, dtype=np.uint16).reshape(3, H, W)
+    src = tmp_path / "pages.tif"
+    tifffile.imwrite(src, pages, photometric="minisblack")  # three gray pages
+    with caplog.at_level(logging.WARNING, logger="tiler.io"):
+        info = probe_image(src)
+        got = read_image(info)
+    np.testing.assert_array_equal(got, pages[0])
+    lines = [r.getMessage() for r in caplog.records if r.name == "tiler.io"]
+    assert lines == [f"{src}: a multi-page TIFF: only page 1 of 3 is read (pages 2 to 3 are left out)"]
+
+
+def test_reduced_resolution_pages_are_not_counted_as_lost(tmp_path, caplog):
+    a = np.arange(H * W * 4, dtype=np.uint8).reshape(2 * H, 2 * W)
+    src = tmp_path / "preview.tif"
+    with tifffile.TiffWriter(src) as tif:
+        tif.write(a)
+        tif.write(a[::2, ::2], subfiletype=1)  # a reduced-resolution copy of the image
+    with caplog.at_level(logging.WARNING, logger="tiler.io"):
+        info = probe_image(src)
+    assert info.shape[:2] == a.shape
+    assert [r.getMessage() for r in caplog.records if r.name == "tiler.io"] == []
+
+
+def test_sixteen_bit_png_with_a_damaged_profile_reads_quietly(tmp_path, capfd):
+    """The 16-bit reader (OpenCV's libpng) would print "libpng warning: iCCP: too short" on stderr."""
+    a = np.arange(H * W * 3, dtype=np.uint16).reshape(H, W, 3) * 97
+    ok, buf = cv2.imencode(".png", a[:, :, ::-1])  # OpenCV stores BGR
+    assert ok
+    data = PNG_SIGNATURE
+    for kind, payload in png_chunks(bytes(buf)):
+        data += png_chunk(kind, payload)
+        if kind == b"IHDR":
+            data += png_chunk(b"iCCP", b"ICC Profile\x00\x00" + zlib.compress(b"too short"))
+    src = tmp_path / "bogus-icc.png"
+    src.write_bytes(data)
+    capfd.readouterr()
+    info = probe_image(src)
+    assert (info.dtype, info.channels) == (np.uint16, 3)
+    np.testing.assert_array_equal(read_image(info), a)
+    assert capfd.readouterr() == ("", "")
+
+
+def test_command_line_prints_input_notes_as_its_own_warnings(tmp_path, capfd):
+    from tiler.cli import main
+
+    damaged = tmp_path / "t_badtag.tif"
+    _damaged_tag_tiff(damaged)
+    pages = tmp_path / "pages.tif"
+    tifffile.imwrite(pages, np.zeros((2, H, W), np.uint8), photometric="minisblack")
+    capfd.readouterr()
+    for src in (damaged, pages):
+        assert main([str(src), "-f", "invert", "-o", str(tmp_path / f"o-{src.name}"), "-w", "0", "-q"]) == 0
+    out, err = capfd.readouterr()
+    lines = err.splitlines()
+    assert lines and all(line.startswith("tileproc: warning: ") for line in lines), err
+    assert any(line.startswith(f"tileproc: warning: {damaged}: damaged TIFF tags (") for line in lines)
+    assert lines[-1] == f"tileproc: warning: {pages}: a multi-page TIFF: only page 1 of 2 is read (page 2 is left out)"

@@ -35,7 +35,8 @@ def copy_video(src: Path, dst: Path, *, info=None, **kw) -> VideoWriter:
     """Decode ``src`` and encode it again into ``dst`` (the identity chain without the engine)."""
     info = info or probe_video(src)
     frames = read_all(info)
-    with VideoWriter(dst, info, preset="ultrafast", **kw) as w:
+    kw.setdefault("preset", "ultrafast")
+    with VideoWriter(dst, info, **kw) as w:
         for f in frames:
             w.write(f)
     return w
@@ -149,6 +150,28 @@ def test_variable_rate_gap_every_frame_once_at_its_own_time(gap_clip, tmp_path, 
     assert _matches(read_all(out), source) == list(range(48))  # each source frame once, in order
 
 
+def _reordered(path: Path) -> bool:
+    """Whether the video's packets come in another order than their frames are shown (B-frames)."""
+    with av.open(str(path)) as c:
+        pts = [p.pts for p in c.demux(c.streams.video[0]) if p.size]
+    return pts != sorted(pts)
+
+
+@pytest.mark.parametrize("ext", [".mp4", ".mkv", ".mov"])
+def test_variable_rate_gap_with_b_frames_keeps_every_frame_time(gap_clip, tmp_path, ext):
+    # x264's "veryfast" preset reorders frames (B-frames): the encoder delays its output by
+    # two frames, and packets come in decode order; every frame must still keep its own time.
+    info = probe_video(gap_clip)
+    source = read_all(info)
+    dst = tmp_path / f"out{ext}"
+    copy_video(gap_clip, dst, preset="veryfast")
+    assert _reordered(dst)
+    out = probe_video(dst)
+    assert out.frame_count == 48 and out.variable_rate
+    assert np.allclose(seconds(out), seconds(info), atol=0.0011)
+    assert _matches(read_all(out), source) == list(range(48))
+
+
 def test_constant_rate_on_request(gap_clip, tmp_path):
     info = probe_video(gap_clip).at_rate(24)
     assert info.frame_count == 7 * 24 and not info.variable_rate  # from the first frame to the end of the last
@@ -258,6 +281,27 @@ def test_interlaced_keeps_field_order_and_filters_woven_frames(interlaced, tmp_p
     assert np.all(np.abs(lines[2:-2] - 128) < 40)  # a spatial filter mixes the two fields
 
 
+def test_interlaced_h264_keeps_top_field_first_in_matroska(tmp_path):
+    # MPEG-TS keeps the bitstream's order (tt); FFmpeg tags its own interlaced H.264 encodes
+    # tb ("top coded first, bottom displayed first"), which Matroska would store as "swapped"
+    src = tmp_path / "tt.ts"
+    ff(
+        "-f", "lavfi", "-i", "color=c=white:s=64x24:r=50:d=0.2", "-f", "lavfi", "-i", "color=c=black:s=64x24:r=50:d=0.2",
+        "-filter_complex", "[0][1]interleave,tinterlace=interleave_top,setfield=tff[v]",
+        "-map", "[v]", *X264, "-flags", "+ildct+ilme", "-field_order", "tt", str(src),
+    )  # fmt: skip
+    info = probe_video(src)
+    assert info.field_order == "tt"
+    dst = tmp_path / "out.mkv"
+    copy_video(src, dst)
+    with av.open(str(dst)) as c:
+        assert c.streams.video[0].codec_context.field_order == 2  # AV_FIELD_TT
+    out = probe_video(dst)
+    assert out.field_order == "tt" and out.frame_count == info.frame_count
+    lines = read_all(out)[..., 0].astype(int).mean(axis=(0, 2))
+    assert lines[0::2].min() > 200 and lines[1::2].max() < 55  # the fields, woven as they were
+
+
 @pytest.mark.parametrize("sar", ["1/1", "4/3"])
 def test_sample_aspect_ratio_and_languages_kept(tmp_path, sar):
     src = tmp_path / "sar.mp4"
@@ -332,3 +376,85 @@ def test_one_rate_containers_take_the_average_rate_and_say_so(gap_clip, tmp_path
     copy_video(gap_clip, dst, info=at)
     out = probe_video(dst)
     assert (out.frame_count, out.fps, out.variable_rate) == (at.frame_count, at.fps, False)
+
+
+@pytest.fixture(scope="module")
+def tagged(tmp_path_factory) -> Path:
+    """Matroska: 64x48 at sample aspect ratio 4:3 (85.33 pixels wide shown), a titled German video, German
+    subtitles."""
+    d = tmp_path_factory.mktemp("tagged")
+    srt = d / "subs.srt"
+    srt.write_text("1\n00:00:00,100 --> 00:00:00,300\nHallo\n\n")
+    path = d / "tagged.mkv"
+    ff(
+        "-f", "lavfi", "-i", "testsrc2=s=64x48:r=25:d=0.4,setsar=4/3", "-i", str(srt),
+        "-map", "0", "-map", "1", *X264, "-c:s", "srt",
+        "-metadata:s:v", "title=Main picture", "-metadata:s:v", "language=deu",
+        "-metadata:s:s", "language=deu", "-metadata:s:s", "title=Deutsch", str(path),
+    )  # fmt: skip
+    return path
+
+
+def _stream_tags(path: Path) -> list[dict[str, str]]:
+    with av.open(str(path)) as c:
+        return [{k.lower(): v for k, v in s.metadata.items()} for s in c.streams]
+
+
+@pytest.mark.parametrize("ext", [".mkv", ".mp4", ".mov", ".webm"])
+def test_video_title_and_languages_kept(tagged, tmp_path, ext):
+    dst = tmp_path / f"out{ext}"
+    copy_video(tagged, dst)
+    video, subs = _stream_tags(dst)
+    assert video.get("title", video.get("name")) == "Main picture" and probe_video(dst).title == "Main picture"
+    assert subs.get("title", subs.get("name")) == "Deutsch"
+    german = "ger" if ext == ".mov" else "deu"  # QuickTime knows the bibliographic code only
+    assert video["language"] == subs["language"] == german
+
+
+def test_sample_aspect_ratio_a_container_cannot_hold_is_said(tagged, tmp_path):
+    mkv = tmp_path / "out.mkv"
+    assert copy_video(tagged, mkv).notes == []
+    assert probe_video(mkv).sample_aspect == Fraction(4, 3)
+    webm = tmp_path / "out.webm"
+    w = copy_video(tagged, webm)
+    shown = probe_video(webm).sample_aspect
+    assert w.notes == [
+        f"{webm}: sample aspect ratio 4:3: WebM stores the displayed width in whole pixels: 85x48 "
+        f"(sample aspect ratio {shown.numerator}:{shown.denominator})"
+    ]
+    gif = tmp_path / "out.gif"
+    w = copy_video(tagged, gif)
+    assert w.notes[0] == f"{gif}: sample aspect ratio 4:3: GIF has square pixels (written unstretched)"
+    with av.open(str(gif)) as c:
+        assert (c.streams.video[0].width, c.streams.video[0].height) == (64, 48)
+
+
+def test_mkv_keeps_image_attachments_as_attachments(tmp_path):
+    """FFmpeg presents a Matroska PNG attachment as a picture (attached_pic): it stays an attachment."""
+    d = tmp_path / "src"
+    d.mkdir()
+    png = d / "cover.png"
+    ff("-f", "lavfi", "-i", "color=c=red:s=16x16:d=1", "-frames:v", "1", str(png))
+    text = d / "notes.txt"
+    text.write_text("an attached file\n")
+    src = d / "attached.mkv"
+    ff(
+        "-f", "lavfi", "-i", "testsrc2=s=64x48:r=25:d=0.4", *X264,
+        "-attach", str(text), "-metadata:s:t:0", "mimetype=text/plain",
+        "-attach", str(png), "-metadata:s:t:1", "mimetype=image/png", str(src),
+    )  # fmt: skip
+    info = probe_video(src)
+    assert [(s.kind, s.attached_picture) for s in info.streams] == [("attachment", False), ("attachment", True)]
+    dst = tmp_path / "out.mkv"
+    assert copy_video(src, dst).notes == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mkv", "src"]  # the extracted file is gone
+    with av.open(str(dst)) as c:
+        assert len(c.streams.video) == 2 and [a.data for a in c.streams.attachments] == [b"an attached file\n"]
+        (picture,) = [s for s in c.streams.video if s.disposition & av.stream.Disposition.attached_pic]
+        assert (picture.metadata["filename"], picture.metadata["mimetype"]) == ("cover.png", "image/png")
+        assert [bytes(p) for p in c.demux(picture) if p.size] == [png.read_bytes()]
+    mp4 = tmp_path / "out.mp4"
+    assert copy_video(src, mp4).notes == [
+        f"{mp4}: stream 1 (attachment): only Matroska holds attachments",
+        f"{mp4}: stream 2 (attachment png): only Matroska holds attachments",
+    ]

@@ -14,6 +14,7 @@ error (bad option, unknown filter, bad parameter); 130 interrupted (Ctrl-C);
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import sys
@@ -359,8 +360,17 @@ class _Staged:
         return staging.process_folder(self._engine, src, dst, chain, **options)
 
 
+class _InputNotes(logging.Handler):
+    """Prints the lines tileproc logs about its inputs (``tiler.io``: what it left out or repaired)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(f"tileproc: warning: {_one_line(record.getMessage())}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
+    notes, handler = logging.getLogger("tiler.io"), _InputNotes(logging.WARNING)
+    notes.addHandler(handler)  # else logging's last-resort handler would print them bare
     try:
         with warnings.catch_warnings():  # this process is the command: its warnings print as one line each
             warnings.showwarning = _show_warning
@@ -369,6 +379,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush cannot raise again
         return 128 + signal.SIGPIPE
+    finally:
+        notes.removeHandler(handler)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

@@ -19,6 +19,7 @@ animation), and the sink is written where it says.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 import stat
 from collections.abc import Callable, Iterator
@@ -406,7 +407,10 @@ def plan_folder(
             try:
                 mode = os.stat(path).st_mode  # a link to a file is followed (never to a folder: no loops)
             except OSError as exc:
-                why = "a broken symbolic link" if path.is_symlink() else (exc.strerror or str(exc))
+                if exc.errno == errno.ELOOP:
+                    why = "a symbolic link loop"
+                else:
+                    why = "a broken symbolic link" if path.is_symlink() else (exc.strerror or str(exc))
                 problems.append(FileResult(path, None, InputError(f"{path}: {why}")))
                 continue
             if not stat.S_ISREG(mode):

@@ -516,8 +516,7 @@ def _opencv_pixels(info: ImageInfo) -> np.ndarray:
     except OSError as exc:
         raise InputError(f"{path}: cannot read ({reason(exc)})") from None
     try:
-        for _ in png.png_chunks(data):
-            pass
+        png.strip_for_pixels(data)
     except ContainerError as exc:
         raise corrupt(path, exc) from None
     decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)

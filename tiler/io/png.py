@@ -37,7 +37,16 @@ from tiler.io._image import (
     squeeze,
 )
 
-__all__ = ["PNG_SIGNATURE", "ApngScan", "scan_apng", "png_chunks", "png_chunk", "encode", "AnimationWriter"]
+__all__ = [
+    "PNG_SIGNATURE",
+    "ApngScan",
+    "scan_apng",
+    "png_chunks",
+    "png_chunk",
+    "strip_for_pixels",
+    "encode",
+    "AnimationWriter",
+]
 
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -65,6 +74,29 @@ def png_chunks(data: _Bytes) -> Iterator[tuple[_Bytes, _Bytes]]:
         if kind == b"IEND":
             return
         pos += 12 + size
+
+
+#: The chunks that make a PNG's pixels (tRNS: a colour key the 16-bit reader applies)
+_PIXEL_CHUNKS = {b"IHDR", b"PLTE", b"tRNS", b"IDAT", b"IEND"}
+
+
+def strip_for_pixels(data: bytearray) -> None:
+    """Check every chunk of ``data`` and remove, in place, those that do not make pixels.
+
+    OpenCV's libpng prints its warnings about ancillary chunks (a damaged
+    iCCP profile, a broken text chunk) straight on stderr, with no way to
+    ask for them per call. The metadata is read by Pillow when the file is
+    probed, so OpenCV is handed the pixel chunks alone. Raises
+    :class:`~tiler.errors.ContainerError` like :func:`png_chunks`.
+    """
+    spans, pos = [], 8
+    for kind, payload in png_chunks(data):
+        end = pos + 12 + len(payload)
+        if bytes(kind) not in _PIXEL_CHUNKS:
+            spans.append((pos, end))
+        pos = end
+    for start, end in reversed(spans):  # from the end: earlier offsets stay valid
+        del data[start:end]
 
 
 def png_chunk(kind: bytes, payload: bytes) -> bytes:

@@ -29,7 +29,8 @@ Colour: gray (MinIsBlack/MinIsWhite), RGB, palette (through the one palette
 policy of :mod:`tiler.io._image`), CMYK (uint8, converted to RGB as Pillow
 converts it), YCbCr (converted to RGB), each with an alpha channel when an
 extra sample is declared alpha; extra samples of unspecified meaning are
-dropped. The first page is read. The Orientation tag is applied on read by
+dropped. The first page is read; a file of several pages says so in
+one line (the other pages are left out). The Orientation tag is applied on read by
 tileproc (tifffile returns stored pixels) and written as 1.
 
 Writing keeps 16-bit and float samples, the file's own sample type (when
@@ -62,6 +63,7 @@ from tiler.io._image import (
     clean_exif,
     icc_for,
     ifd_problems,
+    log,
     note,
     palette_for,
     squeeze,
@@ -227,6 +229,13 @@ def _orientation_tag(path: Path) -> int:
     return value if 1 <= value <= 8 else 1
 
 
+def _page_count(tif: tifffile.TiffFile) -> int:
+    """Pages of the file, not counting reduced-resolution copies (previews, thumbnails) of the first."""
+    if len(tif.pages) < 2:
+        return 1
+    return sum(1 for page in tif.pages if not getattr(page, "is_reduced", False))  # a TiffFrame has no flags
+
+
 def probe(path: Path, max_pixels: int) -> ImageInfo:
     """What :func:`read` will return and what :func:`encode` keeps; decodes only int32/uint32/float files."""
     with tifffile_messages() as quiet, tifffile.TiffFile(path) as tif:
@@ -254,6 +263,10 @@ def probe(path: Path, max_pixels: int) -> ImageInfo:
         icc = tags[34675].value if 34675 in tags else None
         xmp = tags[700].value if 700 in tags else None
         dpi = _resolution(page)
+        pages = _page_count(tif)
+    if pages > 1:
+        rest = "page 2 is" if pages == 2 else f"pages 2 to {pages} are"
+        log.warning("%s: a multi-page TIFF: only page 1 of %d is read (%s left out)", path, pages, rest)
     if mode in ("P", "PA"):
         dtype = np.dtype(np.uint8)
     note(path, "damaged TIFF tags", quiet.messages)

@@ -38,17 +38,23 @@ Policies (each one a promise of ``DESIGN.md``):
   its own start and length (nothing is cut to the video's length): audio
   copied when the container takes its codec (else AAC; Opus for WebM; MP3
   for AVI), subtitles copied or converted to the container's text format
-  (``mov_text`` in MP4/MOV, WebVTT in WebM), attachments (Matroska), data
+  (``mov_text`` in MP4/MOV, WebVTT in WebM), attachments (Matroska; image
+  attachments too, which FFmpeg presents as pictures), data
   tracks MP4/MOV can write (GoPro metadata), the timecode (a timecode track in
   MP4/MOV, a tag in Matroska), chapters and metadata.
   What cannot be kept (attachments outside Matroska, picture subtitles in
   MP4, anything in GIF, an audio start offset in AVI, which starts all
   streams together) is said in one line per stream (``VideoWriter.notes``).
-* **Flags.** Language tags (video and every stream), the sample aspect ratio
-  (also when it is tagged 1:1) and the colour tags are kept.
+* **Flags.** Language tags (video and every stream; MOV takes the
+  bibliographic ISO 639-2 code: ``deu`` is written ``ger``), stream titles,
+  the sample aspect ratio (also when it is tagged 1:1) and the colour tags are
+  kept. GIF has square pixels and WebM stores the displayed width in whole
+  pixels: a sample aspect ratio they cannot hold is said in a note.
 * **Fields.** Interlaced input is never deinterlaced: each frame is filtered
   as stored, both fields woven together, and encoded as interlaced pictures
-  with the source's field order (H.264: ``+ildct+ilme``, ``setfield``). A
+  with the source's field order (H.264: ``+ildct+ilme``, ``setfield``; in
+  Matroska the order is set again by a stream copy, since ffmpeg tags its
+  own interlaced encodes "coded first, displayed second"). A
   pointwise filter (``invert``, ``gamma``...) treats each field exactly as it
   would alone; a spatial filter (``blur``, ``median``...) reaches across
   lines, so it mixes the two fields, which are 1/50 or 1/60 s apart:
@@ -94,7 +100,7 @@ import subprocess
 import sys
 import threading
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -206,6 +212,11 @@ class StreamInfo:
         The codec tag (fourcc) as stored, ``""`` when none.
     timecode : str or None
         The start timecode of a timecode track (``"01:00:00:00"``).
+    filename, mimetype : str
+        An attachment's file name and media type (``""`` for other streams).
+    attached_picture : bool
+        An image attachment of a Matroska file, which FFmpeg presents as a
+        picture: it is written back as an attachment, not as a picture stream.
     """
 
     index: int
@@ -218,6 +229,9 @@ class StreamInfo:
     start: Fraction = Fraction(0)
     tag: str = ""
     timecode: str | None = None
+    filename: str = ""
+    mimetype: str = ""
+    attached_picture: bool = False
 
 
 AudioStream = StreamInfo  # the name earlier releases used for audio streams
@@ -290,6 +304,8 @@ class VideoInfo:
         at the source's own instants.
     timecode : str or None
         The start timecode (``"01:00:00:00"``) of the video or its timecode track.
+    title : str or None
+        The video stream's title tag (Matroska's track name), when it has one.
 
     Examples
     --------
@@ -330,6 +346,7 @@ class VideoInfo:
     streams: tuple[StreamInfo, ...] = ()
     resampled: bool = False
     timecode: str | None = None
+    title: str | None = None
 
     @property
     def frame_shape(self) -> tuple[int, int, int]:
@@ -472,6 +489,12 @@ def _language(stream: Any) -> str | None:
     return None if lang in (None, "", "und") else lang
 
 
+def _title(stream: Any) -> str | None:
+    """A stream's title: Matroska's track name, or the ``name`` of an MP4/MOV track's user data."""
+    metadata = stream.metadata or {}
+    return metadata.get("title") or metadata.get("name") or None
+
+
 def _seconds(ticks: int | None, time_base: Any) -> Fraction:
     if ticks is None or time_base is None:
         return Fraction(0)
@@ -480,6 +503,8 @@ def _seconds(ticks: int | None, time_base: Any) -> Fraction:
 
 def _streams(container: Any, skip: int | None = None) -> tuple[StreamInfo, ...]:
     """Every stream but ``skip``, described from FFmpeg's codec parameters."""
+    import av
+
     out = []
     start = _seconds(container.start_time, Fraction(1, 1_000_000)) if container.start_time is not None else 0
     for s in container.streams:
@@ -488,6 +513,9 @@ def _streams(container: Any, skip: int | None = None) -> tuple[StreamInfo, ...]:
         cc = s.codec_context
         name = getattr(cc, "name", None) or "none"
         audio = s.type == "audio"
+        tags = {k.lower(): v for k, v in (s.metadata or {}).items()}
+        # Matroska's image attachments come as pictures marked attached_pic, with the attachment's tags
+        picture = s.type == "video" and bool(s.disposition & av.stream.Disposition.attached_pic) and "mimetype" in tags
         tag = ""
         with contextlib.suppress(Exception):
             tag = str(cc.codec_tag or "").strip("\x00 ")
@@ -499,12 +527,15 @@ def _streams(container: Any, skip: int | None = None) -> tuple[StreamInfo, ...]:
                 channels=int(cc.channels or 0) if audio else 0,
                 layout=(cc.layout.name if audio and cc.layout is not None else ""),
                 language=_language(s),
-                kind=s.type,
+                kind="attachment" if picture else s.type,
                 start=max(Fraction(0), _seconds(s.start_time, s.time_base) - start)
                 if s.start_time is not None
                 else Fraction(0),
                 tag=tag,
                 timecode=_timecode(s.metadata),
+                filename=tags.get("filename", ""),
+                mimetype=tags.get("mimetype", ""),
+                attached_picture=picture,
             )
         )
     return tuple(out)
@@ -775,6 +806,7 @@ def probe_video(path: str | os.PathLike[str], *, max_pixels: int | None = None) 
             timecode=_timecode(stream.metadata)
             or next((s.timecode for s in others if s.timecode), None)
             or _timecode(container.metadata),
+            title=_title(stream),
         )
     return info
 
@@ -1286,7 +1318,8 @@ def encoder_plan(
         # every frame until the end); ordered dithering flickers less from frame to frame.
         vf.append("split[a][b];[a]palettegen=stats_mode=single[p];[b][p]paletteuse=new=1:dither=bayer")
         args += ["-c:v", "gif", "-loop", "0"]
-        return _Plan(muxer, codec, ",".join(vf), (pw, ph), args, None)
+        square = () if info.sample_aspect == 1 else (f"{_sar_text(info)}: GIF has square pixels (written unstretched)",)
+        return _Plan(muxer, codec, ",".join(vf), (pw, ph), args, None, notes=square)
     notes: list[str] = []
     if info.interlaced:
         # Frames are filtered woven (both fields together) and encoded as interlaced
@@ -1336,10 +1369,61 @@ def encoder_plan(
             args += ["-color_range" if k == "range" else f"-{k}", v]
     if info.sample_aspect != 1 or info.sample_aspect_tagged:
         vf.append(f"setsar={info.sample_aspect.numerator}/{info.sample_aspect.denominator}")
-    video_tags: tuple[str, ...] = ("-metadata:s:v:0", f"language={info.language}") if info.language else ()
+        shown = pw * info.sample_aspect
+        if muxer == "webm" and shown.denominator != 1:
+            # WebM (unlike Matroska) stores the display size in whole pixels: ffmpeg's muxer rounds it
+            notes.append(
+                f"{_sar_text(info)}: WebM stores the displayed width in whole pixels: "
+                f"{round(shown)}x{ph} (sample aspect ratio {_ratio(Fraction(round(shown), pw))})"
+            )
+    video_tags: tuple[str, ...] = ()
+    if info.language:
+        video_tags += ("-metadata:s:v:0", f"language={_container_language(muxer, info.language)}")
+    if info.title:
+        video_tags += ("-metadata:s:v:0", f"title={info.title}")
     if info.timecode:  # MP4/MOV get a timecode track from it, Matroska a tag
         video_tags += ("-timecode", info.timecode)
     return _Plan(muxer, codec, ",".join(vf), (pw, ph), args, pix_fmt, video_tags, tuple(notes))
+
+
+def _ratio(r: Fraction) -> str:
+    return f"{r.numerator}:{r.denominator}"
+
+
+def _sar_text(info: VideoInfo) -> str:
+    return f"sample aspect ratio {_ratio(info.sample_aspect)}"
+
+
+# ISO 639-2 has twenty languages with two codes: terminology (T, which Matroska and MP4 take) and
+# bibliographic (B). QuickTime's language table knows only the B codes: the mov muxer writes "und"
+# for a T code. The pairs are fixed by the standard; no library in tileproc's dependencies lists them.
+_ISO639_T_TO_B = {
+    "bod": "tib",
+    "ces": "cze",
+    "cym": "wel",
+    "deu": "ger",
+    "ell": "gre",
+    "eus": "baq",
+    "fas": "per",
+    "fra": "fre",
+    "hye": "arm",
+    "isl": "ice",
+    "kat": "geo",
+    "mkd": "mac",
+    "mri": "mao",
+    "msa": "may",
+    "mya": "bur",
+    "nld": "dut",
+    "ron": "rum",
+    "slk": "slo",
+    "sqi": "alb",
+    "zho": "chi",
+}
+
+
+def _container_language(muxer: str, language: str) -> str:
+    """The language code as ``muxer`` stores it (QuickTime: the bibliographic ISO 639-2 code)."""
+    return _ISO639_T_TO_B.get(language, language) if muxer == "mov" else language
 
 
 _TEXT_SUBTITLES = {"subrip", "srt", "ass", "ssa", "webvtt", "mov_text", "text"}
@@ -1354,25 +1438,33 @@ _SUBTITLE_COPY = {
 _DATA_TAGS = {"mp4": {"tmcd", "gpmd"}, "mov": {"tmcd", "gpmd"}}  # data tracks the MP4/MOV muxer writes
 
 
-def stream_plan(muxer: str, streams: Sequence[StreamInfo], source: int) -> tuple[list[str], list[str]]:
+def stream_plan(
+    muxer: str, streams: Sequence[StreamInfo], source: int, files: Mapping[int, Any] | None = None
+) -> tuple[list[str], list[str]]:
     """FFmpeg arguments that keep ``streams`` of input ``source`` in a ``muxer`` file, and what cannot be kept.
 
     Audio is copied when the container takes its codec, else re-encoded
     (AAC; Opus for WebM; MP3 for AVI). Text subtitles are copied or converted
     to the container's text format; picture subtitles, attachments and data
     tracks are copied where the container holds them. Each stream keeps its
-    own start and length, its language and disposition. Returns
-    ``(arguments, dropped)``: ``dropped`` names each stream left out and why.
+    own start and length, its language and disposition. An image attachment
+    (:attr:`StreamInfo.attached_picture`) is attached from its file in
+    ``files`` (stream index -> path, written by :class:`VideoWriter`).
+    Returns ``(arguments, dropped)``: ``dropped`` names each stream left out
+    and why.
     """
     args: list[str] = []
     dropped: list[str] = []
     out = {"audio": 0, "subtitle": 0, "data": 0, "attachment": 0}
+    attached: list[tuple[StreamInfo, Any]] = []  # attachments ffmpeg adds after every mapped stream
 
     def keep(s: StreamInfo, *codec_args: str) -> None:
         k = out[s.kind]
         letter = {"audio": "a", "subtitle": "s", "data": "d", "attachment": "t"}[s.kind]
         args.extend(["-map", f"{source}:{s.index}"])
         args.extend(a.replace("#", f"{letter}:{k}") for a in codec_args)
+        if s.language and _container_language(muxer, s.language) != s.language:
+            args.extend([f"-metadata:s:{letter}:{k}", f"language={_container_language(muxer, s.language)}"])
         out[s.kind] += 1
 
     for s in streams:
@@ -1395,7 +1487,12 @@ def stream_plan(muxer: str, streams: Sequence[StreamInfo], source: int) -> tuple
             else:
                 dropped.append(f"{what}: {muxer.upper()} cannot hold these subtitles")
         elif s.kind == "attachment":
-            if muxer == "matroska":
+            if muxer == "matroska" and s.attached_picture:
+                if files is None or s.index not in files:
+                    dropped.append(f"{what}: the attachment's file was not extracted")
+                else:
+                    attached.append((s, files[s.index]))
+            elif muxer == "matroska":
                 keep(s, "-c:#", "copy")
             else:
                 dropped.append(f"{what}: only Matroska holds attachments")
@@ -1408,7 +1505,40 @@ def stream_plan(muxer: str, streams: Sequence[StreamInfo], source: int) -> tuple
                 dropped.append(f"{what}: {muxer.upper()} cannot hold this data track")
         else:
             dropped.append(f"{what}: a second picture stream (cover art) is not kept")
+    for k, (s, path) in enumerate(attached, start=out["attachment"]):
+        args += ["-attach", ffmpeg_path(path)]
+        args += [f"-metadata:s:t:{k}", f"mimetype={s.mimetype}", f"-metadata:s:t:{k}", f"filename={s.filename}"]
     return args, dropped
+
+
+def _extract_attachments(src: str | os.PathLike[str], files: Mapping[int, Path]) -> None:
+    """Write the image attachments of ``src`` (stream index -> path in ``files``), each into its own file.
+
+    FFmpeg presents a Matroska image attachment as a one-packet picture
+    stream, which ``ffmpeg -attach`` cannot copy from another file: its bytes
+    are that packet's. Those packets come first (FFmpeg queues them when the
+    file opens), so the rest of the file is not read.
+    """
+    import av
+
+    got: dict[int, bytes] = {}
+    try:
+        with av.open(ffmpeg_path(src)) as c:
+            for packet in c.demux(*(c.streams[i] for i in files)):
+                if packet.size:
+                    got.setdefault(packet.stream.index, bytes(packet))
+                if len(got) == len(files):
+                    break
+    except Exception as exc:  # noqa: BLE001 - PyAV raises its own errors; one line for the user
+        raise VideoError(f"{src}: cannot read the attachments ({_av_reason(exc)})") from None
+    for index, path in files.items():
+        if index not in got:
+            raise VideoError(f"{src}: stream {index} (attachment) has no data")
+        try:
+            with open(path, "xb") as f:
+                f.write(got[index])
+        except OSError as exc:
+            raise VideoError(f"{path}: cannot write the attachment ({exc.strerror or exc})") from None
 
 
 def encode_args(
@@ -1417,11 +1547,13 @@ def encode_args(
     streams: Sequence[StreamInfo],
     source: int | None,
     extra: Sequence[str] = (),
+    files: Mapping[int, Any] | None = None,
 ) -> list[str]:
     """Output side of the ffmpeg command: maps, filters, codecs, the other streams, muxer, name.
 
     ``streams`` of input ``source`` are kept as :func:`stream_plan` says, with
-    the file's metadata and chapters. No stream is cut to another's length.
+    the file's metadata and chapters, image attachments from ``files``. No
+    stream is cut to another's length.
     """
     args = ["-map", "0:v:0"]
     if plan.filters:
@@ -1429,7 +1561,7 @@ def encode_args(
     args += plan.video_args
     args += plan.video_tags
     if source is not None and streams and plan.muxer != "gif":
-        args += stream_plan(plan.muxer, streams, source)[0]
+        args += stream_plan(plan.muxer, streams, source, files)[0]
         args += ["-map_metadata", str(source), "-map_chapters", str(source)]
     else:
         args += ["-map_chapters", "-1"]
@@ -1537,6 +1669,7 @@ class VideoWriter:
         self._streams: tuple[StreamInfo, ...] | None = None
         self._video_tmp: Path | None = None  # the encoded video before its frames get their times
         self._scratch: list[Path] = []  # temporaries removed whatever happens
+        self._attachments: dict[int, Path] | None = None
 
     def kept_streams(self) -> tuple[StreamInfo, ...]:
         """The streams of ``audio_from`` offered to the output (the container may refuse some: :attr:`notes`)."""
@@ -1549,12 +1682,24 @@ class VideoWriter:
                 self._streams = probe_streams(self.audio_from)
         return self._streams
 
+    def attachment_files(self) -> dict[int, Path]:
+        """Where the image attachments kept are extracted to (stream index -> temporary beside ``dst``)."""
+        if self._attachments is None:
+            pictures = [s for s in self.kept_streams() if s.attached_picture]
+            keep = self.encoder_plan.muxer == "matroska"
+            self._attachments = {
+                s.index: temp_path_for(self.dst.with_name(f"{self.dst.stem}.attachment{s.index}"))
+                for s in (pictures if keep else ())
+            }
+        return self._attachments
+
     @property
     def notes(self) -> list[str]:
         """One line per property or stream of the source the output cannot keep (empty: everything kept)."""
         lines = [f"{self.dst}: {n}" for n in self.encoder_plan.notes]
         streams = self.kept_streams()
-        lines += [f"{self.dst}: {d}" for d in stream_plan(self.encoder_plan.muxer, streams, 1)[1]]
+        plan = stream_plan(self.encoder_plan.muxer, streams, 1, self.attachment_files())
+        lines += [f"{self.dst}: {d}" for d in plan[1]]
         if self.encoder_plan.muxer == "avi":
             late = [s for s in streams if s.kind == "audio" and abs(s.start - self.info.offset) > Fraction(1, 1000)]
             lines += [
@@ -1575,6 +1720,29 @@ class VideoWriter:
             and len(info.timestamps) >= info.frame_count
         )
 
+    @property
+    def _field_order_args(self) -> list[str]:
+        """The source's field order for a Matroska remux of interlaced H.264.
+
+        FFmpeg's command line tags each interlaced H.264 encode "top (or bottom)
+        coded first, displayed second" (tb/bt) whatever ``-field_order`` says,
+        and the Matroska muxer stores that tag; a stream copy takes the option.
+        """
+        info, plan = self.info, self.encoder_plan
+        if (
+            info.interlaced
+            and info.field_order in ("tt", "bb")
+            and plan.codec == "libx264"
+            and plan.muxer == "matroska"
+        ):
+            return ["-field_order", info.field_order]
+        return []
+
+    @property
+    def _remuxed(self) -> bool:
+        """The video is encoded alone into a NUT file, then copied into the output with the other streams."""
+        return self.retimed or bool(self._field_order_args)
+
     def _offset_args(self, streams: Sequence[StreamInfo]) -> list[str]:
         """Where the video starts on the file's clock, when other streams share it."""
         same = self.audio_from is not None and Path(self.audio_from) == Path(self.info.path)
@@ -1585,13 +1753,14 @@ class VideoWriter:
     def command(self, tmp: str | os.PathLike[str] | None = None) -> list[str]:
         """The ffmpeg command line this writer runs (to ``tmp``, default ``dst``).
 
-        For a variable-rate video (:attr:`retimed`) it encodes the video alone
-        into ``tmp`` (NUT); :meth:`close` then sets each frame's time and adds
-        the other streams.
+        For a variable-rate video (:attr:`retimed`), or interlaced H.264 in
+        Matroska, it encodes the video alone into ``tmp`` (NUT); :meth:`close`
+        then sets each frame's time (or the field order) and adds the other
+        streams.
         """
         info = self.info
         cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-nostats", "-loglevel", "error"]
-        streams = () if self.retimed else self.kept_streams()
+        streams = () if self._remuxed else self.kept_streams()
         cmd += self._offset_args(streams)
         cmd += [
             "-f",
@@ -1606,32 +1775,35 @@ class VideoWriter:
             "pipe:0",
         ]
         plan = self.encoder_plan
-        if self.retimed:
+        if self._remuxed:
             plan = dataclasses.replace(plan, muxer="nut", video_tags=())
         source = None
         if streams and plan.muxer != "gif":
             cmd += ["-i", ffmpeg_path(self.audio_from)]  # type: ignore[arg-type]
             source = 1
-        return cmd + encode_args(plan, ffmpeg_path(tmp or self.dst), streams, source)
+        files = self.attachment_files()
+        return cmd + encode_args(plan, ffmpeg_path(tmp or self.dst), streams, source, files=files)
 
     def _mux_timed(self, tmp: Path) -> None:
         """Variable rate: the encoded video (frame i at i/fps) gets each frame's own time, then the other
         streams join it in ``tmp``. FFmpeg's command line cannot give raw frames their times; PyAV
-        rewrites the packets' timestamps without decoding."""
+        rewrites the packets' timestamps without decoding. Interlaced H.264 gets its field order here."""
         assert self._video_tmp is not None  # a variable rate video is encoded to it first
-        timed = self._video_tmp.with_name(self._video_tmp.name.replace(".nut", ".timed.nut"))
-        self._scratch.append(timed)
-        try:
-            _retime(self._video_tmp, timed, self.info, self.frames_written)
-        except Exception as exc:  # noqa: BLE001 - PyAV raises its own errors; one line for the user
-            raise VideoError(f"{self.dst}: cannot set the frames' times ({_av_reason(exc)})") from None
+        timed = self._video_tmp
+        if self.retimed:
+            timed = self._video_tmp.with_name(self._video_tmp.name.replace(".nut", ".timed.nut"))
+            self._scratch.append(timed)
+            try:
+                _retime(self._video_tmp, timed, self.info, self.frames_written)
+            except Exception as exc:  # noqa: BLE001 - PyAV raises its own errors; one line for the user
+                raise VideoError(f"{self.dst}: cannot set the frames' times ({_av_reason(exc)})") from None
         streams = self.kept_streams()
         cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-nostats", "-loglevel", "error"]
         cmd += self._offset_args(streams) + ["-i", ffmpeg_path(timed)]
         if streams:
             cmd += ["-i", ffmpeg_path(self.audio_from)]  # type: ignore[arg-type]
-        copy = dataclasses.replace(self.encoder_plan, filters="", video_args=["-c:v", "copy"])
-        cmd += encode_args(copy, ffmpeg_path(tmp), streams, 1 if streams else None)
+        copy = dataclasses.replace(self.encoder_plan, filters="", video_args=["-c:v", "copy", *self._field_order_args])
+        cmd += encode_args(copy, ffmpeg_path(tmp), streams, 1 if streams else None, files=self.attachment_files())
         proc = _run(cmd)
         if proc.returncode != 0:
             said = last_lines(proc.stderr.decode("utf-8", "replace")) or _exit_reason(proc.returncode)
@@ -1648,13 +1820,18 @@ class VideoWriter:
             atomic = atomic_output(self.dst, inputs=inputs, overwrite=self.overwrite)
             tmp = atomic.__enter__()
             try:
-                if self.retimed:
+                if self._remuxed:
                     self._video_tmp = temp_path_for(self.dst.with_suffix(".nut"))
                     self._scratch.append(self._video_tmp)
+                files = self.attachment_files()
+                if files and self.audio_from is not None:
+                    self._scratch.extend(files.values())
+                    _extract_attachments(self.audio_from, files)
                 cmd = self.command(self._video_tmp or tmp)
                 self._proc = _spawn(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
             except BaseException as exc:
                 atomic.__exit__(type(exc), exc, exc.__traceback__)
+                self._drop_scratch()
                 self._done = True
                 if isinstance(exc, OSError):
                     raise VideoError(f"{self.dst}: cannot start ffmpeg ({exc})") from None
@@ -1826,8 +2003,12 @@ def _retime(src: Path, dst: Path, info: VideoInfo, count: int) -> None:
     """Copy the video packets of ``src`` (frame i at i/fps) into ``dst`` (NUT), frame i at
     ``info.timestamps[i]`` (relative to the first), in ``info.time_base``; no decoding.
 
-    Decode times before the first frame (an encoder's reordering delay) are
-    spaced by the smallest gap between frames, so every packet keeps dts <= pts.
+    A packet's frame is its presentation time's rank on the ``1/fps`` grid,
+    counted from the earliest presentation time in ``src``: an encoder that
+    reorders frames (H.264 B-frames) may shift the whole stream by its delay,
+    and packets come in decode order, not presentation order. Decode times
+    before the first frame (the reordering delay) are spaced by the smallest
+    gap between frames, so every packet keeps dts <= pts.
     """
     import av
 
@@ -1842,6 +2023,17 @@ def _retime(src: Path, dst: Path, info: VideoInfo, count: int) -> None:
             return rel[-1] + (k - len(rel) + 1) * step
         return rel[k]
 
+    def index(ticks: int, time_base: Any) -> int:
+        return round(ticks * Fraction(time_base) * info.fps)  # ticks -> frame index on the 1/fps grid
+
+    def shown(packet: Any) -> int | None:
+        return packet.pts if packet.pts is not None else packet.dts
+
+    with av.open(ffmpeg_path(src)) as inp:
+        ist = inp.streams.video[0]
+        first = min(
+            (index(t, p.time_base) for p in inp.demux(ist) if p.size and (t := shown(p)) is not None), default=0
+        )
     with av.open(ffmpeg_path(src)) as inp, av.open(ffmpeg_path(dst), "w", format="nut") as out:
         ist = inp.streams.video[0]
         ost = out.add_stream_from_template(ist)
@@ -1849,10 +2041,9 @@ def _retime(src: Path, dst: Path, info: VideoInfo, count: int) -> None:
         for packet in inp.demux(ist):
             if packet.size == 0:
                 continue
-            scale = Fraction(packet.time_base) * info.fps  # ticks -> frame index
-            pts = packet.pts if packet.pts is not None else packet.dts
-            packet.pts = at(round(pts * scale))
-            packet.dts = at(round(packet.dts * scale)) if packet.dts is not None else None
+            tb, pts, dts = packet.time_base, shown(packet), packet.dts
+            packet.pts = at(index(pts, tb) - first) if pts is not None else None
+            packet.dts = at(index(dts, tb) - first) if dts is not None else None
             packet.duration = 0
             packet.time_base = info.time_base
             packet.stream = ost

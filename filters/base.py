@@ -273,6 +273,12 @@ def _load_module(module: str, path: str | None):
 def load_file_module(path: str, module: str | None = None):
     """Import a Python file as a module (cached by name in ``sys.modules``).
 
+    The module's name carries a digest of the file's path and contents, so a
+    file edited between jobs is a new module: a long-lived worker (a Dask
+    worker, a warm engine) never runs a stale copy of it. Given a ``module``
+    name (a worker loading what the parent loaded), the file must still have
+    the contents that name was made from, else :class:`FilterError`.
+
     The file's folder is appended to ``sys.path`` (as Python does for a script,
     but after every other entry, so that it never hides an installed package):
     a sibling import such as ``import helpers`` works, here and in workers.
@@ -280,19 +286,27 @@ def load_file_module(path: str, module: str | None = None):
     folder = os.path.dirname(os.path.abspath(path))
     if folder not in sys.path:
         sys.path.append(folder)
+    try:
+        with open(path, "rb") as f:
+            source = f.read()
+    except OSError as exc:
+        raise FilterError(f"cannot read filters from {path} ({exc.strerror or exc})") from None
+    digest = hashlib.sha1(str(path).encode() + b"\0" + source).hexdigest()[:12]
+    stem = "".join(c if c.isalnum() else "_" for c in str(path).rsplit("/", 1)[-1][:-3])
+    made = f"tileproc_plugin_{stem}_{digest}"
     if module is None:
-        digest = hashlib.sha1(str(path).encode()).hexdigest()[:10]
-        stem = "".join(c if c.isalnum() else "_" for c in str(path).rsplit("/", 1)[-1][:-3])
-        module = f"tileproc_plugin_{stem}_{digest}"
+        module = made
+    elif module.startswith("tileproc_plugin_") and module != made and module not in sys.modules:
+        raise FilterError(f"{path}: the file changed since this job loaded it; run the job again")
     if module in sys.modules:
         return sys.modules[module]
     spec = importlib.util.spec_from_file_location(module, path)
-    if spec is None or spec.loader is None:
+    if spec is None:
         raise FilterError(f"cannot import filters from {path}")
     mod = importlib.util.module_from_spec(spec)
     sys.modules[module] = mod
     try:
-        spec.loader.exec_module(mod)
+        exec(compile(source, path, "exec"), mod.__dict__)  # the very bytes the name's digest was made from
     except BaseException:
         del sys.modules[module]
         raise

@@ -428,3 +428,22 @@ def test_filters_nothing_can_import_travel_by_value():
     assert b"<lambda>" in blob  # its code travels in the blob
     (back,) = pickle.loads(Chain([shift]).check_picklable())
     assert back.apply(np.zeros((2, 2), np.uint8)).max() == 3
+
+
+def test_an_edited_plugin_file_is_never_run_stale_by_long_lived_workers(tmp_path):
+    """A warm engine's workers (like a Dask worker) loaded the file once: after an edit they run the new code."""
+    from filters.base import FilterError, load_file_module
+    from tiler.engine import Engine
+
+    plugin = tmp_path / "myf.py"
+    plugin.write_text("from filters import filter\n\n@filter(halo=0)\ndef f(tile):\n    return tile\n")
+    frame = np.arange(300 * 400 * 3, dtype=np.uint32).reshape(300, 400, 3).astype(np.uint8)
+    with Engine(workers=2, inline_below=0) as engine:
+        np.testing.assert_array_equal(engine.process(frame, resolve(f"{plugin}:f")), frame)
+        first = next(name for name in sys.modules if name.startswith("tileproc_plugin_myf_"))
+        plugin.write_text("from filters import filter\n\n@filter(halo=0)\ndef f(tile):\n    return 255 - tile\n")
+        np.testing.assert_array_equal(engine.process(frame, resolve(f"{plugin}:f")), 255 - frame)
+    # a worker asked for the module as the parent loaded it, after the file changed: said, not run stale
+    del sys.modules[first]
+    with pytest.raises(FilterError, match="the file changed since this job loaded it"):
+        load_file_module(str(plugin), first)

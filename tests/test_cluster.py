@@ -10,6 +10,7 @@ encoder is lossless).
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import socket
 import subprocess
@@ -267,6 +268,26 @@ def test_a_failing_segment_fails_the_video_and_leaves_nothing(client, tmp_path):
 
 
 # -- connecting ------------------------------------------------------------------
+
+
+def test_a_failed_task_keeps_its_whole_reason_on_one_line():
+    pytest.importorskip("distributed")
+    future = concurrent.futures.Future()
+    future.set_exception(
+        RuntimeError(
+            "Error during deserialization of the task graph. This frequently\n"
+            "occurs if the Scheduler and Client have different environments.\n   For more information, see the docs"
+        )
+    )
+    assert str(cluster._outcome(future, "a.png")) == (
+        "a.png: RuntimeError: Error during deserialization of the task graph. This frequently occurs if the "
+        "Scheduler and Client have different environments. For more information, see the docs"
+    )
+    future = concurrent.futures.Future()
+    future.set_exception(ValueError("word " * 1000))
+    text = str(cluster._outcome(future, "a.png"))
+    assert text.startswith("a.png: ValueError: word word") and text.endswith(" ...") and len(text) < 500
+    assert "\n" not in text
 
 
 def test_unreachable_scheduler_fails_within_seconds_naming_it():

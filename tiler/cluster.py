@@ -204,7 +204,8 @@ def tls(ca_file: str | None, cert: str | None, key: str | None = None):
 
 
 def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    """The whole message of ``exc`` on one line (its type's name when it has none)."""
+    return remote.one_line(str(exc)) or type(exc).__name__
 
 
 def _count(text: str, address: str) -> int:
@@ -352,8 +353,8 @@ def _outcome(future, label: str) -> Any:
     except TileprocError as exc:
         return exc
     except Exception as exc:  # noqa: BLE001 - a failure after Dask's retries
-        first = str(exc).strip().splitlines()[:1]
-        return WorkerError(f"{label}: {type(exc).__name__}" + (f": {first[0]}" if first else ""))
+        text = remote.one_line(str(exc))
+        return WorkerError(f"{label}: {type(exc).__name__}" + (f": {text}" if text else ""))
 
 
 def _rerun_found_its_output(error: BaseException | None, dst: Path | str, existed: set[str]) -> bool:

@@ -429,6 +429,35 @@ def test_tls_options_are_checked_before_connecting(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_incomplete_or_wrong_tls_options_are_one_line_each(tmp_path, capsys):
+    distributed = pytest.importorskip("distributed")
+    pngs(tmp_path / "in", 1)
+    base = [str(tmp_path / "in"), "-f", "invert", "-o", str(tmp_path / "out"), "--cluster", "tls://127.0.0.1:1"]
+    pem = {}
+    for n, security in enumerate([distributed.Security.temporary(), distributed.Security.temporary()]):
+        for name in ("tls_ca_file", "tls_client_cert", "tls_client_key"):
+            pem[name, n] = tmp_path / f"{name}{n}.pem"
+            pem[name, n].write_text(getattr(security, name))
+    (tmp_path / "notes.pem").write_text("not a certificate\n")
+    ca, cert, key = (str(pem[name, 0]) for name in ("tls_ca_file", "tls_client_cert", "tls_client_key"))
+    cases = [
+        (["--tls-cert", cert, "--tls-key", key], "TLS needs --tls-ca-file too"),
+        (["--tls-ca-file", ca], "TLS needs --tls-cert too"),
+        (["--tls-ca-file", ca, "--tls-cert", cert], f"--tls-cert {cert}: holds no private key for its certificate"),
+        (["--tls-ca-file", str(tmp_path / "notes.pem"), "--tls-cert", cert, "--tls-key", key], "not a PEM certificate"),
+        (["--tls-ca-file", ca, "--tls-cert", cert, "--tls-key", str(pem["tls_client_key", 1])], "not the private key"),
+    ]
+    for options, expected in cases:
+        assert main([*base, *options]) == 2, options
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and expected in err[0], (options, err)
+    tcp = [*base[:-1], "tcp://127.0.0.1:1", "--tls-ca-file", ca, "--tls-cert", cert, "--tls-key", key]
+    assert main(tcp) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "TLS options need a tls:// address" in err[0], err
+    assert not (tmp_path / "out").exists()
+
+
 # -- folders of video --------------------------------------------------------------
 
 

@@ -35,6 +35,7 @@ import os
 import pickle
 import secrets
 import shutil
+import ssl
 import subprocess
 import tempfile
 import threading
@@ -154,6 +155,8 @@ def connect(address: str = "local", *, timeout: float = CONNECT_TIMEOUT, securit
         raise ValueError(f"cluster address must be tls://HOST:PORT, tcp://HOST:PORT or local[:N], got {address!r}")
     if security is not None and not sep:
         address = f"tls://{address}"
+    if security is not None and sep and scheme.lower() != "tls":
+        raise ValueError(f"TLS options need a tls:// address (or HOST:PORT), got {address!r}")
     distributed = _distributed()
     if security is None and address.lower().startswith("tls://"):
         security = distributed.Security()  # from Dask's configuration
@@ -197,10 +200,47 @@ def tls(ca_file: str | None, cert: str | None, key: str | None = None):
     Examples
     --------
     >>> client = connect("tls://10.0.0.5:8786", security=tls("ca.pem", "me.pem", "me.key"))  # doctest: +SKIP
+
+    Raises
+    ------
+    ValueError
+        The authority or the certificate is missing, a file is not what it
+        should be, or the key is not the certificate's.
     """
+    if not ca_file:
+        raise ValueError("TLS needs --tls-ca-file too (ca_file): the authority that signed the scheduler's certificate")
+    if not cert:
+        raise ValueError(
+            "TLS needs --tls-cert too (cert): this client's certificate, signed by the scheduler's authority"
+        )
+    _check_pem(ca_file, cert, key)
     return _distributed().Security(
         tls_ca_file=ca_file, tls_client_cert=cert, tls_client_key=key, require_encryption=True
     )
+
+
+def _check_pem(ca_file: str, cert: str, key: str | None) -> None:
+    """Raise ValueError naming the file when a PEM file is not a certificate, or the key is missing or not the cert's.
+
+    Dask reports each of these as the scheduler refusing the connection; Python's ssl module tells them apart.
+    PEM text (not a file) is left to Dask.
+    """
+    for option, path in (("--tls-ca-file", ca_file), ("--tls-cert", cert)):
+        if os.path.isfile(path):
+            try:
+                ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=path)
+            except ssl.SSLError:
+                raise ValueError(f"{option} {path}: not a PEM certificate") from None
+    if not os.path.isfile(cert) or (key is not None and not os.path.isfile(key)):
+        return
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(cert, key)
+    except ssl.SSLError:
+        if key is None:
+            raise ValueError(
+                f"--tls-cert {cert}: holds no private key for its certificate; give the key file with --tls-key"
+            ) from None
+        raise ValueError(f"--tls-key {key}: not the private key of the certificate in {cert}") from None
 
 
 def _first_line(exc: BaseException) -> str:

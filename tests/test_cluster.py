@@ -15,6 +15,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from fractions import Fraction
 from pathlib import Path
@@ -333,6 +334,20 @@ def test_without_dask_the_message_says_what_to_install(monkeypatch, tmp_path, ca
     assert main([str(tmp_path / "in"), "-f", "invert", "-o", str(tmp_path / "out"), "--cluster", "local", "-q"]) == 2
     assert "pip install 'tileproc[dask]'" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_local_cluster_leaves_nothing_in_the_temporary_folder(tmp_path, monkeypatch):
+    pytest.importorskip("distributed")
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(temp))  # the worker processes'
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))  # this process's
+    pngs(tmp_path / "in", 1)
+    with cluster.connect("local:1") as client:
+        assert cluster.process_folder(client, tmp_path / "in", tmp_path / "out", "invert").ok
+        scratch = client.run(lambda dask_worker: dask_worker.local_directory)
+        assert all(Path(folder).is_relative_to(temp) for folder in scratch.values()), scratch
+    assert os.listdir(temp) == []
 
 
 def test_cli_runs_a_folder_and_a_video_on_a_local_cluster(tmp_path):

@@ -146,9 +146,8 @@ def connect(address: str = "local", *, timeout: float = CONNECT_TIMEOUT, securit
     address = str(address).strip()
     if address == "local" or address.startswith("local:"):
         n = LOCAL_WORKERS if address == "local" else _count(address[len("local:") :], address)
-        distributed = _distributed()
         tls = {} if security is None else dict(security=security, protocol="tls")
-        return distributed.Client(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None, **tls)
+        return _local_client(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None, **tls)
     scheme, sep, rest = address.rpartition("://")
     host, colon, port = rest.rpartition(":")
     if not rest or (colon and not port.isdigit()) or (sep and not scheme):
@@ -185,6 +184,33 @@ def connect(address: str = "local", *, timeout: float = CONNECT_TIMEOUT, securit
             f"{address}: no Dask scheduler answered within {timeout:g} s ({reason}); "
             "start one with 'dask scheduler', or check the address (tls:// for a TLS scheduler)"
         ) from None
+
+
+def _local_client(**options: Any):
+    """A Client and its LocalCluster whose scratch folders are in a private temporary folder, removed on close.
+
+    Dask's scheduler and workers otherwise leave an empty ``dask-scratch-space``
+    in the temporary folder. The folder's name is a staging workspace's, so the
+    next tileproc run sweeps it if this process is killed.
+    """
+    import dask
+
+    distributed = _distributed()
+    scratch = tempfile.mkdtemp(prefix=remote.workspace_prefix() + "dask-")
+
+    class LocalClient(distributed.Client):
+        def close(self, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return super().close(*args, **kwargs)
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
+
+    try:
+        with dask.config.set({"temporary-directory": scratch}):
+            return LocalClient(local_directory=scratch, **options)
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
 
 
 def tls(ca_file: str | None, cert: str | None, key: str | None = None):

@@ -132,7 +132,7 @@ def connect(address: str = "local", *, timeout: float = CONNECT_TIMEOUT, securit
         Dask is not installed, the scheduler did not answer within ``timeout``,
         or it refused the connection (TLS without matching certificates).
     ValueError
-        ``address`` is malformed.
+        ``address`` is malformed, or ``security`` comes with a ``tcp://`` address.
 
     Examples
     --------

@@ -10,10 +10,12 @@ encoder is lossless).
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from fractions import Fraction
 from pathlib import Path
@@ -269,6 +271,26 @@ def test_a_failing_segment_fails_the_video_and_leaves_nothing(client, tmp_path):
 # -- connecting ------------------------------------------------------------------
 
 
+def test_a_failed_task_keeps_its_whole_reason_on_one_line():
+    pytest.importorskip("distributed")
+    future = concurrent.futures.Future()
+    future.set_exception(
+        RuntimeError(
+            "Error during deserialization of the task graph. This frequently\n"
+            "occurs if the Scheduler and Client have different environments.\n   For more information, see the docs"
+        )
+    )
+    assert str(cluster._outcome(future, "a.png")) == (
+        "a.png: RuntimeError: Error during deserialization of the task graph. This frequently occurs if the "
+        "Scheduler and Client have different environments. For more information, see the docs"
+    )
+    future = concurrent.futures.Future()
+    future.set_exception(ValueError("word " * 1000))
+    text = str(cluster._outcome(future, "a.png"))
+    assert text.startswith("a.png: ValueError: word word") and text.endswith(" ...") and len(text) < 500
+    assert "\n" not in text
+
+
 def test_unreachable_scheduler_fails_within_seconds_naming_it():
     pytest.importorskip("distributed")
     with socket.socket() as s:
@@ -312,6 +334,20 @@ def test_without_dask_the_message_says_what_to_install(monkeypatch, tmp_path, ca
     assert main([str(tmp_path / "in"), "-f", "invert", "-o", str(tmp_path / "out"), "--cluster", "local", "-q"]) == 2
     assert "pip install 'tileproc[dask]'" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_local_cluster_leaves_nothing_in_the_temporary_folder(tmp_path, monkeypatch):
+    pytest.importorskip("distributed")
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(temp))  # the worker processes'
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))  # this process's
+    pngs(tmp_path / "in", 1)
+    with cluster.connect("local:1") as client:
+        assert cluster.process_folder(client, tmp_path / "in", tmp_path / "out", "invert").ok
+        scratch = client.run(lambda dask_worker: dask_worker.local_directory)
+        assert all(Path(folder).is_relative_to(temp) for folder in scratch.values()), scratch
+    assert os.listdir(temp) == []
 
 
 def test_cli_runs_a_folder_and_a_video_on_a_local_cluster(tmp_path):
@@ -405,6 +441,35 @@ def test_tls_options_are_checked_before_connecting(tmp_path, capsys):
     pytest.importorskip("distributed")
     assert main([*base, "--cluster", "tls://127.0.0.1:1", "--tls-ca-file", str(tmp_path / "ca.pem")]) == 2
     assert f"--tls-ca-file {tmp_path / 'ca.pem'}: no such file" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_incomplete_or_wrong_tls_options_are_one_line_each(tmp_path, capsys):
+    distributed = pytest.importorskip("distributed")
+    pngs(tmp_path / "in", 1)
+    base = [str(tmp_path / "in"), "-f", "invert", "-o", str(tmp_path / "out"), "--cluster", "tls://127.0.0.1:1"]
+    pem = {}
+    for n, security in enumerate([distributed.Security.temporary(), distributed.Security.temporary()]):
+        for name in ("tls_ca_file", "tls_client_cert", "tls_client_key"):
+            pem[name, n] = tmp_path / f"{name}{n}.pem"
+            pem[name, n].write_text(getattr(security, name))
+    (tmp_path / "notes.pem").write_text("not a certificate\n")
+    ca, cert, key = (str(pem[name, 0]) for name in ("tls_ca_file", "tls_client_cert", "tls_client_key"))
+    cases = [
+        (["--tls-cert", cert, "--tls-key", key], "TLS needs --tls-ca-file too"),
+        (["--tls-ca-file", ca], "TLS needs --tls-cert too"),
+        (["--tls-ca-file", ca, "--tls-cert", cert], f"--tls-cert {cert}: holds no private key for its certificate"),
+        (["--tls-ca-file", str(tmp_path / "notes.pem"), "--tls-cert", cert, "--tls-key", key], "not a PEM certificate"),
+        (["--tls-ca-file", ca, "--tls-cert", cert, "--tls-key", str(pem["tls_client_key", 1])], "not the private key"),
+    ]
+    for options, expected in cases:
+        assert main([*base, *options]) == 2, options
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and expected in err[0], (options, err)
+    tcp = [*base[:-1], "tcp://127.0.0.1:1", "--tls-ca-file", ca, "--tls-cert", cert, "--tls-key", key]
+    assert main(tcp) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "TLS options need a tls:// address" in err[0], err
     assert not (tmp_path / "out").exists()
 
 

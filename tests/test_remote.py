@@ -320,7 +320,15 @@ def http_root(tmp_path):
 
     root = tmp_path / "www"
     root.mkdir()
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def send_head(self):  # files under private/ are refused, as a server without the user's grant does
+            if self.path.startswith("/private/"):
+                self.send_error(403)
+                return None
+            return super().send_head()
+
+    handler = functools.partial(Handler, directory=str(root))
     handler.log_message = lambda *args: None
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -342,6 +350,45 @@ def test_http_inputs_are_staged_and_filtered(http_root, memfs, tmp_path):
     with pytest.raises(InputError, match=rf"^{base}/missing\.png: "):
         tiler.process_file(f"{base}/missing.png", tmp_path / "m.png", CHAIN, workers=1)
     assert not (tmp_path / "m.png").exists()
+
+
+def test_http_refusals_and_passwords_in_urls_are_said_plainly(http_root, tmp_path, capsys):
+    root, base = http_root
+    (root / "private").mkdir()
+    (root / "private" / "a.png").write_bytes(png_bytes(6))
+    (root / "a.png").write_bytes(png_bytes(5))
+    with pytest.raises(InputError, match=rf"^{base}/private/a\.png: access denied \(HTTP 403\)$"):
+        tiler.process_file(f"{base}/private/a.png", tmp_path / "p.png", CHAIN, workers=1)
+    with pytest.raises(InputError, match=rf"^{base}/missing\.png: no such file$"):
+        tiler.process_file(f"{base}/missing.png", tmp_path / "m.png", CHAIN, workers=1)
+    # a user and password in a URL are used, and never printed: in errors and in the line of each output
+    secret = base.replace("http://", "http://somebody:do-not-print-this@")
+    assert (
+        main([f"{secret}/missing.png", f"{secret}/a.png", "-f", "invert", "-o", str(tmp_path / "out"), "-w", "1"]) == 1
+    )
+    err = capsys.readouterr().err
+    assert "do-not-print-this" not in err and "somebody" not in err, err
+    masked = base.replace("http://", "http://***@")
+    assert f"tileproc: error: {masked}/missing.png: no such file" in err, err
+    assert f"tileproc: {masked}/a.png -> " in err, err
+    assert (tmp_path / "out" / "a.png").is_file()
+    assert remote.masked("s3://KEY:SECRET@bucket/a@b.png and gs://u@b/x") == "s3://***@bucket/a@b.png and gs://***@b/x"
+
+
+def test_a_missing_bucket_or_prefix_is_said_as_such(s3, tmp_path, capsys):
+    fs, _ = s3
+    fs.pipe("bucket/in/a.png", png_bytes(3))
+    for url, reason in [("s3://nobucket/in/", "no such bucket"), ("s3://bucket/nothere/", "no such file or folder")]:
+        assert main([url, "-f", "invert", "-o", str(tmp_path / "out"), "-q"]) == 1
+        assert capsys.readouterr().err.strip().splitlines() == [f"tileproc: error: {url}: {reason}"]
+        with pytest.raises(InputError, match=f"^{url}: {reason}$"):
+            staging.plan_folder(url, tmp_path / "out")
+    # a library's reason that spans lines is kept whole, on one line, and a key in the URL is hidden in it too
+    assert main(["s3://KEY:SECRET@bucket/in/a.png", "-f", "invert", "-o", str(tmp_path / "a.png"), "-q"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "SECRET" not in err[0] and err[0].startswith("tileproc: error: s3://***@bucket/in/a.png: ")
+    assert "Parameter validation failed: Invalid bucket name" in err[0], err
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.slow

@@ -98,8 +98,9 @@ def _quality_notes(quality: int | None, jobs: list[tuple[Path, Path | None, bool
 
 
 def _one_line(text: object) -> str:
-    """A message on one line: control characters in file names are escaped."""
-    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in str(text))
+    """A message on one line: control characters in file names are escaped, passwords in URLs hidden."""
+    text = remote.masked(str(text))
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
 
 
 def _positive(kind):
@@ -336,7 +337,12 @@ def _run_url(engine, src, dst, chain, report: _Report, options, video_options, i
         _run_folder(runner, src, dst, chain, report, options, video_options, ext)
         return
     if not pipeline.is_supported(Path(str(src).rpartition("/")[2])):
-        report.failed(f"{src}: not a supported image or video (by its extension)")
+        try:
+            missing = remote.absent(src) if remote.is_url(src) else None
+        except TileprocError as exc:
+            report.failed(exc)
+            return
+        report.failed(f"{src}: {missing or 'not a supported image or video (by its extension)'}")
         return
     start = time.monotonic()
     try:

@@ -35,6 +35,7 @@ import os
 import pickle
 import secrets
 import shutil
+import ssl
 import subprocess
 import tempfile
 import threading
@@ -131,7 +132,7 @@ def connect(address: str = "local", *, timeout: float = CONNECT_TIMEOUT, securit
         Dask is not installed, the scheduler did not answer within ``timeout``,
         or it refused the connection (TLS without matching certificates).
     ValueError
-        ``address`` is malformed.
+        ``address`` is malformed, or ``security`` comes with a ``tcp://`` address.
 
     Examples
     --------
@@ -145,15 +146,16 @@ def connect(address: str = "local", *, timeout: float = CONNECT_TIMEOUT, securit
     address = str(address).strip()
     if address == "local" or address.startswith("local:"):
         n = LOCAL_WORKERS if address == "local" else _count(address[len("local:") :], address)
-        distributed = _distributed()
         tls = {} if security is None else dict(security=security, protocol="tls")
-        return distributed.Client(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None, **tls)
+        return _local_client(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None, **tls)
     scheme, sep, rest = address.rpartition("://")
     host, colon, port = rest.rpartition(":")
     if not rest or (colon and not port.isdigit()) or (sep and not scheme):
         raise ValueError(f"cluster address must be tls://HOST:PORT, tcp://HOST:PORT or local[:N], got {address!r}")
     if security is not None and not sep:
         address = f"tls://{address}"
+    if security is not None and sep and scheme.lower() != "tls":
+        raise ValueError(f"TLS options need a tls:// address (or HOST:PORT), got {address!r}")
     distributed = _distributed()
     if security is None and address.lower().startswith("tls://"):
         security = distributed.Security()  # from Dask's configuration
@@ -184,6 +186,33 @@ def connect(address: str = "local", *, timeout: float = CONNECT_TIMEOUT, securit
         ) from None
 
 
+def _local_client(**options: Any):
+    """A Client and its LocalCluster whose scratch folders are in a private temporary folder, removed on close.
+
+    Dask's scheduler and workers otherwise leave an empty ``dask-scratch-space``
+    in the temporary folder. The folder's name is a staging workspace's, so the
+    next tileproc run sweeps it if this process is killed.
+    """
+    import dask
+
+    distributed = _distributed()
+    scratch = tempfile.mkdtemp(prefix=remote.workspace_prefix() + "dask-")
+
+    class LocalClient(distributed.Client):
+        def close(self, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return super().close(*args, **kwargs)
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
+
+    try:
+        with dask.config.set({"temporary-directory": scratch}):
+            return LocalClient(local_directory=scratch, **options)
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+
+
 def tls(ca_file: str | None, cert: str | None, key: str | None = None):
     """A ``distributed.Security`` that requires TLS, from PEM files (or PEM text).
 
@@ -197,14 +226,52 @@ def tls(ca_file: str | None, cert: str | None, key: str | None = None):
     Examples
     --------
     >>> client = connect("tls://10.0.0.5:8786", security=tls("ca.pem", "me.pem", "me.key"))  # doctest: +SKIP
+
+    Raises
+    ------
+    ValueError
+        The authority or the certificate is missing, a file is not what it
+        should be, or the key is not the certificate's.
     """
+    if not ca_file:
+        raise ValueError("TLS needs --tls-ca-file too (ca_file): the authority that signed the scheduler's certificate")
+    if not cert:
+        raise ValueError(
+            "TLS needs --tls-cert too (cert): this client's certificate, signed by the scheduler's authority"
+        )
+    _check_pem(ca_file, cert, key)
     return _distributed().Security(
         tls_ca_file=ca_file, tls_client_cert=cert, tls_client_key=key, require_encryption=True
     )
 
 
+def _check_pem(ca_file: str, cert: str, key: str | None) -> None:
+    """Raise ValueError naming the file when a PEM file is not a certificate, or the key is missing or not the cert's.
+
+    Dask reports each of these as the scheduler refusing the connection; Python's ssl module tells them apart.
+    PEM text (not a file) is left to Dask.
+    """
+    for option, path in (("--tls-ca-file", ca_file), ("--tls-cert", cert)):
+        if os.path.isfile(path):
+            try:
+                ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=path)
+            except ssl.SSLError:
+                raise ValueError(f"{option} {path}: not a PEM certificate") from None
+    if not os.path.isfile(cert) or (key is not None and not os.path.isfile(key)):
+        return
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(cert, key)
+    except ssl.SSLError:
+        if key is None:
+            raise ValueError(
+                f"--tls-cert {cert}: holds no private key for its certificate; give the key file with --tls-key"
+            ) from None
+        raise ValueError(f"--tls-key {key}: not the private key of the certificate in {cert}") from None
+
+
 def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    """The whole message of ``exc`` on one line (its type's name when it has none)."""
+    return remote.one_line(str(exc)) or type(exc).__name__
 
 
 def _count(text: str, address: str) -> int:
@@ -352,8 +419,8 @@ def _outcome(future, label: str) -> Any:
     except TileprocError as exc:
         return exc
     except Exception as exc:  # noqa: BLE001 - a failure after Dask's retries
-        first = str(exc).strip().splitlines()[:1]
-        return WorkerError(f"{label}: {type(exc).__name__}" + (f": {first[0]}" if first else ""))
+        text = remote.one_line(str(exc))
+        return WorkerError(f"{label}: {type(exc).__name__}" + (f": {text}" if text else ""))
 
 
 def _rerun_found_its_output(error: BaseException | None, dst: Path | str, existed: set[str]) -> bool:

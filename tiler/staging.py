@@ -48,9 +48,9 @@ def default_output(src: str, *, ext: str | None = None) -> str:
 
 
 def named(exc: TileprocError, local: Path | None, url: str) -> TileprocError:
-    """``exc`` with the staged local path ``local`` in its message replaced by the URL it stands for."""
+    """``exc`` with the staged local path ``local`` in its message replaced by the URL it stands for (password hidden)."""
     if local is not None and exc.args and isinstance(exc.args[0], str):
-        exc.args = (exc.args[0].replace(str(local), url), *exc.args[1:])
+        exc.args = (remote.masked(exc.args[0].replace(str(local), url)), *exc.args[1:])
     return exc
 
 

@@ -31,6 +31,7 @@ import os
 import re
 import shutil
 import tempfile
+import textwrap
 from collections.abc import Iterator, Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -41,11 +42,14 @@ from tiler.errors import InputError, OutputError, OutputExists
 __all__ = [
     "OUTPUT_PROTOCOLS",
     "is_url",
+    "one_line",
+    "masked",
     "filesystem",
     "join",
     "is_folder",
     "list_folder",
     "exists",
+    "absent",
     "check_output",
     "stage_input",
     "upload",
@@ -68,9 +72,39 @@ def is_url(path: Any) -> bool:
     return bool(sep) and scheme.isidentifier() and scheme.lower() != "file"
 
 
+_WIDTH = 400
+"""The most characters of another library's message that a tileproc message quotes."""
+
+
+def one_line(text: str, width: int = _WIDTH) -> str:
+    """``text`` on one line: its lines joined, runs of white space made one space, cut at a word with "..." past ``width``."""
+    words = " ".join(text.split())
+    if len(words) <= width:
+        return words
+    short = textwrap.shorten(words, width, placeholder=" ...")
+    return short if short != "..." else words[: width - 3] + "..."  # one word longer than width
+
+
+_USERINFO = re.compile(r"(?<=://)[^/\s@]+@")
+
+
+def masked(text: str) -> str:
+    """``text`` with the user and password of each URL in it hidden: ``s3://KEY:SECRET@b/k`` -> ``s3://***@b/k``."""
+    return _USERINFO.sub("***@", text)
+
+
+def _said(url: str, text: str) -> str:
+    """The message ``url: text``, its URL's user and password hidden, also where a library's reason repeats them."""
+    message = f"{url}: {text}"
+    userinfo = url.partition("://")[2].partition("/")[0].rpartition("@")[0]
+    if userinfo:
+        message = message.replace(userinfo, "***")
+    return masked(message)
+
+
 def _reason(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+    text = one_line(str(exc))
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def filesystem(url: str, storage_options: Mapping[str, Any] | None = None):
@@ -86,9 +120,9 @@ def filesystem(url: str, storage_options: Mapping[str, Any] | None = None):
     try:
         return fsspec.core.url_to_fs(url, **dict(storage_options or {}))
     except ImportError as exc:
-        raise InputError(f"{url}: {_reason(exc)}") from None
+        raise InputError(_said(url, f"{_reason(exc)}")) from None
     except ValueError as exc:
-        raise InputError(f"{url}: not a storage URL tileproc can open ({_reason(exc)})") from None
+        raise InputError(_said(url, f"not a storage URL tileproc can open ({_reason(exc)})")) from None
 
 
 def _protocol(fs) -> str:
@@ -122,11 +156,13 @@ def list_folder(url: str, storage_options: Mapping[str, Any] | None = None) -> l
     root = root.rstrip("/")
     try:
         found = fs.find(root, withdirs=False)
+    except FileNotFoundError:
+        raise InputError(_said(url, absent(url, storage_options) or "not a folder")) from None
     except Exception as exc:  # noqa: BLE001 - every backend has its own errors
-        raise InputError(f"{url}: cannot list the folder ({_reason(exc)})") from None
+        raise InputError(_said(url, f"cannot list the folder ({_reason(exc)})")) from None
     names = sorted(p[len(root) + 1 :] for p in found if p.startswith(root + "/"))
     if not names and not fs.isdir(root):
-        raise InputError(f"{url}: not a folder")
+        raise InputError(_said(url, absent(url, storage_options) or "not a folder"))
     return names
 
 
@@ -136,22 +172,71 @@ def exists(url: str, storage_options: Mapping[str, Any] | None = None) -> bool:
     return bool(fs.exists(path))
 
 
+_BUCKETS = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss"})
+"""Stores whose paths start with a bucket (or container) name."""
+
+
+def absent(url: str, storage_options: Mapping[str, Any] | None = None) -> str | None:
+    """Why nothing is at ``url`` ("no such bucket", "no such file or folder"); None when something is.
+
+    Raises
+    ------
+    InputError
+        The store cannot be asked (access denied, unreachable).
+    """
+    fs, path = filesystem(url, storage_options)
+    path = path.rstrip("/")
+    try:
+        if fs.exists(path):
+            return None
+        bucket = path.partition("/")[0]
+        if _protocol(fs) in _BUCKETS and bucket != path and not fs.exists(bucket):
+            return "no such bucket"
+    except Exception as exc:  # noqa: BLE001 - every backend has its own errors
+        raise InputError(_said(url, _unreadable(exc))) from None
+    return "no such file or folder"
+
+
+def _denied(exc: BaseException) -> int | None:
+    """The HTTP status (401 or 403) behind ``exc`` when the store refused access, else None."""
+    while exc is not None:
+        status = getattr(exc, "status", None) or getattr(exc, "status_code", None)
+        if status in (401, 403):
+            return int(status)
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _unreadable(exc: BaseException) -> str:
+    """Why the store did not give the object: access denied, no such file, or another library's reason."""
+    status = _denied(exc)
+    if status is not None:
+        return f"access denied (HTTP {status})"
+    if isinstance(exc, PermissionError):
+        return "access denied"
+    if isinstance(exc, FileNotFoundError):
+        return "no such file"
+    return f"cannot read ({_reason(exc)})"
+
+
 def check_output(url: str, storage_options: Mapping[str, Any] | None = None, *, overwrite: bool = False) -> None:
     """Raise unless ``url`` may be written: a store where uploads are whole, no folder there, no object unless ``overwrite``."""
     fs, path = filesystem(url, storage_options)
     if _protocol(fs) not in OUTPUT_PROTOCOLS:
         kinds = ", ".join(f"{p}://" for p in sorted(OUTPUT_PROTOCOLS))
-        raise OutputError(f"{url}: outputs go to a local path or to {kinds}, where an upload appears only when whole")
+        raise OutputError(
+            _said(url, f"outputs go to a local path or to {kinds}, where an upload appears only when whole")
+        )
     try:
         info = fs.info(path)
     except FileNotFoundError:
         return
     except Exception as exc:  # noqa: BLE001
-        raise OutputError(f"{url}: cannot check the output ({_reason(exc)})") from None
+        raise OutputError(_said(url, f"cannot check the output ({_reason(exc)})")) from None
     if info.get("type") == "directory":
-        raise OutputError(f"{url}: output is a folder")
+        raise OutputError(_said(url, "output is a folder"))
     if not overwrite:
-        raise OutputExists(f"{url}: output exists (overwrite=True or --overwrite replaces it)")
+        raise OutputExists(_said(url, "output exists (overwrite=True or --overwrite replaces it)"))
 
 
 def stage_input(url: str, folder: Path, storage_options: Mapping[str, Any] | None = None) -> Path:
@@ -165,20 +250,18 @@ def stage_input(url: str, folder: Path, storage_options: Mapping[str, Any] | Non
     fs, path = filesystem(url, storage_options)
     try:
         info = fs.info(path)
-    except FileNotFoundError:
-        raise InputError(f"{url}: no such file") from None
     except Exception as exc:  # noqa: BLE001
-        raise InputError(f"{url}: cannot read ({_reason(exc)})") from None
+        raise InputError(_said(url, _unreadable(exc))) from None
     if info.get("type") == "directory":
-        raise InputError(f"{url}: is a folder")
+        raise InputError(_said(url, "is a folder"))
     if info.get("size") == 0:
-        raise InputError(f"{url}: empty file (0 bytes)")
+        raise InputError(_said(url, "empty file (0 bytes)"))
     folder.mkdir(parents=True, exist_ok=True)
     local = folder / (PurePosixPath(path).name or "input")
     try:
         fs.get_file(path, str(local))
     except Exception as exc:  # noqa: BLE001
-        raise InputError(f"{url}: cannot read ({_reason(exc)})") from None
+        raise InputError(_said(url, _unreadable(exc))) from None
     return local
 
 
@@ -197,7 +280,7 @@ def upload(local: Path, url: str, storage_options: Mapping[str, Any] | None = No
     try:
         fs.put_file(str(local), path)
     except Exception as exc:  # noqa: BLE001
-        raise OutputError(f"{url}: cannot write ({_reason(exc)})") from None
+        raise OutputError(_said(url, f"cannot write ({_reason(exc)})")) from None
 
 
 def workspace_prefix() -> str:

@@ -198,7 +198,7 @@ def _local_client(**options: Any):
     distributed = _distributed()
     scratch = tempfile.mkdtemp(prefix=remote.workspace_prefix() + "dask-")
 
-    class LocalClient(distributed.Client):
+    class LocalClient(distributed.Client):  # type: ignore[name-defined]  # a module object, not a type mypy sees
         def close(self, *args: Any, **kwargs: Any) -> Any:
             try:
                 return super().close(*args, **kwargs)

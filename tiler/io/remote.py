@@ -199,11 +199,12 @@ def absent(url: str, storage_options: Mapping[str, Any] | None = None) -> str | 
 
 def _denied(exc: BaseException) -> int | None:
     """The HTTP status (401 or 403) behind ``exc`` when the store refused access, else None."""
-    while exc is not None:
-        status = getattr(exc, "status", None) or getattr(exc, "status_code", None)
+    link: BaseException | None = exc
+    while link is not None:
+        status = getattr(link, "status", None) or getattr(link, "status_code", None)
         if status in (401, 403):
             return int(status)
-        exc = exc.__cause__ or exc.__context__
+        link = link.__cause__ or link.__context__
     return None
 
 

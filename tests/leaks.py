@@ -25,10 +25,13 @@ def shm_entries() -> set[str]:
     from tiler.sharedmem import owned_entries
 
     ours = descendants() | {os.getpid()}
+    me = platform.me()
     return {
         path
         for path, owner in owned_entries()
-        if owner.host == platform.host_tag() and (owner.pid in ours or platform.owner_dead(owner))
+        if owner.host == platform.host_tag()
+        # a dead owner is ours only if it started after this test run did (a killed child of a test)
+        and (owner.pid in ours or (platform.owner_dead(owner) and owner.start >= me.start))
     }
 
 

@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+import tiler
 from filters import FilterError, Resize, check_filter, filter, resolve
 from filters.base import dumps, plan_stages
 from filters.resize import axis_weights
@@ -352,3 +353,15 @@ def test_any_resize_chain_is_exact_by_output_tiles(size, out, tile, interp, dtyp
         stages = plan_stages(chain.filters, (t.core.r0, t.core.r1, t.core.c0, t.core.c1), frame.shape)
         got[t.core.slices] = run_chain(chain.filters, frame[t.window.slices], stages)
     assert np.array_equal(got.view(f"u{got.dtype.itemsize}"), want.view(f"u{want.dtype.itemsize}"))
+
+
+@pytest.mark.parametrize("shape", [(150, 150, 3), (1080, 1920, 3)])
+def test_nearest_is_the_same_in_this_process_and_on_workers(shape):
+    """The caller's own path (workers=0, small frames) reads the first stage's window, as a worker does."""
+    x = np.random.default_rng(1).integers(0, 256, shape, np.uint8)
+    for spec in ("resize:scale=0.5,interp=nearest", "resize:width=333,interp=nearest"):
+        here = tiler.process(x, spec, workers=0)
+        np.testing.assert_array_equal(here, tiler.process(x, spec, workers=2, tile_size=37, inline_below=0))
+        np.testing.assert_array_equal(here, resolve(spec).apply(x))
+    half = tiler.process(x, "resize:scale=0.5,interp=nearest", workers=2)
+    np.testing.assert_array_equal(half, np.asarray(Image.fromarray(x).resize(half.shape[1::-1], Image.NEAREST)))

@@ -431,7 +431,11 @@ class Scheduler:
                 source.flags.writeable = False
             try:
                 window = src if source is None else source
-                result = run_chain(self.chain.filters, window, full_plan(self.chain.filters, window.shape))
+                stages = full_plan(self.chain.filters, window.shape)
+                if stages is not None:  # the first stage reads its own window of the frame (nearest: not from 0)
+                    r0, r1, c0, c1 = stages[0].window
+                    window = window[r0:r1, c0:c1]
+                result = run_chain(self.chain.filters, window, stages)
             except ChainError as exc:
                 cause = exc.__cause__
                 assert cause is not None  # run_chain raises ChainError from the filter's exception

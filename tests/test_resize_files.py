@@ -124,3 +124,23 @@ def test_video_resize_on_a_cluster_equals_a_local_run(tmp_path):
     assert len(done) >= 2 and sum(done) == probe_video(src).frame_count == b.frame_count == a.frame_count
     assert (b.width, b.height) == (a.width, a.height) == (48, 32)
     assert all(np.array_equal(g, w) for g, w in zip(frames_of(remote), frames_of(local)))
+
+
+def test_an_output_larger_than_max_pixels_is_refused_before_any_work(tmp_path, capsys):
+    src = tmp_path / "a.png"
+    Image.fromarray(np.zeros((100, 150, 3), np.uint8)).save(src)
+    args = [str(src), "-f", "resize:scale=4", "-o", str(tmp_path / "b.png"), "--max-pixels", "100000"]
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "the filters make a 600x400 frame (240,000 pixels), more than the limit" in err[0]
+    assert not (tmp_path / "b.png").exists()
+    assert main([*args[:-2], "--max-pixels", "240000", "-q"]) == 0  # at the limit: written
+    with Image.open(tmp_path / "b.png") as im:
+        assert im.size == (600, 400)
+
+
+def test_a_video_upscaled_past_max_pixels_is_refused(tmp_path, capsys):
+    src = make_clip(tmp_path / "in.mp4", seconds=0.2, audio=False)
+    assert main([str(src), "-f", "resize:scale=10", "-o", str(tmp_path / "out.mp4"), "--max-pixels", "100000"]) == 1
+    assert "the filters make a 960x640 frame" in capsys.readouterr().err
+    assert not (tmp_path / "out.mp4").exists()

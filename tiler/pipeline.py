@@ -136,6 +136,7 @@ def _image_frame(src: Path, dst: Path, chain: Any, *, overwrite: bool, max_pixel
     try:
         info = source.probe()
         images.check_image_output(info, dst, overwrite=overwrite, inputs=[src])
+        check_output_size(src, chain.output_shape(info.shape), max_pixels)
     except TileprocError as exc:
         return Frame(str(src), (1, 1), np.dtype(np.uint8), error=exc, meta=(src, dst))
     out = resized_info(info, chain.output_shape(info.shape))
@@ -255,6 +256,7 @@ def process_video(
         on_start(info)
     dtype = video_dtype(info, dst)
     out = resized_video_info(info, chain)  # the writer's frame size: the chain's output
+    check_output_size(src, (out.height, out.width), max_pixels)
     writer = video.VideoWriter(
         dst, out, dtype=dtype, codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt, overwrite=overwrite
     )
@@ -263,6 +265,16 @@ def process_video(
             on_note(line)
     filter_stream(engine, video.VideoReader(info, dtype=dtype), writer, chain)
     return dst
+
+
+def check_output_size(src: Any, shape: tuple[int, ...], max_pixels: int | None) -> None:
+    """Refuse, before anything is allocated, a frame the chain would make larger than ``max_pixels``."""
+    height, width = shape[:2]
+    if max_pixels is not None and height * width > max_pixels:
+        raise OutputError(
+            f"{src}: the filters make a {width}x{height} frame ({height * width:,} pixels), more than the limit "
+            f"of {max_pixels:,} (--max-pixels / max_pixels=)"
+        )
 
 
 def resized_video_info(info: video.VideoInfo, chain: Any) -> video.VideoInfo:

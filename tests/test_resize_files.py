@@ -144,3 +144,18 @@ def test_a_video_upscaled_past_max_pixels_is_refused(tmp_path, capsys):
     assert main([str(src), "-f", "resize:scale=10", "-o", str(tmp_path / "out.mp4"), "--max-pixels", "100000"]) == 1
     assert "the filters make a 960x640 frame" in capsys.readouterr().err
     assert not (tmp_path / "out.mp4").exists()
+
+
+def test_a_resized_tiff_has_no_stale_shape_description(tmp_path):
+    import tifffile
+
+    src = tmp_path / "deep16.tif"
+    tifffile.imwrite(
+        src, np.random.default_rng(2).integers(0, 65536, (203, 311, 3), dtype=np.uint16), photometric="rgb"
+    )
+    assert main([str(src), "-f", "resize:width=622", "-o", str(tmp_path / "out.tif"), "-q"]) == 0
+    with tifffile.TiffFile(tmp_path / "out.tif") as tif:
+        page = tif.pages[0]
+        assert page.shape == (406, 622, 3) and page.dtype == np.uint16
+        assert '"shape": [203, 311, 3]' not in (page.description or "")
+        assert tif.series[0].shape == (406, 622, 3)

@@ -414,6 +414,8 @@ def _exif_tags(exif: bytes | None) -> tuple[list[tuple[int, int, int, Any, bool]
         for tag, value in ex.items():
             if tag in NOT_EXIF or tag in (0x8769, 0x8825, 0x0112):
                 continue
+            if tag == 270 and isinstance(value, str) and value.startswith('{"shape":'):
+                continue  # tifffile's own description of the input array's shape: stale after a resize
             if isinstance(value, str):
                 extratags.append((tag, 2, 0, value, True))
             elif isinstance(value, bytes):

@@ -43,7 +43,7 @@ import numpy as np
 from filters import _pixels as px
 from filters.base import Filter, FilterError, Rect4, Stage, _Scaled, scaled_size
 
-__all__ = ["Onnx", "ModelInfo", "model_info", "receptive_field", "DEFAULT_HALO", "FEATHER_BLOCK"]
+__all__ = ["Onnx", "ModelInfo", "model_info", "receptive_field", "global_ops", "DEFAULT_HALO", "FEATHER_BLOCK"]
 
 #: Halo when the graph's reach cannot be derived (input pixels).
 DEFAULT_HALO = 16
@@ -58,6 +58,8 @@ _POINTWISE = frozenset(
     "Round Floor Ceil Sign Reciprocal ThresholdedRelu Where Celu".split()
 )
 _WINDOWED = frozenset({"Conv", "ConvTranspose", "MaxPool", "AveragePool", "LpPool"})
+# Operations that read the whole image: no halo makes tiles equal the whole-image run.
+_GLOBAL = frozenset({"GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"})
 
 
 def _runtime() -> Any:
@@ -135,6 +137,20 @@ def model_info(path: str) -> ModelInfo:
     return ModelInfo(
         inputs[0].name, outputs[0].name, c, (h, w) if static else None, batch, scale, receptive_field(path)
     )
+
+
+def global_ops(path: str) -> list[str]:
+    """The operations of the model's graph that read the whole image (GlobalAveragePool...),
+    in graph order; empty when there are none or the ``onnx`` package is missing."""
+    try:
+        import onnx
+    except ImportError:
+        return []
+    try:
+        model = onnx.load(path, load_external_data=False)
+    except Exception:
+        return []
+    return [node.op_type for node in model.graph.node if node.op_type in _GLOBAL]
 
 
 def receptive_field(path: str) -> int | None:
@@ -235,6 +251,11 @@ class Onnx(Filter, _Scaled):
         px.check_int(self.name, "halo", self.halo, low=-1, high=4096)
         px.check_int(self.name, "block", self.block, low=0, high=1 << 16)
         info = model_info(path)
+        if self.halo < 0 and (whole := global_ops(path)):
+            raise FilterError(
+                f"onnx: {self.model} has {whole[0]}, which reads the whole image: by tiles no halo equals the "
+                "whole-image run; give halo=N to run it by tiles anyway (the result is approximate)"
+            )
         halo = self.halo if self.halo >= 0 else (info.reach if info.reach is not None else DEFAULT_HALO)
         object.__setattr__(self, "model", path)
         object.__setattr__(self, "halo", int(halo))

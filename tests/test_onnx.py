@@ -166,3 +166,24 @@ def test_errors_name_the_file_and_the_fix(tmp_path):
 def test_listed_as_an_optional_builtin():
     info = next(i for i in available() if i.name == "onnx")
     assert "tileproc[onnx]" in info.source and "model" in info.params
+
+
+def test_a_model_that_reads_the_whole_image_is_refused_without_a_halo(tmp_path):
+    """x - GlobalAveragePool(x) + 0.5: no tiling equals the whole run, so it is said, not guessed."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    nodes = [
+        helper.make_node("GlobalAveragePool", ["x"], ["m"]),
+        helper.make_node("Sub", ["x", "m"], ["d"]),
+        helper.make_node("Add", ["d", "half"], ["y"]),
+    ]
+    inits = [numpy_helper.from_array(np.array(0.5, np.float32), "half")]
+    model = helper.make_model(
+        helper.make_graph(nodes, "g", [x], [y], inits), opset_imports=[helper.make_opsetid("", 13)]
+    )
+    model.ir_version = 8
+    path = tmp_path / "gap.onnx"
+    onnx.save(model, str(path))
+    with pytest.raises(FilterError, match=r"has GlobalAveragePool, which reads the whole image.*give halo=N"):
+        resolve(f"onnx:model={path}")
+    assert resolve(f"onnx:model={path},halo=8").filters[0].halo == 8  # asked for: run by tiles, approximate

@@ -136,10 +136,11 @@ def _image_frame(src: Path, dst: Path, chain: Any, *, overwrite: bool, max_pixel
     try:
         info = source.probe()
         images.check_image_output(info, dst, overwrite=overwrite, inputs=[src])
-        check_output_size(src, chain.output_shape(info.shape), max_pixels)
+        shape = chain.output_shape(info.shape)
+        check_output_size(src, shape, max_pixels)
     except TileprocError as exc:
         return Frame(str(src), (1, 1), np.dtype(np.uint8), error=exc, meta=(src, dst))
-    out = resized_info(info, chain.output_shape(info.shape))
+    out = resized_info(info, shape)
     sink = images.ImageSink(dst, out, overwrite=overwrite, quality=quality)
     if source.runs == "parent":
         return Frame(str(src), info.shape, info.dtype, meta=(src, dst, source, sink))  # an animation: see below

@@ -50,7 +50,7 @@ BY_VALUE = textwrap.dedent(
     chain = [inv, added(by=3), closure, partial, Add(by=4)]
     check_filter(chain, dtypes=["uint8"], channels=[3])
     frame = np.random.default_rng(0).integers(0, 256, (240, 320, 3), dtype=np.uint8)
-    out = tiler.process(frame, chain, workers=2, tile_size=50, inline_below=0)
+    out = tiler.process(frame, chain, workers=2, tile_size=50, inline_below=0, builtins_in_process=False)
     want = ~frame + np.uint8(14)
     print("same" if np.array_equal(out, want) else "differ")
     """
@@ -71,13 +71,13 @@ def _default_pids() -> tuple[int, ...]:
 def test_calls_reuse_a_warm_default_engine_until_options_change():
     frame = np.random.default_rng(1).integers(0, 256, (300, 400, 3), dtype=np.uint8)
     want = tiler.process(frame, "blur:sigma=2", workers=0)
-    a = tiler.process(frame, "blur:sigma=2", workers=2, inline_below=0)
+    a = tiler.process(frame, "blur:sigma=2", workers=2, inline_below=0, builtins_in_process=False)
     pids = _default_pids()
-    b = tiler.process(frame, "blur:sigma=2", workers=2, inline_below=0)
+    b = tiler.process(frame, "blur:sigma=2", workers=2, inline_below=0, builtins_in_process=False)
     assert _default_pids() == pids  # the same workers served both calls
     np.testing.assert_array_equal(a, want)
     np.testing.assert_array_equal(b, want)
-    tiler.process(frame, "invert", workers=1, inline_below=0)
+    tiler.process(frame, "invert", workers=1, inline_below=0, builtins_in_process=False)
     assert len(_default_pids()) == 1 and not set(_default_pids()) & set(pids)
     tiler.shutdown()
     assert tiler._default is None
@@ -90,9 +90,17 @@ def test_an_interrupted_call_leaves_nothing_and_the_next_call_works():
         raise KeyboardInterrupt  # as Ctrl-C (or a kernel interrupt) mid-job
 
     with pytest.raises(KeyboardInterrupt):
-        tiler.process(frame, "median:size=5", workers=2, inline_below=0, tile_size=20, progress=interrupt)
+        tiler.process(
+            frame,
+            "median:size=5",
+            workers=2,
+            inline_below=0,
+            builtins_in_process=False,
+            tile_size=20,
+            progress=interrupt,
+        )
     assert tiler._default is None  # stopped, rebuilt on the next call
-    out = tiler.process(frame, "median:size=5", workers=2, inline_below=0, tile_size=20)
+    out = tiler.process(frame, "median:size=5", workers=2, inline_below=0, builtins_in_process=False, tile_size=20)
     np.testing.assert_array_equal(out, tiler.process(frame, "median:size=5", workers=0))
 
 
@@ -102,11 +110,11 @@ def test_a_failed_job_keeps_the_engine():
         raise RuntimeError("boom")
 
     frame = np.zeros((300, 300), np.uint8)
-    tiler.process(frame, "invert", workers=2, inline_below=0)
+    tiler.process(frame, "invert", workers=2, inline_below=0, builtins_in_process=False)
     pids = _default_pids()
     with pytest.raises(tiler.FilterFailed, match="boom"):
-        tiler.process(frame, boom, workers=2, inline_below=0)
-    tiler.process(frame, "invert", workers=2, inline_below=0)
+        tiler.process(frame, boom, workers=2, inline_below=0, builtins_in_process=False)
+    tiler.process(frame, "invert", workers=2, inline_below=0, builtins_in_process=False)
     assert set(_default_pids()) == set(pids)
 
 
@@ -115,7 +123,7 @@ def test_threads_calling_at_once_each_get_a_correct_result():
     results: dict[int, np.ndarray] = {}
 
     def run(i: int) -> None:
-        results[i] = tiler.process(frames[i], "invert", workers=1, inline_below=0)
+        results[i] = tiler.process(frames[i], "invert", workers=1, inline_below=0, builtins_in_process=False)
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
     for t in threads:
@@ -127,12 +135,14 @@ def test_threads_calling_at_once_each_get_a_correct_result():
 
 def test_progress_true_shows_a_tqdm_bar_of_tiles(capsys):
     frame = np.zeros((300, 300), np.uint8)
-    tiler.process(frame, "invert", workers=2, inline_below=0, tile_size=100, progress=True)
+    tiler.process(frame, "invert", workers=2, inline_below=0, builtins_in_process=False, tile_size=100, progress=True)
     err = capsys.readouterr().err
     assert "0/9 [" in err and "tile" in err  # the total is known from the first event
-    tiler.process(frame, "invert", workers=2, inline_below=0, tile_size=100, progress=False)
+    tiler.process(frame, "invert", workers=2, inline_below=0, builtins_in_process=False, tile_size=100, progress=False)
     assert capsys.readouterr().err == ""
-    tiler.process(frame, "invert", workers=2, inline_below=0, tile_size=100)  # stderr is not a terminal here
+    tiler.process(
+        frame, "invert", workers=2, inline_below=0, builtins_in_process=False, tile_size=100
+    )  # stderr is not a terminal here
     assert capsys.readouterr().err == ""
 
 

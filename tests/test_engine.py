@@ -18,7 +18,7 @@ def frame_of(rng, shape, dtype):
 
 @pytest.fixture
 def engine2():
-    with Engine(workers=2, inline_below=0) as e:
+    with Engine(workers=2, inline_below=0, builtins_in_process=False) as e:
         yield e
 
 
@@ -49,7 +49,7 @@ def test_workers_and_tile_sizes_give_identical_bytes(workers, tile):
     rng = np.random.default_rng(1)
     frame = frame_of(rng, (23, 41, 3), np.uint8)
     chain = [jittery_boxmean(radius=3), boxmean(radius=1)]
-    with Engine(workers=workers, tile_size=tile, inline_below=0) as e:
+    with Engine(workers=workers, tile_size=tile, inline_below=0, builtins_in_process=False) as e:
         out = e.process(frame, chain)
     np.testing.assert_array_equal(out, Chain(chain).apply(frame))
 
@@ -64,7 +64,7 @@ def test_map_frames_keeps_order_and_bounds_look_ahead():
             taken.append(i)
             yield f
 
-    with Engine(workers=2, frames_in_flight=3, inline_below=0) as e:
+    with Engine(workers=2, frames_in_flight=3, inline_below=0, builtins_in_process=False) as e:
         results = e.map_frames(source(), boxmean(radius=2))
         first = next(results)
         assert len(taken) <= 4  # at most frames_in_flight (+ the one being checked) read ahead
@@ -85,7 +85,7 @@ def test_frames_of_changing_size_and_dtype_in_one_stream():
             ((80, 33, 4), np.uint16),
         ]
     ]
-    with Engine(workers=2, frames_in_flight=2, inline_below=0) as e:
+    with Engine(workers=2, frames_in_flight=2, inline_below=0, builtins_in_process=False) as e:
         outs = list(e.map_frames(frames, [boxmean(radius=2), negate]))
     for f, o in zip(frames, outs):
         np.testing.assert_array_equal(o, Chain([boxmean(radius=2), negate]).apply(f))
@@ -93,10 +93,10 @@ def test_frames_of_changing_size_and_dtype_in_one_stream():
 
 def test_small_frames_of_built_in_chains_are_filtered_in_the_parent_and_agree(monkeypatch):
     from tiler.engine import resolve_chain
-    from tiler.scheduler import Scheduler, _built_in
+    from tiler.scheduler import Scheduler, built_in
 
-    assert _built_in(resolve_chain("blur:sigma=2,invert"))
-    assert not _built_in(resolve_chain([boxmean, "invert"]))
+    assert built_in(resolve_chain("blur:sigma=2,invert"))
+    assert not built_in(resolve_chain([boxmean, "invert"]))
     rng = np.random.default_rng(4)
     frame = frame_of(rng, (30, 30, 3), np.uint8)
     sent = []
@@ -107,7 +107,7 @@ def test_small_frames_of_built_in_chains_are_filtered_in_the_parent_and_agree(mo
         assert not sent  # a small frame of built-ins: filtered here
         e.process(frame, boxmean(radius=2))
         assert sent  # other filter code always runs on a worker
-    with Engine(workers=2, inline_below=0) as e:
+    with Engine(workers=2, inline_below=0, builtins_in_process=False) as e:
         tiled = e.process(frame, "blur:sigma=2")
     np.testing.assert_array_equal(small, tiled)
 
@@ -139,7 +139,7 @@ def make_closure_filter(offset):
 
 def test_filter_defined_in_a_function_travels_by_value_to_the_workers():
     frame = np.zeros((300, 300), np.uint8)
-    with Engine(workers=2, inline_below=0) as e:
+    with Engine(workers=2, inline_below=0, builtins_in_process=False) as e:
         assert (e.process(frame, make_closure_filter(7)) == 7).all()
 
 
@@ -153,7 +153,7 @@ def test_bad_engine_options():
 
 
 def test_engine_reuses_one_pool_for_many_calls():
-    with Engine(workers=2, inline_below=0) as e:
+    with Engine(workers=2, inline_below=0, builtins_in_process=False) as e:
         e.process(np.zeros((50, 50), np.uint8), negate)
         pids = e.pool.pids
         for _ in range(3):
@@ -183,7 +183,7 @@ def test_closing_never_swaps_the_callers_signal_handlers():
     try:
         frame = np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8)
         for _ in range(3):
-            with Engine(workers=2, inline_below=0) as engine:
+            with Engine(workers=2, inline_below=0, builtins_in_process=False) as engine:
                 engine.process(frame, "blur")
     finally:
         stop.set()
@@ -194,7 +194,7 @@ def test_closing_never_swaps_the_callers_signal_handlers():
 
 def test_an_interrupt_during_close_still_releases_everything(monkeypatch):
     """Ctrl-C arriving mid-cleanup: the cleanup finishes (the leak fixture checks), then it is raised."""
-    engine = Engine(workers=2, inline_below=0)
+    engine = Engine(workers=2, inline_below=0, builtins_in_process=False)
     engine.process(np.zeros((300, 400, 3), np.uint8), "invert")
     real_close = engine._ring.close
     calls = []

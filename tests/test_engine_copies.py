@@ -31,7 +31,7 @@ def mapped_by_workers(engine: Engine) -> set[str]:
 
 
 def test_a_frame_from_empty_is_filtered_in_place_by_the_workers():
-    with Engine(workers=2, tile_size=16, inline_below=0) as e:
+    with Engine(workers=2, tile_size=16, inline_below=0, builtins_in_process=False) as e:
         before = shm_entries()
         frame = e.empty(FRAME.shape, FRAME.dtype)
         (segment,) = shm_entries() - before
@@ -51,7 +51,7 @@ def test_a_frame_from_empty_is_not_copied_into_a_slot(monkeypatch):
     monkeypatch.setattr(
         Scheduler, "_filter", lambda self, f, source=None: copied.append(source) or filter_(self, f, source)
     )
-    with Engine(workers=2, inline_below=0) as e:
+    with Engine(workers=2, inline_below=0, builtins_in_process=False) as e:
         frame = e.empty(FRAME.shape, FRAME.dtype)
         frame[...] = FRAME
         e.process(frame, CHAIN)
@@ -60,7 +60,7 @@ def test_a_frame_from_empty_is_not_copied_into_a_slot(monkeypatch):
 
 
 def test_frames_from_empty_in_a_stream_and_the_segments_freed_when_dropped():
-    with Engine(workers=2, frames_in_flight=2, inline_below=0) as e:
+    with Engine(workers=2, frames_in_flight=2, inline_below=0, builtins_in_process=False) as e:
         before = shm_entries()
         frames = [e.empty((40, 30), np.uint16) for _ in range(3)]
         for i, f in enumerate(frames):
@@ -87,7 +87,7 @@ def test_empty_refuses_what_the_engine_cannot_filter():
 
 
 def test_a_frame_from_empty_given_again_while_in_flight_fails_loudly():
-    with Engine(workers=2, frames_in_flight=3, inline_below=0) as e:
+    with Engine(workers=2, frames_in_flight=3, inline_below=0, builtins_in_process=False) as e:
         buf = e.empty((64, 64), np.uint8)
 
         def refilled():
@@ -108,7 +108,7 @@ def test_a_frame_from_empty_given_again_while_in_flight_fails_loudly():
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_process_writes_into_out_even_in_place(workers):
-    with Engine(workers=workers, tile_size=16, inline_below=0) as e:
+    with Engine(workers=workers, tile_size=16, inline_below=0, builtins_in_process=False) as e:
         out = np.zeros_like(FRAME)
         assert e.process(FRAME, CHAIN, out=out) is out
         np.testing.assert_array_equal(out, WANT)
@@ -138,7 +138,7 @@ def test_process_refuses_an_out_that_does_not_fit():
 
 def test_views_without_copies_are_read_only_and_stay_right_while_kept():
     frames = [np.full((30, 20), i, np.uint8) for i in range(6)]
-    with Engine(workers=2, frames_in_flight=2, inline_below=0) as e:
+    with Engine(workers=2, frames_in_flight=2, inline_below=0, builtins_in_process=False) as e:
         seen = []
         for view in e.map_frames(frames, negate, copy=False):  # the loop variable holds one
             assert not view.flags.writeable
@@ -155,7 +155,7 @@ def test_views_without_copies_are_read_only_and_stay_right_while_kept():
 
 
 def test_a_lent_view_of_a_frame_from_empty_must_be_dropped_before_it_is_filtered_again():
-    with Engine(workers=1, inline_below=0) as e:
+    with Engine(workers=1, inline_below=0, builtins_in_process=False) as e:
         frame = e.empty((8, 8), np.uint8)
         frame[...] = 3
         (first,) = e.map_frames([frame], negate, copy=False)
@@ -182,7 +182,7 @@ def test_workers_start_before_the_whole_frame_is_copied(monkeypatch):
             seen.append(int((frame.slot_views[0][-1] != 0).all()))  # is the last row in yet?
 
     monkeypatch.setattr(Scheduler, "_dispatch", spy)
-    with Engine(workers=2, tile_size=(8, 80), inline_below=0) as e:
+    with Engine(workers=2, tile_size=(8, 80), inline_below=0, builtins_in_process=False) as e:
         np.testing.assert_array_equal(e.process(FRAME, CHAIN), WANT)
     assert seen[0] == 0 and seen[-1] == 1  # the first task went out while rows were still missing
 
@@ -214,7 +214,7 @@ def test_empty_where_shared_memory_cannot_hold_the_frame_uses_the_disk(monkeypat
 
     real = platform.free_bytes
     monkeypatch.setattr(platform, "free_bytes", lambda folder: 0 if folder == "/dev/shm" else real(folder))
-    with Engine(workers=2, inline_below=0) as e:
+    with Engine(workers=2, inline_below=0, builtins_in_process=False) as e:
         with pytest.warns(TileprocWarning, match="files in"):
             frame = e.empty(FRAME.shape, FRAME.dtype)
         frame[...] = FRAME

@@ -51,7 +51,7 @@ def test_invalid_results_are_named(bad, text):
 
 
 def test_nan_is_an_invalid_result():
-    with Engine(workers=2, inline_below=0) as e:
+    with Engine(workers=2, inline_below=0, builtins_in_process=False) as e:
         with pytest.raises(FilterFailed, match="NaN"):
             e.process(FRAME.astype(np.float32) / 255, ff.nan_out)
 
@@ -75,7 +75,7 @@ def test_worker_killed_once_is_retried_and_the_result_is_exact(tmp_path):
 
 
 def test_worker_killed_from_outside_mid_job(tmp_path):
-    with Engine(workers=2, inline_below=0, tile_size=20, retries=0) as e:
+    with Engine(workers=2, inline_below=0, builtins_in_process=False, tile_size=20, retries=0) as e:
         e.process(FRAME, ff.negate)  # start the pool
         victim = e.pool.pids[0]
         frames = e.map_frames([FRAME] * 50, ff.slow(seconds=0.01))
@@ -95,7 +95,7 @@ def test_hanging_filter_stopped_by_tile_timeout():
 
 
 def test_engine_recovers_after_a_failed_job():
-    with Engine(workers=2, inline_below=0) as e:
+    with Engine(workers=2, inline_below=0, builtins_in_process=False) as e:
         with pytest.raises(FilterFailed):
             e.process(FRAME, ff.raises)
         out = e.process(FRAME, ff.boxmean)
@@ -113,7 +113,7 @@ def test_only_the_poisoned_frame_fails_not_the_ones_queued_behind_it():
     poison = np.full((64, 64), 255, np.uint8)
     good = np.zeros((64, 64), np.uint8)
     # One worker, one tile per frame: the good frame's task waits on the same worker behind the poison.
-    with Engine(workers=1, frames_in_flight=2, tile_size=64, inline_below=0) as e:
+    with Engine(workers=1, frames_in_flight=2, tile_size=64, inline_below=0, builtins_in_process=False) as e:
         jobs = [
             Frame(f"f{i}", f.shape, f.dtype, source=f, target=np.empty_like(f))
             for i, f in enumerate([poison, good, good])
@@ -126,7 +126,7 @@ def test_only_the_poisoned_frame_fails_not_the_ones_queued_behind_it():
 
 def test_workers_unmap_slots_given_up_for_larger_frames():
     sizes = [200, 400, 600, 800]
-    with Engine(workers=1, frames_in_flight=1, inline_below=0) as e:
+    with Engine(workers=1, frames_in_flight=1, inline_below=0, builtins_in_process=False) as e:
         for _ in e.map_frames((np.zeros((s, s, 3), np.uint8) for s in sizes), ff.negate):
             pass
         (pid,) = e.pool.pids
@@ -143,7 +143,7 @@ def test_a_chain_workers_cannot_load_fails_each_frame_with_the_reason(tmp_path):
     chain = resolve(f"{mine}:same")  # loaded here; then the file goes away before workers import it
     mine.unlink()
     frame = np.zeros((300, 300), np.uint8)
-    with Engine(workers=1, inline_below=0) as e:
+    with Engine(workers=1, inline_below=0, builtins_in_process=False) as e:
         for _ in range(2):
             with pytest.raises(FilterFailed, match="could not load the filter chain.*vanishing"):
                 e.process(frame, chain)
@@ -225,7 +225,7 @@ def test_ctrl_c_mid_run_stops_at_once_and_leaves_nothing(tmp_path):
 def test_a_slow_frame_whose_tiles_each_keep_the_limit_does_not_time_out():
     # 16 tiles of 0.15 s on one worker, in batches of 4 (0.6 s each): the limit is per tile.
     frame = np.zeros((16, 8), np.uint8)
-    with Engine(workers=1, tile_size=(1, 8), tile_timeout=0.4, inline_below=0) as e:
+    with Engine(workers=1, tile_size=(1, 8), tile_timeout=0.4, inline_below=0, builtins_in_process=False) as e:
         out = e.process(frame, ff.slow(seconds=0.15))
     np.testing.assert_array_equal(out, frame)
 

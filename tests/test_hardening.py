@@ -52,9 +52,9 @@ def test_a_frame_that_fits_neither_in_shared_memory_nor_on_disk_fails_at_once():
 
 def test_worker_threads_held_to_one_unless_asked():
     frame = np.zeros((300, 300), np.uint8)
-    with Engine(workers=2, inline_below=0) as e:
+    with Engine(workers=2, inline_below=0, builtins_in_process=False) as e:
         assert set(np.unique(e.process(frame, ff.report_threads))) == {1}
-    with Engine(workers=1, threads=2, inline_below=0) as e:
+    with Engine(workers=1, threads=2, inline_below=0, builtins_in_process=False) as e:
         assert set(np.unique(e.process(frame, ff.report_threads))) == {2}
 
 
@@ -65,7 +65,9 @@ def test_bytes_identical_for_any_workers_tiles_and_start_method(start_method):
     chain = [ff.jittery_boxmean(radius=2), "sharpen:sigma=1.2,amount=1.5", "median:size=3"]
     want = Chain([ff.jittery_boxmean(radius=2)] + list(tiler.engine.resolve_chain(chain[1:]).filters)).apply(frame)
     for workers, tile in [(1, 13), (2, 7), (2, (1, 83)), (2, None)]:
-        with Engine(workers=workers, tile_size=tile, start_method=start_method, inline_below=0) as e:
+        with Engine(
+            workers=workers, tile_size=tile, start_method=start_method, inline_below=0, builtins_in_process=False
+        ) as e:
             assert e.process(frame, chain).tobytes() == want.tobytes()
 
 

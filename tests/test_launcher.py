@@ -70,7 +70,7 @@ def test_a_host_thread_sees_no_change_to_environment_or_multiprocessing_during_r
     watcher.start()
     try:
         for threads in (1, 2):  # a fresh launcher for each thread count
-            with Engine(workers=2, threads=threads, inline_below=0, tile_size=100) as e:
+            with Engine(workers=2, threads=threads, inline_below=0, builtins_in_process=False, tile_size=100) as e:
                 np.testing.assert_array_equal(e.process(FRAME, "invert"), 255 - FRAME)
     finally:
         stop.set()
@@ -84,7 +84,7 @@ def test_workers_get_their_thread_limits_without_the_host_having_them():
     import faultfilters as ff
 
     assert "OMP_NUM_THREADS" not in os.environ or os.environ["OMP_NUM_THREADS"] != "3"
-    with Engine(workers=1, threads=3, inline_below=0) as e:
+    with Engine(workers=1, threads=3, inline_below=0, builtins_in_process=False) as e:
         assert set(np.unique(e.process(np.zeros((64, 64), np.uint8), ff.report_threads))) == {3}
 
 
@@ -139,15 +139,15 @@ def test_worker_start_is_a_fork_of_the_warm_launcher():
         with open(f"/proc/{pid}/stat") as f:
             return int(f.read().rsplit(")", 1)[1].split()[1])
 
-    with Engine(workers=2, inline_below=0) as e:
+    with Engine(workers=2, inline_below=0, builtins_in_process=False) as e:
         e.process(FRAME, "invert")
         first = {parent(pid) for pid in e.pool.pids}
         (launcher,) = first
         assert launcher in zygote_pids() and launcher != os.getpid()
-    with Engine(workers=2, inline_below=0) as e:
+    with Engine(workers=2, inline_below=0, builtins_in_process=False) as e:
         e.process(FRAME, "invert")
         assert {parent(pid) for pid in e.pool.pids} == first  # the same warm launcher, not a new one
-    with Engine(workers=2, inline_below=0, start_method="spawn") as e:
+    with Engine(workers=2, inline_below=0, builtins_in_process=False, start_method="spawn") as e:
         e.process(FRAME, "invert")
         assert {parent(pid) for pid in e.pool.pids} == {os.getpid()}  # spawn: fresh interpreters of this process
 

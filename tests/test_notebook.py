@@ -33,7 +33,7 @@ CELLS = [
     def inv(tile):
         return ~tile
 
-    out = tiler.process(frame, inv, workers=2, inline_below=0, tile_size=64)
+    out = tiler.process(frame, inv, workers=2, inline_below=0, builtins_in_process=False, tile_size=64)
     assert np.array_equal(out, ~frame)
     print("cell filter ok")
     """,
@@ -50,15 +50,15 @@ CELLS = [
 
     box = filter(halo=lambda radius=1: radius)(_box)
     check_filter([floor, box(radius=2)], dtypes=["uint8"], channels=[3])
-    out = tiler.process(frame, [floor, box(radius=2)], workers=2, inline_below=0, tile_size=64)
+    out = tiler.process(frame, [floor, box(radius=2)], workers=2, inline_below=0, builtins_in_process=False, tile_size=64)
     assert np.array_equal(out, _box(np.maximum(frame, np.uint8(level)), radius=2))
     print("closure and call form ok")
     """,
     # The engine stays warm between calls.
     """
-    tiler.process(frame, inv, workers=2, inline_below=0, tile_size=20)
+    tiler.process(frame, inv, workers=2, inline_below=0, builtins_in_process=False, tile_size=20)
     pids = list(tiler._default[2].pool.pids)
-    tiler.process(frame, inv, workers=2, inline_below=0, tile_size=20)
+    tiler.process(frame, inv, workers=2, inline_below=0, builtins_in_process=False, tile_size=20)
     assert list(tiler._default[2].pool.pids) == pids
     print("warm engine ok")
     """,
@@ -70,7 +70,7 @@ CELLS = [
         return tile.copy()
 
     print("started", flush=True)
-    tiler.process(frame, slow, workers=2, inline_below=0, tile_size=20)
+    tiler.process(frame, slow, workers=2, inline_below=0, builtins_in_process=False, tile_size=20)
     print("not interrupted")
     """,
     """
@@ -86,7 +86,7 @@ CELLS = [
         time.sleep(0.05)
     assert all(map(gone, pids)), "workers of the interrupted job still run"
     assert tiler._default is None
-    out = tiler.process(frame, inv, workers=2, inline_below=0, tile_size=20)
+    out = tiler.process(frame, inv, workers=2, inline_below=0, builtins_in_process=False, tile_size=20)
     assert np.array_equal(out, ~frame)
     tiler.shutdown()
     print("after interrupt ok")

@@ -65,7 +65,7 @@ def whole_run(path: str, img: np.ndarray) -> np.ndarray:
 
 def engine_runs(spec: str, img: np.ndarray, tiles=((None), (37, 53), (64, 100_000))) -> list[np.ndarray]:
     outs = []
-    with Engine(workers=2, inline_below=0) as engine:
+    with Engine(workers=2, inline_below=0, builtins_in_process=False) as engine:
         for tile in tiles:
             engine.tile_shape = tile
             outs.append(engine.process(img, spec))

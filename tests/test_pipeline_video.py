@@ -123,13 +123,13 @@ def test_existing_output_refused_and_kept(tmp_path):
 def test_filter_error_mid_video_leaves_no_output(tmp_path):
     dst = tmp_path / "out.mp4"
     with pytest.raises(FilterFailed, match=r"bear_vp9_odd_161x121.webm frame \d+.*raises"):
-        tiler.process_video(BEAR, dst, "faultfilters:raises", workers=2, inline_below=0)
+        tiler.process_video(BEAR, dst, "faultfilters:raises", workers=2, inline_below=0, builtins_in_process=False)
     assert sorted(os.listdir(tmp_path)) == []
 
 
 def test_killed_worker_mid_video_fails_cleanly(tmp_path):
     dst = tmp_path / "out.mp4"
-    with Engine(workers=2, inline_below=0, retries=0) as engine:
+    with Engine(workers=2, inline_below=0, builtins_in_process=False, retries=0) as engine:
         engine.process(np.zeros((8, 8), np.uint8), "invert")
         victim = engine.pool.pids[0]
         started = []

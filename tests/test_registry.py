@@ -413,7 +413,7 @@ def test_the_call_form_travels_by_reference_like_the_decorator_form():
 
 def test_the_call_form_runs_on_workers():
     frame = np.random.default_rng(0).integers(0, 256, (300, 320, 3), dtype=np.uint8)
-    with Engine(workers=2, inline_below=0, tile_size=40) as e:
+    with Engine(workers=2, inline_below=0, builtins_in_process=False, tile_size=40) as e:
         out = e.process(frame, [spread(radius=2), copied])
     np.testing.assert_array_equal(out, _spread(frame, radius=2))
 
@@ -438,7 +438,7 @@ def test_an_edited_plugin_file_is_never_run_stale_by_long_lived_workers(tmp_path
     plugin = tmp_path / "myf.py"
     plugin.write_text("from filters import filter\n\n@filter(halo=0)\ndef f(tile):\n    return tile\n")
     frame = np.arange(300 * 400 * 3, dtype=np.uint32).reshape(300, 400, 3).astype(np.uint8)
-    with Engine(workers=2, inline_below=0) as engine:
+    with Engine(workers=2, inline_below=0, builtins_in_process=False) as engine:
         np.testing.assert_array_equal(engine.process(frame, resolve(f"{plugin}:f")), frame)
         first = next(name for name in sys.modules if name.startswith("tileproc_plugin_myf_"))
         plugin.write_text("from filters import filter\n\n@filter(halo=0)\ndef f(tile):\n    return 255 - tile\n")

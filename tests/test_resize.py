@@ -219,7 +219,7 @@ def test_engine_is_exact_at_real_ratios():
         (small, "blur:sigma=2,resize:scale=0.5,sharpen"),
         (small, filterdefs.double_box(radius=1)),
     ]
-    with Engine(workers=2, inline_below=0) as engine:
+    with Engine(workers=2, inline_below=0, builtins_in_process=False) as engine:
         for img, spec in cases:
             chain = resolve(spec)
             want = chain.apply(img)
@@ -233,7 +233,7 @@ def test_map_frames_resizes_every_frame_in_order():
     rng = np.random.default_rng(8)
     frames = [rng.integers(0, 65536, (60, 80, 4), dtype=np.uint16) for _ in range(5)]
     chain = resolve("resize:width=40,interp=cubic")
-    with Engine(workers=2, inline_below=0, frames_in_flight=2, tile_size=16) as engine:
+    with Engine(workers=2, inline_below=0, builtins_in_process=False, frames_in_flight=2, tile_size=16) as engine:
         outs = list(engine.map_frames(iter(frames), chain))
     assert [o.shape for o in outs] == [(30, 40, 4)] * 5
     for frame, out in zip(frames, outs):
@@ -243,7 +243,7 @@ def test_map_frames_resizes_every_frame_in_order():
 def test_a_shape_filter_that_lies_fails_with_its_name():
     from tiler.errors import FilterFailed
 
-    with Engine(workers=1, inline_below=0) as engine:
+    with Engine(workers=1, inline_below=0, builtins_in_process=False) as engine:
         with pytest.raises(FilterFailed, match=r"frame 0, tile 0: filter 'wrong_scale' raised: .*declared scale 2"):
             engine.process(np.zeros((20, 20), np.uint8), filterdefs.wrong_scale)
 
@@ -292,12 +292,12 @@ def test_small_resizes_run_inline_and_equal_the_workers(sent):
     """resize is a built-in: a small frame is filtered in the caller, like blur; the inline
     path counts the larger of the input and the output against the threshold."""
     frame = np.random.default_rng(10).integers(0, 256, (40, 30, 3), dtype=np.uint8)
-    with Engine(workers=2, inline_below=40 * 30 * 4) as engine:
+    with Engine(workers=2, inline_below=40 * 30 * 4, builtins_in_process=False) as engine:
         small = engine.process(frame, "blur:sigma=1,resize:scale=1.5")
         assert not sent  # 60 x 45 out: below the threshold, filtered here
         engine.process(frame, "resize:scale=2.5")
         assert sent  # 100 x 75 out: above it, by tiles on the workers
-    with Engine(workers=2, inline_below=0, tile_size=16) as engine:
+    with Engine(workers=2, inline_below=0, builtins_in_process=False, tile_size=16) as engine:
         tiled = engine.process(frame, "blur:sigma=1,resize:scale=1.5")
     assert small.shape == (60, 45, 3)
     np.testing.assert_array_equal(small, tiled)
@@ -308,7 +308,7 @@ def test_copy_free_calls_take_the_output_shape():
     their slot, copied through the ring when a resize makes it larger) and copy-free results."""
     rng = np.random.default_rng(11)
     frame = rng.integers(0, 256, (120, 90, 3), dtype=np.uint8)
-    with Engine(workers=2, inline_below=0, tile_size=32) as engine:
+    with Engine(workers=2, inline_below=0, builtins_in_process=False, tile_size=32) as engine:
         for spec in ("resize:scale=0.5", "blur:sigma=1,resize:scale=2.5"):
             chain = resolve(spec)
             want = chain.apply(frame)
@@ -361,7 +361,9 @@ def test_nearest_is_the_same_in_this_process_and_on_workers(shape):
     x = np.random.default_rng(1).integers(0, 256, shape, np.uint8)
     for spec in ("resize:scale=0.5,interp=nearest", "resize:width=333,interp=nearest"):
         here = tiler.process(x, spec, workers=0)
-        np.testing.assert_array_equal(here, tiler.process(x, spec, workers=2, tile_size=37, inline_below=0))
+        np.testing.assert_array_equal(
+            here, tiler.process(x, spec, workers=2, tile_size=37, inline_below=0, builtins_in_process=False)
+        )
         np.testing.assert_array_equal(here, resolve(spec).apply(x))
     half = tiler.process(x, "resize:scale=0.5,interp=nearest", workers=2)
     np.testing.assert_array_equal(half, np.asarray(Image.fromarray(x).resize(half.shape[1::-1], Image.NEAREST)))

@@ -2,7 +2,8 @@
 
 One engine per worker count runs every filter (and some chains) over shapes
 (1x1, 1xN, Nx1, odd, prime, smaller and larger than the tile), dtypes,
-channel counts and tile sizes, with tiles really dispatched to the workers.
+channel counts and tile sizes, with tiles really dispatched to the workers, and
+again on the threads that run chains of built-ins in the caller's process.
 Chains that change the frame's size (resize at several ratios and kernels, a
 custom x2 filter) run over the same grid: tiles are then cut from the output.
 """
@@ -67,11 +68,12 @@ def test_every_builtin_is_covered():
     } <= names
 
 
+@pytest.mark.parametrize("on", ["workers", "threads"])
 @pytest.mark.parametrize("workers", [1, 2])
-def test_tiled_equals_whole_for_every_filter(workers):
+def test_tiled_equals_whole_for_every_filter(workers, on):
     rng = np.random.default_rng(workers)
     failures = []
-    with Engine(workers=workers, inline_below=0) as engine:
+    with Engine(workers=workers, inline_below=0, builtins_in_process=on == "threads") as engine:
         for spec in specs():
             chain = resolve(spec)
             for shape, dtype, channels in itertools.product(SHAPES, DTYPES, CHANNELS):

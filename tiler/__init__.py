@@ -75,6 +75,7 @@ _ENGINE_OPTIONS = (
     "tile_timeout",
     "progress",
     "inline_below",
+    "builtins_in_process",
 )
 
 

@@ -81,6 +81,7 @@ _ENGINE_OPTIONS = (
     "retries",
     "tile_timeout",
     "inline_below",
+    "builtins_in_process",
 )
 _T = TypeVar("_T")
 

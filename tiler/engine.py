@@ -18,8 +18,15 @@ be avoided:
   it is dropped; keeping more than twice ``frames_in_flight`` of them at once
   is an error that says so, never a silent overwrite.
 
+Built-in filters run here. They are OpenCV and numpy calls that release the
+GIL, so a chain made only of them is run on threads of this process over the
+frame's strips (:mod:`tiler.threads`): the frame is read where it lies and the
+result written where it goes, with no copy and no worker. Other filter code
+runs on the workers (promise 10), and so do the tiles of frames whose file
+steps run there anyway (a folder of images, decoded and encoded by the workers).
+
 The workers start when a frame first needs them: a job filtered entirely in
-this process (built-in filters on small frames) starts none.
+this process (built-in filters) starts none.
 """
 
 from __future__ import annotations
@@ -35,8 +42,9 @@ from filters.base import Chain
 from tiler.dispatch import Loans
 from tiler.errors import TileprocError
 from tiler.pool import WorkerPool, default_workers
-from tiler.scheduler import Frame, Inline, Progress, Scheduler
+from tiler.scheduler import Frame, Inline, Progress, Scheduler, built_in
 from tiler.sharedmem import FrameRing, FrameSlot, sweep_stale_segments
+from tiler.threads import TileThreads
 from tiler.worker import Forget
 
 __all__ = ["Engine", "resolve_chain", "DTYPES", "INLINE_BELOW"]
@@ -108,6 +116,11 @@ class Engine:
         frame fails (default: no limit); each tile of a batch has its own.
     progress : callable, optional
         Called in this process with :class:`tiler.scheduler.Progress` events.
+    builtins_in_process : bool
+        True (default): a chain made only of built-in filters runs on ``workers``
+        threads of this process (no copies, no worker processes) unless a
+        ``tile_timeout`` is set or the frames' files are decoded on the workers
+        (folders). False: its tiles go to the workers like any filter's.
 
     Examples
     --------
@@ -127,6 +140,7 @@ class Engine:
         tile_timeout: float | None = None,
         progress: Callable[[Progress], None] | None = None,
         inline_below: int = INLINE_BELOW,
+        builtins_in_process: bool = True,
     ):
         self.workers = default_workers() if workers is None else int(workers)
         if self.workers < 0:
@@ -152,6 +166,9 @@ class Engine:
         self.retries, self.tile_timeout = retries, tile_timeout
         self.progress, self.inline_below = progress, inline_below
         self._pool: WorkerPool | None = None
+        # Built-in chains on threads here; a tile timeout asks for tiles that can be stopped.
+        threaded = builtins_in_process and self.workers and tile_timeout is None
+        self._threads = TileThreads(self.workers) if threaded else None
         sweep_stale_segments()  # what killed runs left, before this engine takes any space
         self._ring = FrameRing(self.frames_in_flight)
         self._pins = FrameRing(1)  # where Engine.empty's frames are made (shared memory, else disk)
@@ -185,12 +202,23 @@ class Engine:
         nothing shares them any more.
         """
         self._closed = True
-        _finish(self._close_pool, self._ring.close, self._loans.forget, self._close_pinned, self._pins.close)
+        _finish(
+            self._close_pool,
+            self._close_threads,
+            self._ring.close,
+            self._loans.forget,
+            self._close_pinned,
+            self._pins.close,
+        )
 
     def _close_pool(self) -> None:
         if self._pool is not None:
             self._pool.close()  # safe to call again after an interrupted close
             self._pool = None
+
+    def _close_threads(self) -> None:
+        if self._threads is not None:
+            self._threads.close()
 
     def _close_pinned(self) -> None:
         while self._pinned:
@@ -235,7 +263,12 @@ class Engine:
             tile_timeout=self.tile_timeout,
             progress=self.progress,
             loans=self._loans,
+            threads=self._threads,
         )
+
+    def in_process(self, chain: Any) -> bool:
+        """Whether ``chain`` is filtered in this process (no workers, or built-ins on threads)."""
+        return not self.workers or (self._threads is not None and built_in(resolve_chain(chain)))
 
     def run(self, frames: Iterable[Frame], chain: Any) -> Iterator[Frame]:
         """Drive :class:`Frame` objects through load -> filter -> store; yield them in order.

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import functools
 import os
 import stat
 from collections.abc import Callable, Iterator
@@ -34,7 +35,7 @@ from tiler.engine import resolve_chain
 from tiler.errors import InputError, OutputError, TileprocError
 from tiler.io import images, video
 from tiler.io.files import check_input, inside, output_name, sweep_stale_temps
-from tiler.scheduler import Frame, IOThread, OnPool, OnThread
+from tiler.scheduler import Frame, Inline, IOThread, OnPool, OnThread, Step
 
 __all__ = [
     "process_file",
@@ -129,9 +130,12 @@ def _exif_resized(exif: bytes | None, width: int, height: int) -> bytes | None:
         return exif
 
 
-def _image_frame(src: Path, dst: Path, chain: Any, *, overwrite: bool, max_pixels: int, quality: int | None) -> Frame:
-    """A still image as a frame whose source and sink run on the workers; an animation is marked for later.
-    The sink writes the size that ``chain`` makes (:func:`resized_info`)."""
+def _image_frame(
+    src: Path, dst: Path, chain: Any, *, overwrite: bool, max_pixels: int, quality: int | None, here: bool = False
+) -> Frame:
+    """A still image as a frame whose source and sink run on the workers (``here``: in this
+    process); an animation is marked for later. The sink writes the size that ``chain``
+    makes (:func:`resized_info`)."""
     source = images.ImageSource(src, max_pixels=max_pixels)
     try:
         info = source.probe()
@@ -144,14 +148,12 @@ def _image_frame(src: Path, dst: Path, chain: Any, *, overwrite: bool, max_pixel
     sink = images.ImageSink(dst, out, overwrite=overwrite, quality=quality)
     if source.runs == "parent":
         return Frame(str(src), info.shape, info.dtype, meta=(src, dst, source, sink))  # an animation: see below
-    return Frame(
-        str(src),
-        info.shape,
-        info.dtype,
-        load=OnPool(_read, (source,)),
-        store=OnPool(_write, (sink,)),
-        meta=(src, dst),
-    )
+    if here:
+        load: Step = Inline(functools.partial(_read, source=source))
+        store: Step = Inline(functools.partial(_write, sink=sink))
+    else:
+        load, store = OnPool(_read, (source,)), OnPool(_write, (sink,))
+    return Frame(str(src), info.shape, info.dtype, load=load, store=store, meta=(src, dst))
 
 
 def _animation(engine, source: images.ImageSource, sink: images.ImageSink, chain: Any) -> None:
@@ -182,17 +184,21 @@ def _run_images(
     quality: int | None,
     on_result: Callable[[FileResult], None],
     sweep: bool = True,
+    here: bool = False,
 ) -> None:
     """Images through the engine, several in flight; animations one at a time after the stills.
 
     ``sweep``: afterwards, remove temporaries of writers that died meanwhile (an encode
-    retried after its worker was killed) from the output folders."""
+    retried after its worker was killed) from the output folders. ``here``: decode and
+    encode in this process (one image whose chain runs here: no worker to start)."""
     animations = []
     chain = resolve_chain(chain)
 
     def frames() -> Iterator[Frame]:
         for src, dst in pairs:
-            frame = _image_frame(src, dst, chain, overwrite=overwrite, max_pixels=max_pixels, quality=quality)
+            frame = _image_frame(
+                src, dst, chain, overwrite=overwrite, max_pixels=max_pixels, quality=quality, here=here
+            )
             if frame.error is None and frame.load is None:
                 animations.append(frame.meta)
                 continue
@@ -372,6 +378,7 @@ def process_file(
         quality=quality,
         on_result=results.append,
         sweep=sweep,
+        here=engine.in_process(chain),  # one image: its decode and encode cannot overlap another's
     )
     (result,) = results
     if result.error is not None:

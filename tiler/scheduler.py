@@ -5,9 +5,10 @@ Each :class:`Frame` goes through three steps. Loading and storing are a
 (``OnPool``: decoding and encoding image files), or on an I/O thread
 (``OnThread``: feeding and draining ffmpeg, one thread per direction, in
 order). Filtering is the chain over the frame's tiles, in batches on the
-workers, or in the parent for frames too small to be worth dispatching when
-every filter is a built-in (other filter code never runs in the parent while
-there are workers).
+workers, or in the parent when every filter is a built-in (other filter code
+never runs in the parent while there are workers): in one call for a frame too
+small to be worth cutting, else on :class:`tiler.threads.TileThreads`, unless
+the frame's file steps run on the workers anyway (a folder of images).
 
 At most ``ring.size`` frames hold a slot at once (promise 3). Frames finish in
 the order they came (promise 7), each with its ``error`` set if a step failed;
@@ -47,9 +48,10 @@ from filters.base import Chain
 from tiler import errors
 from tiler.dispatch import Loans, TaskBook, Wakeup
 from tiler.errors import TileprocError
-from tiler.geometry import TileGrid, default_tile_shape, source_window
+from tiler.geometry import TileGrid, default_tile_shape, source_window, thread_tile_shape
 from tiler.pool import WorkerPool
 from tiler.sharedmem import FrameRing, FrameSlot
+from tiler.threads import TileError, TileThreads
 from tiler.worker import (
     Call,
     ChainError,
@@ -64,7 +66,7 @@ from tiler.worker import (
     run_chain,
 )
 
-__all__ = ["Frame", "FrameState", "Inline", "OnPool", "OnThread", "IOThread", "Scheduler", "Progress"]
+__all__ = ["Frame", "FrameState", "Inline", "OnPool", "OnThread", "IOThread", "Scheduler", "Progress", "built_in"]
 
 _task_ids = itertools.count(1)
 
@@ -220,6 +222,10 @@ class Scheduler:
         pool is started, such frames' pool steps (decoding, encoding) run here too.
     loans : Loans, optional
         Slots the caller's views hold (shared by the jobs of one engine).
+    threads : TileThreads, optional
+        Threads of this process that filter the tiles of frames when every filter
+        of the chain is a built-in (used only then), unless the frame's file steps
+        run on the workers.
     """
 
     def __init__(
@@ -235,6 +241,7 @@ class Scheduler:
         progress: Callable[[Progress], None] | None = None,
         chain_blob: bytes | None = None,
         loans: Loans | None = None,
+        threads: TileThreads | None = None,
     ):
         self.ring, self.chain = ring, chain
         self.has_workers = pool is not None
@@ -253,7 +260,8 @@ class Scheduler:
         # than ``tile_timeout``; a slow batch of tiles, each within the limit, never times out.
         self._tick = tile_timeout / 8 if tile_timeout is not None else None
         self._limit = tile_timeout + self._tick if tile_timeout is not None and self._tick is not None else None
-        self._inline_below = inline_below if _built_in(chain) else 0
+        self._inline_below = inline_below if built_in(chain) else 0
+        self.threads = threads if self.has_workers and built_in(chain) else None
         self._book = TaskBook()
         self._inflight: list[Frame] = []
         self._wakeup = Wakeup()
@@ -338,6 +346,10 @@ class Scheduler:
             frame.out_shape = self.chain.output_shape(frame.shape)
         if frame.pinned is not None and self._pinned_twice(frame):
             return
+        if self._needs_no_slot(frame):
+            frame.state = FrameState.LOADING
+            self._filter(frame, frame.source)
+            return
         try:
             frame.slot = frame.pinned or self.ring.acquire(frame.nbytes)
         except TileprocError as exc:
@@ -374,6 +386,14 @@ class Scheduler:
                 return True
         return False
 
+    def _needs_no_slot(self, frame: Frame) -> bool:
+        """Whether the frame goes from the caller's array to the caller's target here, with no
+        steps: then it needs no slot (unless the two overlap: windows must not read results)."""
+        plain = frame.load is None and frame.store is None and frame.pinned is None
+        if not plain or frame.source is None or frame.target is None or not self._here(frame):
+            return False
+        return not np.may_share_memory(frame.source, frame.target)
+
     def _workers(self) -> WorkerPool:
         """The pool, started now if this is the first frame that needs it."""
         if self.pool is None:
@@ -382,16 +402,25 @@ class Scheduler:
         assert self.pool is not None
         return self.pool
 
-    def _here(self, frame: Frame) -> bool:
-        """Whether the frame is filtered in this process (its input and output both small)."""
+    def _small(self, frame: Frame) -> bool:
+        """Whether the frame is filtered here in one call: without workers, or a chain of
+        built-ins on a frame whose input and output are both too small to cut."""
         pixels = max(int(np.prod(s[:2])) for s in (frame.shape, frame.out_shape or frame.shape))
         return not self.has_workers or pixels < self._inline_below
+
+    def _here(self, frame: Frame) -> bool:
+        """Whether the frame is filtered in this process: small, or a chain of built-ins
+        on threads, unless the frame's file steps run on the workers anyway."""
+        if self._small(frame):
+            return True
+        on_pool = isinstance(frame.load, OnPool) or isinstance(frame.store, OnPool)
+        return self.threads is not None and not on_pool
 
     def _step(self, frame: Frame, step: Step | None, then: Callable[[Frame, Any], None]) -> None:
         frame.after = then
         if step is None:
             then(frame, None)
-        elif isinstance(step, Inline) or (isinstance(step, OnPool) and self.pool is None and self._here(frame)):
+        elif isinstance(step, Inline) or (isinstance(step, OnPool) and self.pool is None and self._small(frame)):
             assert frame.slot_views is not None  # a frame's steps run while it holds a slot
             src, dst = frame.slot_views
             try:
@@ -422,30 +451,12 @@ class Scheduler:
         """Filter the frame here, or queue its tiles; ``source`` is copied into the slot first,
         strip by strip, each task sent as soon as the rows its windows read are in."""
         frame.state = FrameState.TILING
-        assert frame.slot_views is not None
-        src, dst = frame.slot_views
+        src, dst = frame.slot_views or (None, None)  # no slot: from source to target here
         height, width = frame.shape[:2]
         if self._here(frame):
-            if source is not None:  # read in place: the caller's array is not copied
-                source = source.view()
-                source.flags.writeable = False
-            try:
-                window = src if source is None else source
-                stages = full_plan(self.chain.filters, window.shape)
-                if stages is not None:  # the first stage reads its own window of the frame (nearest: not from 0)
-                    r0, r1, c0, c1 = stages[0].window
-                    window = window[r0:r1, c0:c1]
-                result = run_chain(self.chain.filters, window, stages)
-            except ChainError as exc:
-                cause = exc.__cause__
-                assert cause is not None  # run_chain raises ChainError from the filter's exception
-                tb = format_traceback(cause)
-                self._fail(frame, errors.filter_failed(frame.label, exc.name, exc.kind, describe_exception(cause), tb))
-                return
-            (dst if frame.target is None else frame.target)[...] = result
-            self._emit(Progress("tiles", frame, 1))
-            frame.state = FrameState.READY
+            self._filter_here(frame, source, src, dst)
             return
+        assert src is not None and dst is not None  # a frame for the workers holds a slot
         pool = self._workers()
         if self.chain.reshapes:
             # Cores are cut from the output frame; each worker maps a core back through
@@ -474,6 +485,52 @@ class Scheduler:
             self._book.queue(frame, next(_task_ids), tiles)
             if source is not None:
                 self._dispatch()  # the workers start on these rows while the rest is copied
+
+    def _filter_here(self, frame: Frame, source: np.ndarray | None, src, dst) -> None:
+        """The chain over the frame in this process: one call, or tiles on the threads."""
+        out = dst if frame.target is None else frame.target
+        if source is not None:  # read in place: the caller's array is not copied
+            if np.may_share_memory(source, out):
+                src[...] = source  # a window must not read a core already written (out=frame)
+                source = None
+            else:
+                source = source.view()
+                source.flags.writeable = False
+        window = src if source is None else source
+        try:
+            if self._small(frame) or self.threads is None:
+                stages = full_plan(self.chain.filters, window.shape)
+                if stages is not None:  # the first stage reads its own window of the frame (nearest: not from 0)
+                    r0, r1, c0, c1 = stages[0].window
+                    window = window[r0:r1, c0:c1]
+                out[...] = run_chain(self.chain.filters, window, stages)
+                frame.tiles = 1
+            else:
+                frame.grid = self._thread_grid(frame, out.shape)
+                frame.tiles = len(frame.grid)
+                self.threads.run(self.chain.filters, frame.grid, window, out)
+        except (ChainError, TileError) as exc:
+            where, failed = frame.label, exc.__cause__ if isinstance(exc, TileError) else exc
+            if isinstance(exc, TileError):
+                where = f"{frame.label}, tile {exc.index}"
+            assert isinstance(failed, ChainError) and failed.__cause__ is not None  # from the filter's exception
+            cause = failed.__cause__
+            tb = format_traceback(cause)
+            self._fail(frame, errors.filter_failed(where, failed.name, failed.kind, describe_exception(cause), tb))
+            return
+        self._emit(Progress("tiles", frame, frame.tiles))
+        frame.state = FrameState.READY
+
+    def _thread_grid(self, frame: Frame, out_shape: tuple[int, ...]) -> TileGrid:
+        """Strips for the threads: the output frame's for a chain that changes the size."""
+        assert self.threads is not None
+        n = self.threads.n
+        if self.chain.reshapes:
+            tile_shape = self.tile_shape or thread_tile_shape(out_shape[0], out_shape[1], n, 0)
+            return TileGrid(out_shape[0], out_shape[1], tile_shape)
+        height, width = frame.shape[:2]
+        tile_shape = self.tile_shape or thread_tile_shape(height, width, n, self.chain.halo)
+        return TileGrid(height, width, tile_shape, self.chain.halo)
 
     def _rows_read(self, frame: Frame, tiles: range) -> int:
         """The input rows ``0:n`` that the windows of ``tiles`` (of ``frame.grid``) read.
@@ -628,7 +685,7 @@ class Scheduler:
             self.progress(event)
 
 
-def _built_in(chain: Chain) -> bool:
+def built_in(chain: Chain) -> bool:
     """Whether every filter of ``chain`` is one of tileproc's built-ins (exactly, not a subclass)."""
     from filters.registry import BUILTINS
 

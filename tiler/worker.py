@@ -38,7 +38,7 @@ import numpy as np
 
 from filters.base import Stage, check_result, check_stage, output_shape, plan_stages
 from tiler import platform
-from tiler.geometry import TileGrid
+from tiler.geometry import Tile, TileGrid
 from tiler.sharedmem import SlotRef, attach, attach_views
 
 __all__ = [
@@ -50,6 +50,7 @@ __all__ = [
     "Tick",
     "ChainError",
     "run_chain",
+    "tile_result",
     "full_plan",
     "describe_exception",
     "format_traceback",
@@ -151,6 +152,20 @@ def run_chain(chain, window: np.ndarray, stages: tuple[Stage, ...] | None = None
     return out
 
 
+def tile_result(chain, src: np.ndarray, tile: Tile, reshapes: bool) -> np.ndarray:
+    """The core of ``tile`` filtered by ``chain``, from its window of ``src``.
+
+    Same-size chains: the chain on the core grown by the halo, cut to the core.
+    A chain that changes the size (``reshapes``): ``tile`` is a core of the
+    output frame, computed stage by stage from the input window it maps back to.
+    """
+    if reshapes:
+        stages = plan_stages(chain, _rect4(tile.core), src.shape)
+        r0, r1, c0, c1 = stages[0].window
+        return run_chain(chain, src[r0:r1, c0:c1], stages)
+    return run_chain(chain, src[tile.window.slices])[tile.core_in_window.slices]
+
+
 def full_plan(chain, shape: tuple[int, ...]) -> tuple[Stage, ...] | None:
     """The stages of a whole frame for a chain that changes its size; None for one that does not."""
     if not any(f.reshapes for f in chain):
@@ -240,12 +255,7 @@ class _Worker:
         for index in msg.tiles:
             tile = msg.grid[index]
             try:
-                if reshapes:  # the output core, computed stage by stage from its input window
-                    stages = plan_stages(chain, _rect4(tile.core), src.shape)
-                    r0, r1, c0, c1 = stages[0].window
-                    out = run_chain(chain, src[r0:r1, c0:c1], stages)
-                else:
-                    out = run_chain(chain, src[tile.window.slices])[tile.core_in_window.slices]
+                out = tile_result(chain, src, tile, reshapes)
             except ChainError as exc:
                 cause = exc.__cause__
                 assert cause is not None  # run_chain raises ChainError from the filter's exception

@@ -3,18 +3,22 @@
     python benchmarks/bench_copies.py              # a few minutes on 2 cores
     python benchmarks/bench_copies.py --quick      # smoke run, < 1 minute
 
-For ``blur:sigma=2`` and ``boxblur:radius=4`` with N workers (the CPUs this
-process may use), each way of handing frames to the engine is timed against
-OpenCV on the whole frame with ``cv2.setNumThreads(N)`` (``GaussianBlur`` 17x17,
-``blur`` 9x9), interleaved in this run (baseline, variants, baseline, ...):
+For ``blur:sigma=2``, ``boxblur:radius=4`` and ``median:size=5`` with N workers
+(the CPUs this process may use), each way of handing frames to the engine is
+timed against OpenCV on the whole frame with ``cv2.setNumThreads(N)``
+(``GaussianBlur`` 17x17, ``blur`` 9x9, ``medianBlur`` 5; OpenCV threads only the
+first of the three itself), interleaved in this run (baseline, variants,
+baseline, ...). Two engines: the default, which runs chains of built-ins on N
+threads of this process (``threads``), and one that sends their tiles to N
+worker processes (``builtins_in_process=False``, ``workers``):
 
-* ``two copies``: the frame copied whole into a slot, then filtered, then the
-  result copied whole into a new array (the engine's array path before strips,
-  rebuilt here from :class:`tiler.scheduler.Frame` steps);
-* ``process``: ``Engine.process(frame)``, copies by strips: tasks are sent as
-  their rows arrive, and each finished task's rows copied out meanwhile;
+* ``process``: ``Engine.process(frame)``. On workers, copies by strips: tasks
+  are sent as their rows arrive, and each finished task's rows copied out meanwhile;
 * ``out=``: the same into a caller's array (no new array to fault in);
 * ``empty + out=``: the frame filled into ``Engine.empty`` (no copy in);
+* ``two copies`` (workers): the frame copied whole into a slot, then filtered,
+  then the result copied whole into a new array (the engine's array path before
+  strips, rebuilt here from :class:`tiler.scheduler.Frame` steps);
 * ``stream``: throughput of ``map_frames`` over a stream of frames, copies
   (``copy=True``) against ``Engine.empty`` inputs and ``copy=False`` results.
 
@@ -53,6 +57,7 @@ from tiler.scheduler import Frame, Inline  # noqa: E402
 CASES = {
     "blur:sigma=2": lambda a: cv2.GaussianBlur(a, (17, 17), 2.0, borderType=cv2.BORDER_REFLECT_101),
     "boxblur:radius=4": lambda a: cv2.blur(a, (9, 9), borderType=cv2.BORDER_REFLECT_101),
+    "median:size=5": lambda a: cv2.medianBlur(a, 5),
 }
 
 
@@ -102,8 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {cpu_model()}, {os.cpu_count()} CPUs, {n} workers; Python {platform.python_version()}")
     print(f"numpy {np.__version__}, OpenCV {cv2.__version__}; 4K RGB uint8, medians of {repeats}")
     print()
-    print(f"{'job':<18} {'way':<16} {'wall ms':>8} {'parent CPU ms':>14} {'all CPU ms':>11} {'vs OpenCV':>10}")
-    with Engine(workers=n) as engine:
+    print(f"{'job':<18} {'way':<24} {'wall ms':>8} {'parent CPU ms':>14} {'all CPU ms':>11} {'vs OpenCV':>10}")
+    with Engine(workers=n) as here, Engine(workers=n, builtins_in_process=False) as engine:
         WORKERS[:] = engine.pool.pids
         shared = engine.empty(frame.shape, frame.dtype)
         shared[...] = frame
@@ -114,12 +119,15 @@ def main(argv: list[str] | None = None) -> int:
             a[...] = frame
         for chain, cv in CASES.items():
             np.testing.assert_array_equal(engine.process(frame, chain), two_copies(engine, frame, chain))
+            np.testing.assert_array_equal(engine.process(frame, chain), here.process(frame, chain))
             ways: dict[str, Callable[[], object]] = {
                 "OpenCV": lambda cv=cv: cv(frame),
-                "two copies": lambda c=chain: two_copies(engine, frame, c),
-                "process": lambda c=chain: engine.process(frame, c),
-                "out=": lambda c=chain: engine.process(frame, c, out=out),
-                "empty + out=": lambda c=chain: engine.process(shared, c, out=out),
+                "threads: process": lambda c=chain: here.process(frame, c),
+                "threads: out=": lambda c=chain: here.process(frame, c, out=out),
+                "workers: two copies": lambda c=chain: two_copies(engine, frame, c),
+                "workers: process": lambda c=chain: engine.process(frame, c),
+                "workers: out=": lambda c=chain: engine.process(frame, c, out=out),
+                "workers: empty + out=": lambda c=chain: engine.process(shared, c, out=out),
             }
             for way in ways.values():  # warm up: pool, slots, page faults
                 way()
@@ -128,15 +136,16 @@ def main(argv: list[str] | None = None) -> int:
                 for k, way in ways.items():
                     times[k].append(timed(way))
 
-            def streamed(copy: bool, c=chain) -> None:
+            def streamed(copy: bool, c=chain, on=engine) -> None:
                 frames = [frame] * stream if copy else [inputs[i % len(inputs)] for i in range(stream)]
-                for _ in engine.map_frames(frames, c, copy=copy):
+                for _ in on.map_frames(frames, c, copy=copy):
                     pass
 
             s_ways = {
                 "OpenCV stream": lambda cv=cv: [cv(frame) for _ in range(stream)],
-                "stream, copies": lambda: streamed(True),
-                "stream, none": lambda: streamed(False),
+                "threads: stream": lambda: streamed(True, on=here),
+                "workers: stream, copies": lambda: streamed(True),
+                "workers: stream, none": lambda: streamed(False),
             }
             for way in s_ways.values():
                 way()
@@ -155,7 +164,7 @@ def _rows(chain: str, times: dict, baseline: str, per: int) -> None:
     for k, ts in times.items():
         wall, cpu, every = (statistics.median(t[i] for t in ts) / per for i in range(3))
         ratio = base / per / wall
-        print(f"{chain:<18} {k:<16} {wall * 1e3:8.1f} {cpu * 1e3:14.1f} {every * 1e3:11.1f} {ratio:9.2f}x")
+        print(f"{chain:<18} {k:<24} {wall * 1e3:8.1f} {cpu * 1e3:14.1f} {every * 1e3:11.1f} {ratio:9.2f}x")
 
 
 def _start_rows(repeats: int) -> None:

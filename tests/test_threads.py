@@ -153,3 +153,42 @@ def test_module_functions_take_the_option():
     a = tiler.process(FRAME, SPEC, workers=2)
     b = tiler.process(FRAME, SPEC, workers=2, builtins_in_process=False)
     assert np.array_equal(a, WANT) and np.array_equal(b, WANT)
+
+
+class _Double:
+    name, halo, reshapes = "double", 0, False
+
+    def apply(self, tile):
+        return tile * 2
+
+
+def test_threads_used_again_in_a_forked_child_are_its_own():
+    """A forked child has none of its parent's threads: it starts its own instead of
+    queueing tiles for threads that are not there (a hang). numpy only: OpenCV's own
+    thread pool does not survive a fork."""
+    import os
+    import select
+
+    frame = np.arange(64 * 8 * 3, dtype=np.float32).reshape(64, 8, 3)
+    grid = TileGrid(64, 8, (8, 8))
+    threads = TileThreads(2)
+    out = np.zeros_like(frame)
+    threads.run([_Double()], grid, frame, out)  # the parent's threads exist now
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            mine = np.zeros_like(frame)
+            threads.run([_Double()], grid, frame, mine)
+            os.write(write, b"1" if np.array_equal(mine, frame * 2) else b"0")
+        finally:
+            os._exit(0)
+    os.close(write)
+    ready, _, _ = select.select([read], [], [], 30)
+    answer = os.read(read, 1) if ready else b""
+    os.close(read)
+    if not ready:
+        os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    threads.close()
+    assert answer == b"1" and np.array_equal(out, frame * 2)

@@ -17,6 +17,7 @@ The threads are the same tiles as the workers' (:class:`tiler.geometry.TileGrid`
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -52,6 +53,7 @@ class TileThreads:
             raise ValueError(f"threads must be >= 1, got {n}")
         self.n = n
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._pid = os.getpid()
         self._lock = threading.Lock()
 
     def run(self, chain: Sequence[Any], grid: TileGrid, src: np.ndarray, dst: np.ndarray) -> None:
@@ -87,6 +89,8 @@ class TileThreads:
 
     def _start(self) -> concurrent.futures.ThreadPoolExecutor:
         with self._lock:
+            if self._pid != os.getpid():  # a forked child has none of the parent's threads
+                self._pool, self._pid = None, os.getpid()
             if self._pool is None:
                 self._pool = concurrent.futures.ThreadPoolExecutor(self.n, thread_name_prefix="tileproc-tiles")
             return self._pool

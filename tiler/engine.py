@@ -243,9 +243,10 @@ class Engine:
         """A :class:`Scheduler` over this engine's pool and ring for one job.
 
         The chain is checked for pickling before the pool starts: a filter the
-        workers cannot import is refused before any process exists.
+        workers cannot import is refused before any process exists. A chain of
+        built-ins is pickled only if its tiles go to the workers after all.
         """
-        blob = chain.check_picklable() if self.workers else b""
+        blob = chain.check_picklable() if self.workers and not self.in_process(chain) else None
         if self._closed:
             raise TileprocError("engine is closed")
         self._free_pinned()

@@ -33,6 +33,7 @@ filtered here never starts a worker.
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import itertools
 import queue
@@ -250,10 +251,7 @@ class Scheduler:
         self.loans = loans if loans is not None else Loans(ring)
         self.tile_shape, self.inline_below = tile_shape, inline_below
         self.retries, self.tile_timeout, self.progress = retries, tile_timeout, progress
-        if chain_blob is None:
-            chain_blob = chain.check_picklable() if self.has_workers else b""
-        self.chain_blob = chain_blob
-        self.chain_key = hashlib.sha1(self.chain_blob).hexdigest()
+        self._blob = chain_blob  # made when a task first needs it, if not given
         # The tile timeout is per tile: a worker reports (a Tick) after a tile once ``_tick`` s
         # passed since its last message, and is stopped when silent for ``_limit`` s. The tile
         # it runs then began at most ``_tick`` s after that last message, so it ran for longer
@@ -265,6 +263,15 @@ class Scheduler:
         self._book = TaskBook()
         self._inflight: list[Frame] = []
         self._wakeup = Wakeup()
+
+    @functools.cached_property
+    def chain_blob(self) -> bytes:
+        """The chain pickled for the workers."""
+        return self._blob if self._blob is not None else self.chain.check_picklable()
+
+    @functools.cached_property
+    def chain_key(self) -> str:
+        return hashlib.sha1(self.chain_blob).hexdigest()
 
     # -- public ----------------------------------------------------------------
 

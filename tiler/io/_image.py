@@ -79,6 +79,10 @@ class ImageInfo:
         0 (4:4:4), 1 (4:2:2) or 2 (4:2:0).
     progressive : bool
         The JPEG is progressive.
+    jpeg_optimized : bool
+        The JPEG's Huffman tables are its own (optimised for its data, as
+        progressive files always are), not the standard ones that cameras
+        and most encoders write; a JPEG output then optimises its tables too.
     compression : str or None
         TIFF compression as Pillow names it (``"raw"``, ``"tiff_lzw"``...).
     lossless : bool
@@ -114,6 +118,7 @@ class ImageInfo:
     jpeg_qtables: tuple[tuple[int, ...], ...] | None = None
     jpeg_subsampling: int | None = None
     progressive: bool = False
+    jpeg_optimized: bool = False
     compression: str | None = None
     lossless: bool = True
     durations: tuple[int, ...] = ()
@@ -461,6 +466,65 @@ def orient(a: np.ndarray, orientation: int) -> np.ndarray:
     if orientation == 8:
         return a.swapaxes(0, 1)[::-1]
     return a
+
+
+# EXIF orientation -> the OpenCV calls that turn stored pixels upright: a rotation (cv2.rotate),
+# a flip (cv2.flip's code), or a transpose followed by an optional flip.
+_CV_ORIENT: dict[int, tuple[str, int | None]] = {
+    2: ("flip", 1),
+    3: ("flip", -1),
+    4: ("flip", 0),
+    5: ("transpose", None),
+    6: ("rotate", 0),  # cv2.ROTATE_90_CLOCKWISE
+    7: ("transpose", -1),
+    8: ("rotate", 2),  # cv2.ROTATE_90_COUNTERCLOCKWISE
+}
+
+
+def orient_into(a: np.ndarray, orientation: int, out: np.ndarray) -> np.ndarray:
+    """Write the upright pixels of ``a`` (stored as ``orientation`` says) into ``out``; return ``out``.
+
+    The same pixels as ``np.copyto(out, orient(a, orientation))``, faster for
+    a rotation: a copy through numpy's strided view of a rotated image walks
+    memory column by column, OpenCV's rotate/flip/transpose work by cache
+    blocks. numpy does it when OpenCV cannot (another dtype, more than four
+    channels, a dtype change, strided arrays).
+
+    Examples
+    --------
+    >>> a = np.arange(6, dtype=np.uint8).reshape(2, 3)
+    >>> orient_into(a, 6, np.empty((3, 2), np.uint8)).tolist()
+    [[3, 0], [4, 1], [5, 2]]
+    """
+    op = _CV_ORIENT.get(orientation)
+    channels = 1 if a.ndim == 2 else a.shape[2]
+    if (
+        op is None
+        or a.dtype != out.dtype
+        or a.dtype not in _CV_DTYPES
+        or not 1 <= channels <= 4
+        or not (a.flags.c_contiguous and out.flags.c_contiguous and out.flags.writeable)
+        or np.shares_memory(a, out)
+    ):
+        np.copyto(out, orient(a, orientation), casting="unsafe")
+        return out
+    import cv2
+
+    kind, code = op
+    if kind == "flip":
+        done = cv2.flip(a, code, dst=out)
+    elif kind == "rotate":
+        done = cv2.rotate(a, code, dst=out)
+    else:
+        done = cv2.transpose(a, dst=out)
+        if code is not None:
+            done = cv2.flip(out, code, dst=out)
+    if done is not out and not np.shares_memory(done, out):  # pragma: no cover - OpenCV allocated instead
+        np.copyto(out, done.reshape(out.shape))
+    return out
+
+
+_CV_DTYPES = frozenset(np.dtype(t) for t in (np.uint8, np.uint16, np.int16, np.float32, np.float64))
 
 
 def alpha_from_key(gray_or_rgb: np.ndarray, key: Any, full: int) -> np.ndarray:

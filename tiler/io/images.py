@@ -132,6 +132,7 @@ from tiler.io._image import (
     exif_of,
     exif_orientation,
     orient,
+    orient_into,
     read_bytes,
     reason,
     xmp_of,
@@ -411,12 +412,14 @@ def _probe_open(path: Path, fmt: str, im: Image.Image, scan: Any, max_pixels: in
             dpi = None
 
     quality = qtables = subsampling = None
+    optimized = False
     if fmt == "JPEG":
         q = getattr(im, "quantization", None) or {}
         qtables = tuple(tuple(int(v) for v in q[k]) for k in sorted(q)) or None
         quality = jpeg.estimate_quality(qtables) if qtables else None
         sampling = JpegImagePlugin.get_sampling(im)
         subsampling = sampling if sampling in (0, 1, 2) else None
+        optimized = jpeg.huffman_optimized(path)
 
     text: tuple[tuple[str, str], ...] = ()
     if fmt == "PNG":
@@ -443,6 +446,7 @@ def _probe_open(path: Path, fmt: str, im: Image.Image, scan: Any, max_pixels: in
         jpeg_qtables=qtables,
         jpeg_subsampling=subsampling,
         progressive=bool(info.get("progressive") or info.get("progression")),
+        jpeg_optimized=optimized,
         lossless=lossless,
         durations=scan.durations if animated else (),
         loop=scan.loop if animated else None,
@@ -692,13 +696,14 @@ def read_image(info: ImageInfo, out: np.ndarray | None = None, *, frame: int = 0
             raise corrupt(info.path, exc) from None
         finally:
             im.close()
-    upright = orient(stored, info.orientation)
-    if upright.shape != info.shape:  # pragma: no cover - a planning bug, never the user's
-        raise InputError(f"{info.path}: decoded shape {upright.shape} differs from the probed {info.shape}")
+    upright_shape = orient(stored, info.orientation).shape
+    if upright_shape != info.shape:  # pragma: no cover - a planning bug, never the user's
+        raise InputError(f"{info.path}: decoded shape {upright_shape} differs from the probed {info.shape}")
     if out is None:
-        return np.ascontiguousarray(upright, dtype=info.dtype)
-    np.copyto(out, upright, casting="unsafe")
-    return out
+        if info.orientation == 1 and stored.dtype == info.dtype and stored.flags.c_contiguous:
+            return stored
+        out = np.empty(info.shape, info.dtype)
+    return orient_into(stored, info.orientation, out)
 
 
 # ---------------------------------------------------------------------------

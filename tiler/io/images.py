@@ -117,7 +117,7 @@ import numpy as np
 from PIL import BmpImagePlugin, GifImagePlugin, Image, ImageFile, JpegImagePlugin, PngImagePlugin, WebPImagePlugin
 
 from tiler.errors import InputError, OutputError, TileprocError
-from tiler.io import bmp, gif, jpeg, png, tiff, webp
+from tiler.io import bmp, gif, jpeg, png, webp
 from tiler.io._image import (
     DEFAULT_MAX_PIXELS,
     ContainerError,
@@ -174,11 +174,23 @@ _EXT_FORMAT = {
 
 Encoder = Callable[[np.ndarray, Path, ImageInfo, "int | None"], None]
 
+
+def _tiff() -> Any:
+    """:mod:`tiler.io.tiff`, imported when a TIFF is read or written (tifffile is large to import)."""
+    from tiler.io import tiff
+
+    return tiff
+
+
+def _encode_tiff(a: np.ndarray, tmp: Path, info: ImageInfo, quality: int | None) -> None:
+    _tiff().encode(a, tmp, info, quality)
+
+
 #: format -> still encoder ``(array, temporary path, info, quality)``.
 ENCODERS: dict[str, Encoder] = {
     "PNG": png.encode,
     "JPEG": jpeg.encode,
-    "TIFF": tiff.encode,
+    "TIFF": _encode_tiff,
     "WEBP": webp.encode,
     "BMP": bmp.encode,
     "GIF": gif.encode,
@@ -339,7 +351,7 @@ def probe_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_P
         raise InputError(f"{path}: not an image tileproc reads (PNG, JPEG, TIFF, WebP, BMP or GIF)")
     if fmt == "TIFF":
         try:
-            return tiff.probe(path, max_pixels)
+            return _tiff().probe(path, max_pixels)
         except TileprocError:
             raise
         except Exception as exc:
@@ -674,7 +686,7 @@ def read_image(info: ImageInfo, out: np.ndarray | None = None, *, frame: int = 0
 
     if info.format == "TIFF":
         try:
-            stored = tiff.read(info)
+            stored = _tiff().read(info)
         except TileprocError:
             raise
         except Exception as exc:

@@ -89,9 +89,11 @@ orientation set to 1 and the thumbnail dropped (JPEG, PNG, TIFF, WebP), XMP
 with its orientation set to 1 (JPEG, PNG, TIFF, WebP), DPI (JPEG, PNG, TIFF,
 BMP), PNG text chunks. JPEG is re-encoded with the source's own quantization
 tables and chroma subsampling when no quality is given, else with the quality
-estimated from its tables (default 95). WebP stays lossless when the source
-stored pixels losslessly. TIFF is deflate-compressed (lossless, with
-horizontal differencing) unless the source was uncompressed.
+estimated from its tables (default 95); its Huffman tables are optimised
+when the source's were (optimised or progressive), else the standard ones.
+WebP stays lossless when the source stored pixels losslessly. TIFF is
+deflate-compressed (lossless, with horizontal differencing) unless the
+source was uncompressed.
 
 Not kept: TIFF pages after the first, the Interoperability IFD of TIFF EXIF,
 PNG chunks other than those above (gAMA, sRGB, cHRM: an ICC profile is the

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 import tifffile
 from PIL import Image, ImageFile
 
@@ -39,6 +40,21 @@ def _damaged_tag_tiff(path: Path) -> np.ndarray:
             struct.pack_into("<I", data, at + 8, 0x7FFFFF00)  # Software's text now lies past the end
     path.write_bytes(bytes(data))
     return a
+
+
+def test_tiff_width_of_a_signed_type_is_refused_in_one_line(tmp_path):
+    src = tmp_path / "neg.tif"
+    tifffile.imwrite(src, np.zeros((H, W), np.uint8), metadata=None)
+    data = bytearray(src.read_bytes())
+    ifd0 = struct.unpack_from("<I", data, 4)[0]
+    for k in range(struct.unpack_from("<H", data, ifd0)[0]):
+        at = ifd0 + 2 + 12 * k
+        if struct.unpack_from("<H", data, at)[0] == 256:  # ImageWidth as SBYTE 0x8c: -116
+            struct.pack_into("<HHI4s", data, at, 256, 6, 1, b"\x8c\x00\x00\x00")
+    src.write_bytes(bytes(data))
+    with pytest.raises(InputError) as caught:
+        probe_image(src)
+    assert str(caught.value) == f"{src}: truncated or corrupt image (size -116x{H})"
 
 
 def test_damaged_exif_is_one_logged_line_naming_the_file(tmp_path, capfd, caplog):

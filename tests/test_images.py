@@ -509,6 +509,23 @@ def test_orient_into_every_orientation(shape, dtype):
     np.testing.assert_array_equal(orient_into(strided, 6, np.empty(want.shape, np.float64)), want)
 
 
+@pytest.mark.parametrize("mode", ["L", "RGB", "1", "CMYK"])
+def test_packed_pixels_equal_pillows_array(mode):
+    from tiler.io._image import packed_pixels
+
+    im = Image.fromarray(rand((H, W, 3), seed=2)).convert(mode)
+    im = im.convert("RGB") if mode == "CMYK" else im.convert("L") if mode == "1" else im
+    want = np.asarray(im)
+    np.testing.assert_array_equal(packed_pixels(im), want)
+    out = np.zeros(want.shape, np.uint8)
+    assert packed_pixels(im, out) is out
+    np.testing.assert_array_equal(out, want)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        packed_pixels(im, np.zeros((W, H, 3), np.uint8))
+    with pytest.raises(ValueError, match="mode L or RGB"):
+        packed_pixels(im.convert("RGBA"))
+
+
 def _exif_with(orientation: int) -> bytes:
     ex = Image.Exif()
     ex[0x0112] = orientation

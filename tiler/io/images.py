@@ -135,6 +135,7 @@ from tiler.io._image import (
     exif_orientation,
     orient,
     orient_into,
+    packed_pixels,
     read_bytes,
     reason,
     xmp_of,
@@ -491,8 +492,12 @@ def _cmyk_to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def _pillow_pixels(im: Image.Image, info: ImageInfo) -> np.ndarray:
-    """Pixels of a loaded still image, stored orientation, as info promises."""
+def _pillow_pixels(im: Image.Image, info: ImageInfo, out: np.ndarray | None = None) -> np.ndarray:
+    """Pixels of a loaded still image, stored orientation, as info promises.
+
+    8-bit gray and RGB are packed straight into ``out`` when it fits (the
+    caller's frame buffer, for an upright file); other modes ignore it.
+    """
     mode, c = im.mode, info.channels
     trns = im.info.get("transparency")
     if info.dtype == np.uint16:
@@ -518,6 +523,10 @@ def _pillow_pixels(im: Image.Image, info: ImageInfo) -> np.ndarray:
     target = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[c]
     if im.mode != target:
         im = im.convert(target)
+    if target in ("L", "RGB"):
+        w, h = info._stored_size
+        fits = out is not None and out.shape[:2] == (h, w) and out.dtype == np.uint8 and out.flags.c_contiguous
+        return packed_pixels(im, out if fits else None)
     return np.asarray(im)
 
 
@@ -703,7 +712,7 @@ def read_image(info: ImageInfo, out: np.ndarray | None = None, *, frame: int = 0
         im = _reopen(info)
         try:
             im.load()
-            stored = _pillow_pixels(im, info)
+            stored = _pillow_pixels(im, info, out if info.orientation == 1 else None)
         except TileprocError:
             raise
         except Exception as exc:
@@ -717,7 +726,7 @@ def read_image(info: ImageInfo, out: np.ndarray | None = None, *, frame: int = 0
         if info.orientation == 1 and stored.dtype == info.dtype and stored.flags.c_contiguous:
             return stored
         out = np.empty(info.shape, info.dtype)
-    return orient_into(stored, info.orientation, out)
+    return out if stored is out else orient_into(stored, info.orientation, out)
 
 
 # ---------------------------------------------------------------------------

@@ -394,9 +394,9 @@ def process_video(src, dst, chain: Any, *, workers: int | None = None, client: A
 
 def _urls(src, dst, job: dict) -> bool:
     """True when ``src`` or ``dst`` is a URL (then ``storage_options`` stays in ``job``), else drops it."""
-    from tiler.io import remote
+    from tiler import staging
 
-    if any(remote.is_url(p) for p in (src, dst)):
+    if staging.involved(src, dst):
         return True
     job.pop("storage_options", None)
     return False

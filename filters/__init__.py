@@ -16,7 +16,6 @@ from filters.rank import Median
 from filters.registry import FilterInfo, available, resolve
 from filters.resize import Resize
 from filters.sharpen import Sharpen
-from filters.testing import check_filter
 
 __all__ = [
     "Chain",
@@ -43,3 +42,12 @@ __all__ = [
     "Threshold",
     "Resize",
 ]
+
+
+def __getattr__(name: str):
+    # check_filter (filters.testing, which starts subprocesses) is for filter authors: loaded on first use
+    if name == "check_filter":
+        import importlib
+
+        return importlib.import_module("filters.testing").check_filter
+    raise AttributeError(f"module 'filters' has no attribute {name!r}")

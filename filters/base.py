@@ -50,7 +50,6 @@ from collections.abc import Callable, Iterable, Sequence
 from fractions import Fraction
 from typing import Any
 
-import cloudpickle
 import numpy as np
 
 __all__ = [
@@ -256,6 +255,8 @@ def dumps(obj: Any) -> bytes:
     closures, lambdas, ``functools.partial`` of those) is pickled by value with
     cloudpickle. The result loads with :func:`pickle.loads`.
     """
+    import cloudpickle  # only when a filter travels: an in-process job never pays for it
+
     return cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
 
 

@@ -26,14 +26,12 @@ Parameter values are parsed to the type of the parameter's default.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import importlib
-import importlib.metadata
 import os
 import re
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
 
 from filters.base import (
     Chain,
@@ -50,6 +48,9 @@ from filters.edges import Edges, Emboss
 from filters.rank import Median
 from filters.resize import Resize
 from filters.sharpen import Sharpen
+
+if TYPE_CHECKING:
+    from importlib.metadata import EntryPoint
 
 __all__ = [
     "BUILTINS",
@@ -275,7 +276,7 @@ def lookup(name: str) -> Any:
                 f"filter plugin {name!r} ({ep.value}) failed to load: {type(exc).__name__}: {exc}"
             ) from exc
     known = sorted(set(BUILTINS) | set(OPTIONAL) | set(plugins))
-    close = difflib.get_close_matches(name, known, n=3)
+    close = _close_matches(name, known, n=3)
     hint = f"; did you mean {' or '.join(close)}?" if close else "."
     raise FilterError(
         f"unknown filter {name!r}{hint} Known filters: {', '.join(known)}. "
@@ -327,16 +328,24 @@ def _attribute(name: str, mod: Any, attr: str) -> Any:
     for part in attr.split("."):
         if not hasattr(obj, part):
             candidates = [k for k in vars(mod) if not k.startswith("_")]
-            close = difflib.get_close_matches(attr, candidates, n=3)
+            close = _close_matches(attr, candidates, n=3)
             hint = f"; did you mean {' or '.join(close)}?" if close else ""
             raise FilterError(f"filter {name!r}: {mod.__name__} has no attribute {attr!r}{hint}")
         obj = getattr(obj, part)
     return obj
 
 
-def _entry_points() -> dict[str, importlib.metadata.EntryPoint]:
-    found: dict[str, importlib.metadata.EntryPoint] = {}
-    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+def _close_matches(word: str, candidates: Sequence[str], n: int) -> list[str]:
+    import difflib  # only for a message
+
+    return difflib.get_close_matches(word, candidates, n=n)
+
+
+def _entry_points() -> dict[str, EntryPoint]:
+    from importlib.metadata import entry_points  # scanning installed packages: only for a name no built-in has
+
+    found: dict[str, EntryPoint] = {}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
         found.setdefault(ep.name, ep)
     return found
 
@@ -388,7 +397,7 @@ def _convert(label: str, types: dict[str, tuple[type, Any]], raw: dict[str, str]
         elif accepts_any:
             params[key] = _guess(text)
         else:
-            close = difflib.get_close_matches(key, list(types), n=2)
+            close = _close_matches(key, list(types), n=2)
             hint = f" (did you mean {' or '.join(close)}?)" if close else ""
             raise FilterError(
                 f"{label}: unknown parameter {key!r}{hint}; known: {', '.join(types) or 'none, it takes no parameters'}"

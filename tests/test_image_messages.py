@@ -10,6 +10,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 import tifffile
 from PIL import Image, ImageFile
 
@@ -28,17 +29,31 @@ def _damaged_exif_jpeg(path: Path) -> Path:
     return path
 
 
-def _damaged_tag_tiff(path: Path) -> np.ndarray:
-    a = np.arange(H * W, dtype=np.uint16).reshape(H, W)
-    tifffile.imwrite(path, a, metadata=None, extratags=[(305, 2, 0, "x" * 64, True)])
+def _patch_entry(path: Path, tag: int, fmt: str, offset: int, *values) -> None:
+    """Overwrite bytes of ``tag``'s entry in the first IFD of a little-endian TIFF (``fmt`` at ``offset`` in it)."""
     data = bytearray(path.read_bytes())
     ifd0 = struct.unpack_from("<I", data, 4)[0]
     for k in range(struct.unpack_from("<H", data, ifd0)[0]):
         at = ifd0 + 2 + 12 * k
-        if struct.unpack_from("<H", data, at)[0] == 305:
-            struct.pack_into("<I", data, at + 8, 0x7FFFFF00)  # Software's text now lies past the end
+        if struct.unpack_from("<H", data, at)[0] == tag:
+            struct.pack_into(fmt, data, at + offset, *values)
     path.write_bytes(bytes(data))
+
+
+def _damaged_tag_tiff(path: Path) -> np.ndarray:
+    a = np.arange(H * W, dtype=np.uint16).reshape(H, W)
+    tifffile.imwrite(path, a, metadata=None, extratags=[(305, 2, 0, "x" * 64, True)])
+    _patch_entry(path, 305, "<I", 8, 0x7FFFFF00)  # Software's text now lies past the end
     return a
+
+
+def test_tiff_width_of_a_signed_type_is_refused_in_one_line(tmp_path):
+    src = tmp_path / "neg.tif"
+    tifffile.imwrite(src, np.zeros((H, W), np.uint8), metadata=None)
+    _patch_entry(src, 256, "<HI4s", 2, 6, 1, b"\x8c\x00\x00\x00")  # ImageWidth as SBYTE 0x8c: -116
+    with pytest.raises(InputError) as caught:
+        probe_image(src)
+    assert str(caught.value) == f"{src}: truncated or corrupt image (size -116x{H})"
 
 
 def test_damaged_exif_is_one_logged_line_naming_the_file(tmp_path, capfd, caplog):

@@ -310,6 +310,61 @@ def test_jpeg_quality_estimate(quality, tmp_path):
     assert abs(probe_image(p).quality - quality) <= 2
 
 
+@pytest.mark.parametrize("progressive", [False, True])
+def test_jpeg_output_keeps_the_inputs_huffman_choice(progressive, tmp_path):
+    # Huffman coding is lossless: the same picture saved with standard and with
+    # optimised tables decodes to the same pixels, so the two outputs differ
+    # only by the tables tileproc chose for them.
+    a = rand((96, 128, 3), seed=3)
+    plain = save(Image.fromarray(a), tmp_path / "plain.jpg", quality=90)
+    tuned = save(Image.fromarray(a), tmp_path / "tuned.jpg", quality=90, optimize=True, progressive=progressive)
+    infos = {name: probe_image(tmp_path / f"{name}.jpg") for name in ("plain", "tuned")}
+    assert not infos["plain"].jpeg_optimized and infos["tuned"].jpeg_optimized
+    assert plain.stat().st_size > tuned.stat().st_size
+    pixels = {name: read_image(info) for name, info in infos.items()}
+    np.testing.assert_array_equal(pixels["plain"], pixels["tuned"])
+    for name, info in infos.items():
+        write_image(pixels["plain"], tmp_path / f"out_{name}.jpg", info)
+    out_plain, out_tuned = tmp_path / "out_plain.jpg", tmp_path / "out_tuned.jpg"
+    assert out_plain.stat().st_size > out_tuned.stat().st_size
+    assert not probe_image(out_plain).jpeg_optimized and probe_image(out_tuned).jpeg_optimized
+    assert probe_image(out_tuned).progressive == progressive
+    with Image.open(out_plain) as p, Image.open(out_tuned) as t:
+        np.testing.assert_array_equal(np.asarray(p), np.asarray(t))
+        assert p.quantization == t.quantization
+    # the standard tables are the ones Pillow writes by default, byte for byte
+    info = infos["plain"]
+    Image.fromarray(pixels["plain"]).save(
+        tmp_path / "ref.jpg", qtables=[list(q) for q in info.jpeg_qtables], subsampling=info.jpeg_subsampling
+    )
+    assert out_plain.read_bytes() == (tmp_path / "ref.jpg").read_bytes()
+
+
+def test_jpeg_from_another_format_uses_standard_huffman_tables(tmp_path):
+    a = rand((64, 80, 3), seed=4)
+    info = probe_image(save(Image.fromarray(a), tmp_path / "a.png"))
+    write_image(a, tmp_path / "a.jpg", info)
+    assert not probe_image(tmp_path / "a.jpg").jpeg_optimized
+    Image.fromarray(a).save(tmp_path / "opt.jpg", quality=95, optimize=True)
+    assert (tmp_path / "a.jpg").stat().st_size > (tmp_path / "opt.jpg").stat().st_size
+
+
+def test_jpeg_huffman_scan_of_odd_files(tmp_path):
+    from tiler.io.jpeg import huffman_optimized
+
+    a = smooth((16, 16))
+    gray = save(Image.fromarray(a), tmp_path / "g.jpg")
+    gray_opt = save(Image.fromarray(a), tmp_path / "go.jpg", optimize=True)
+    assert not huffman_optimized(gray) and huffman_optimized(gray_opt)
+    (tmp_path / "cut.jpg").write_bytes(gray_opt.read_bytes()[:40])  # ends inside the headers
+    assert not huffman_optimized(tmp_path / "cut.jpg")
+    assert not huffman_optimized(tmp_path / "missing.jpg")
+    data = bytearray(gray_opt.read_bytes())
+    data[2:2] = b"\xff\xff\xff"  # fill bytes before a marker are allowed
+    (tmp_path / "fill.jpg").write_bytes(bytes(data))
+    assert huffman_optimized(tmp_path / "fill.jpg")
+
+
 def test_jpeg_quality_from_png_source_and_override(tmp_path):
     a = smooth((32, 32, 3))
     info = probe_image(save(Image.fromarray(a), tmp_path / "a.png"))
@@ -437,6 +492,40 @@ UPRIGHT = {  # stored pixels -> what a viewer shows, for each EXIF orientation
 }
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32, np.int32])
+@pytest.mark.parametrize("shape", [(5, 7), (5, 7, 1), (5, 7, 2), (5, 7, 3), (5, 7, 4), (5, 7, 6), (1, 9, 3)])
+def test_orient_into_every_orientation(shape, dtype):
+    from tiler.io._image import orient_into
+
+    stored = (rng(1).random(shape) * 250).astype(dtype)
+    for orientation, upright in UPRIGHT.items():
+        want = upright(stored)
+        out = np.full(want.shape, 7, dtype)
+        assert orient_into(stored, orientation, out) is out
+        np.testing.assert_array_equal(out, want)
+    # a strided input and a wider output type go through numpy, same pixels
+    strided = stored[::-1][::2]
+    want = np.rot90(strided, -1)
+    np.testing.assert_array_equal(orient_into(strided, 6, np.empty(want.shape, np.float64)), want)
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB", "1", "CMYK"])
+def test_packed_pixels_equal_pillows_array(mode):
+    from tiler.io._image import packed_pixels
+
+    im = Image.fromarray(rand((H, W, 3), seed=2)).convert(mode)
+    im = im.convert("RGB") if mode == "CMYK" else im.convert("L") if mode == "1" else im
+    want = np.asarray(im)
+    np.testing.assert_array_equal(packed_pixels(im), want)
+    out = np.zeros(want.shape, np.uint8)
+    assert packed_pixels(im, out) is out
+    np.testing.assert_array_equal(out, want)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        packed_pixels(im, np.zeros((W, H, 3), np.uint8))
+    with pytest.raises(ValueError, match="mode L or RGB"):
+        packed_pixels(im.convert("RGBA"))
+
+
 def _exif_with(orientation: int) -> bytes:
     ex = Image.Exif()
     ex[0x0112] = orientation
@@ -472,6 +561,9 @@ def test_exif_orientation_applied(orientation, kind, tmp_path):
     assert info.shape == expected.shape
     got = read_image(info)
     np.testing.assert_array_equal(got, expected)
+    slot = np.zeros(info.shape, info.dtype)  # as the engine reads: into a frame buffer of its own
+    assert read_image(info, out=slot) is slot
+    np.testing.assert_array_equal(slot, expected)
     if kind == "png":
         with Image.open(src) as im:
             np.testing.assert_array_equal(got, np.asarray(ImageOps.exif_transpose(im)))

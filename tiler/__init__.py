@@ -22,16 +22,12 @@ import os
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from tiler import platform as _platform  # noqa: F401  (first: other systems are refused in one line)
-from tiler.launcher import own_package as _own_package
+from tiler._imports import own_package as _own_package
 
 _own_package("filters")  # before anything imports it: a "filters" folder in the working directory cannot hide it
-from tiler import staging  # noqa: E402
-from tiler.engine import Engine  # noqa: E402
 from tiler.errors import (  # noqa: E402
     FilterFailed,
     InputError,
@@ -43,7 +39,12 @@ from tiler.errors import (  # noqa: E402
     WorkerDied,
     WorkerError,
 )
-from tiler.pipeline import FileResult, Report  # noqa: E402
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from tiler.engine import Engine
+    from tiler.pipeline import FileResult, Report
 
 __all__ = [
     "process",
@@ -65,6 +66,26 @@ __all__ = [
     "TileTimeout",
     "VideoError",
 ]
+
+# The engine, the pipeline and what they import (numpy, OpenCV, Pillow, the
+# filters) load on first use, so that ``import tiler`` and a job import only
+# what they need.
+_LAZY = {"Engine": "tiler.engine", "FileResult": "tiler.pipeline", "Report": "tiler.pipeline"}
+
+
+def __getattr__(name: str) -> Any:
+    import importlib
+
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    if not name.startswith("_") and importlib.util.find_spec(f"tiler.{name}") is not None:  # a submodule
+        return importlib.import_module(f"tiler.{name}")
+    raise AttributeError(f"module 'tiler' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
 
 _ENGINE_OPTIONS = (
     "tile_size",
@@ -126,6 +147,8 @@ atexit.register(shutdown)
 def _engine(workers: int | None, options: dict[str, Any], progress: Any = None) -> Iterator[Engine]:
     """The default engine for one call, with ``progress`` set; a private one while another thread uses it."""
     global _default
+    from tiler.engine import Engine
+
     options = {"workers": workers, **options}
     if not _default_lock.acquire(blocking=False):
         with Engine(**options, progress=progress) as engine:
@@ -243,6 +266,8 @@ def map_frames(
     >>> for out in map_frames(frames, "blur", workers=2):   # doctest: +SKIP
     ...     show(out)
     """
+    from tiler.engine import Engine
+
     with Engine(workers, **options) as engine:
         yield from engine.map_frames(frames, chain)
 
@@ -270,6 +295,8 @@ def process_file(src, dst, chain: Any, *, workers: int | None = None, client: An
     progress = engine_options.pop("progress", None)
     with _engine(workers, engine_options, progress if callable(progress) else None) as engine:
         if _urls(src, dst, job):
+            from tiler import staging
+
             return staging.run_file(engine, src, dst, chain, **job)
         return engine.process_file(src, dst, chain, **job)
 
@@ -314,6 +341,8 @@ def process_folder(src, dst, chain: Any, *, workers: int | None = None, client: 
     try:
         with _engine(workers, engine_options, None if bar is not None else progress) as engine:
             if _urls(src, dst, job):
+                from tiler import staging
+
                 return staging.process_folder(engine, src, dst, chain, **job)
             return engine.process_folder(src, dst, chain, **job)
     finally:
@@ -355,6 +384,8 @@ def process_video(src, dst, chain: Any, *, workers: int | None = None, client: A
     try:
         with _engine(workers, engine_options, _events(progress, bar, "frame")) as engine:
             if _urls(src, dst, job):
+                from tiler import staging
+
                 return staging.run_file(engine, src, dst, chain, **job)
             return engine.process_video(src, dst, chain, **job)
     finally:
@@ -364,6 +395,8 @@ def process_video(src, dst, chain: Any, *, workers: int | None = None, client: A
 
 def _urls(src, dst, job: dict) -> bool:
     """True when ``src`` or ``dst`` is a URL (then ``storage_options`` stays in ``job``), else drops it."""
+    from tiler import staging
+
     if staging.involved(src, dst):
         return True
     job.pop("storage_options", None)

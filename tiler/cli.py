@@ -416,7 +416,8 @@ def _main(argv: Sequence[str] | None) -> int:
         return EXIT_USAGE
     try:
         chain = resolve_chain(",".join(args.filters))
-        chain.check_picklable()
+        if args.workers != 0:  # with -w 0 the chain runs here and never travels
+            chain.check_picklable()
         if staging.involved(*args.inputs, args.output):
             jobs = _url_jobs(args.inputs, args.output, args.format)
         else:

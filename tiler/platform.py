@@ -26,7 +26,6 @@ import hashlib  # noqa: E402
 import os  # noqa: E402
 import re  # noqa: E402
 import resource  # noqa: E402
-import socket  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from functools import lru_cache  # noqa: E402
 
@@ -140,7 +139,8 @@ def host_tag() -> str:
         pidns = os.readlink("/proc/self/ns/pid")
     except OSError:
         pidns = ""
-    ident = "\0".join((socket.gethostname(), _read("/proc/sys/kernel/random/boot_id"), pidns))
+    # os.uname().nodename is what socket.gethostname() returns on Linux, without importing socket
+    ident = "\0".join((os.uname().nodename, _read("/proc/sys/kernel/random/boot_id"), pidns))
     return hashlib.sha1(ident.encode()).hexdigest()[:12]
 
 

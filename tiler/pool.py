@@ -14,14 +14,13 @@ per worker and changes nothing in the host process.
 from __future__ import annotations
 
 import contextlib
-import multiprocessing.connection as mpc
 import os
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-from tiler import launcher, platform
+from tiler import platform
 from tiler.worker import Tick, worker_main
 
 __all__ = ["WorkerPool", "default_workers", "Lost"]
@@ -70,6 +69,10 @@ class WorkerPool:
             raise
 
     def _start(self) -> _Handle:
+        import multiprocessing.connection as mpc  # workers start here: their imports too
+
+        from tiler import launcher
+
         parent, child = mpc.Pipe(duplex=True)
         try:
             p = launcher.start_worker(
@@ -134,7 +137,9 @@ class WorkerPool:
             deadlines = [w.busy_since + tile_timeout - now for w in self._workers if w.tasks]
             if deadlines:
                 timeout = max(0.0, min([*deadlines, timeout if timeout is not None else float("inf")]))
-        ready = mpc.wait([*by_conn, *by_sentinel, *extra], timeout)
+        from multiprocessing.connection import wait
+
+        ready = wait([*by_conn, *by_sentinel, *extra], timeout)
         replies, lost, extra_ready = [], [], []
         for obj in ready:
             if obj in by_conn:

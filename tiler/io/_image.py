@@ -79,6 +79,10 @@ class ImageInfo:
         0 (4:4:4), 1 (4:2:2) or 2 (4:2:0).
     progressive : bool
         The JPEG is progressive.
+    jpeg_optimized : bool
+        The JPEG's Huffman tables are its own (optimised for its data, as
+        progressive files always are), not the standard ones that cameras
+        and most encoders write; a JPEG output then optimises its tables too.
     compression : str or None
         TIFF compression as Pillow names it (``"raw"``, ``"tiff_lzw"``...).
     lossless : bool
@@ -114,6 +118,7 @@ class ImageInfo:
     jpeg_qtables: tuple[tuple[int, ...], ...] | None = None
     jpeg_subsampling: int | None = None
     progressive: bool = False
+    jpeg_optimized: bool = False
     compression: str | None = None
     lossless: bool = True
     durations: tuple[int, ...] = ()
@@ -161,6 +166,8 @@ def corrupt(path: Path, exc: BaseException) -> InputError:
 
 
 def check_pixels(path: Path, width: int, height: int, frames: int, max_pixels: int) -> None:
+    if width < 1 or height < 1:  # a header field of a signed or wrong type can read as zero or negative
+        raise InputError(f"{path}: truncated or corrupt image (size {width}x{height})")
     pixels = width * height
     if pixels > max_pixels:
         raise InputError(f"{path}: {width}x{height} = {pixels} pixels exceeds the limit of {max_pixels} (--max-pixels)")
@@ -461,6 +468,129 @@ def orient(a: np.ndarray, orientation: int) -> np.ndarray:
     if orientation == 8:
         return a.swapaxes(0, 1)[::-1]
     return a
+
+
+# EXIF orientation -> the OpenCV calls that turn stored pixels upright: a rotation (cv2.rotate),
+# a flip (cv2.flip's code), or a transpose followed by an optional flip.
+_CV_ORIENT: dict[int, tuple[str, int | None]] = {
+    2: ("flip", 1),
+    3: ("flip", -1),
+    4: ("flip", 0),
+    5: ("transpose", None),
+    6: ("rotate", 0),  # cv2.ROTATE_90_CLOCKWISE
+    7: ("transpose", -1),
+    8: ("rotate", 2),  # cv2.ROTATE_90_COUNTERCLOCKWISE
+}
+
+
+def orient_into(a: np.ndarray, orientation: int, out: np.ndarray) -> np.ndarray:
+    """Write the upright pixels of ``a`` (stored as ``orientation`` says) into ``out``; return ``out``.
+
+    The same pixels as ``np.copyto(out, orient(a, orientation))``, faster for
+    a rotation: a copy through numpy's strided view of a rotated image walks
+    memory column by column, OpenCV's rotate/flip/transpose work by cache
+    blocks. numpy does it when OpenCV cannot (another dtype, more than four
+    channels, a dtype change, strided arrays).
+
+    Examples
+    --------
+    >>> a = np.arange(6, dtype=np.uint8).reshape(2, 3)
+    >>> orient_into(a, 6, np.empty((3, 2), np.uint8)).tolist()
+    [[3, 0], [4, 1], [5, 2]]
+    """
+    op = _CV_ORIENT.get(orientation)
+    channels = 1 if a.ndim == 2 else a.shape[2]
+    if (
+        op is None
+        or a.dtype != out.dtype
+        or a.dtype not in _CV_DTYPES
+        or not 1 <= channels <= 4
+        or not (a.flags.c_contiguous and out.flags.c_contiguous and out.flags.writeable)
+        or np.shares_memory(a, out)
+    ):
+        np.copyto(out, orient(a, orientation), casting="unsafe")
+        return out
+    import cv2
+
+    kind, code = op
+    if kind == "flip":
+        done = cv2.flip(a, code, dst=out)
+    elif kind == "rotate":
+        done = cv2.rotate(a, code, dst=out)
+    else:
+        done = cv2.transpose(a, dst=out)
+        if code is not None:
+            done = cv2.flip(out, code, dst=out)
+    if done is not out and not np.shares_memory(done, out):  # pragma: no cover - OpenCV allocated instead
+        np.copyto(out, done.reshape(out.shape))
+    return out
+
+
+_CV_DTYPES = frozenset(np.dtype(t) for t in (np.uint8, np.uint16, np.int16, np.float32, np.float64))
+
+
+class _PackedSink:
+    """A write-only stream that checks a PPM header and puts the pixel bytes after it into ``target``."""
+
+    def __init__(self, header: bytes, target: np.ndarray):
+        self.header, self.seen = header, b""
+        self.view = memoryview(target).cast("B")
+        self.pos = 0
+
+    def write(self, data: bytes) -> int:
+        chunk = memoryview(data)
+        if len(self.seen) < len(self.header):
+            take = len(self.header) - len(self.seen)
+            self.seen += bytes(chunk[:take])
+            if not self.header.startswith(self.seen):
+                raise ValueError("unexpected PPM header")
+            chunk = chunk[take:]
+        end = self.pos + len(chunk)
+        if end > len(self.view):
+            raise ValueError("more pixel bytes than the frame holds")
+        self.view[self.pos : end] = chunk
+        self.pos = end
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+
+def packed_pixels(im: Image.Image, out: np.ndarray | None = None) -> np.ndarray:
+    """The pixels of a loaded 8-bit ``L`` or ``RGB`` image as (H, W) or (H, W, 3) uint8, copied once.
+
+    Written into ``out`` when given (C-contiguous, that shape and dtype).
+    Hand-written: Pillow packs pixels for ``np.asarray(im)`` through
+    ``tobytes``, which encodes hundreds of small chunks and joins them into a
+    new bytes object (35 ms for 12 MP RGB); it has no call that packs into a
+    caller's buffer. Saving as PPM (raw packed samples after a short header)
+    to a stream that writes into the array is Pillow's same packer writing
+    once (8 ms). Any other mode, or a header other than expected, takes
+    ``np.asarray``.
+
+    Examples
+    --------
+    >>> im = Image.new("RGB", (3, 2), (1, 2, 3))
+    >>> packed_pixels(im).shape
+    (2, 3, 3)
+    """
+    if im.mode not in ("RGB", "L"):
+        raise ValueError(f"packed_pixels takes mode L or RGB, got {im.mode}")
+    w, h = im.size
+    shape = (h, w, 3) if im.mode == "RGB" else (h, w)
+    if out is None:
+        out = np.empty(shape, np.uint8)
+    if out.shape != shape or out.dtype != np.uint8 or not out.flags.c_contiguous:
+        raise ValueError(f"out must be C-contiguous uint8 of shape {shape}, got {out.shape} {out.dtype}")
+    sink = _PackedSink(b"%s\n%d %d\n255\n" % (b"P6" if im.mode == "RGB" else b"P5", w, h), out)
+    try:
+        im.save(sink, "PPM")
+        if sink.pos == out.nbytes:
+            return out
+    except ValueError:  # another Pillow's PPM writer: the plain way
+        pass
+    np.copyto(out, np.asarray(im))
+    return out
 
 
 def alpha_from_key(gray_or_rgb: np.ndarray, key: Any, full: int) -> np.ndarray:

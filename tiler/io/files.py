@@ -30,7 +30,12 @@ __all__ = [
     "inside",
     "output_name",
     "temp_owner",
+    "VIDEO_EXTENSIONS",
 ]
+
+#: Lower-case file extensions tileproc treats as video (here, so that telling a video by its
+#: name does not import :mod:`tiler.io.video` and what it loads).
+VIDEO_EXTENSIONS: frozenset[str] = frozenset({".mp4", ".mov", ".mkv", ".webm", ".avi", ".gif", ".m4v"})
 
 _TEMP = re.compile(rf"^\..*\.tileproc-({platform.OWNER_PATTERN})-[0-9a-f]{{8}}(\.[^./]*)?$")
 

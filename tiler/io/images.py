@@ -89,9 +89,11 @@ orientation set to 1 and the thumbnail dropped (JPEG, PNG, TIFF, WebP), XMP
 with its orientation set to 1 (JPEG, PNG, TIFF, WebP), DPI (JPEG, PNG, TIFF,
 BMP), PNG text chunks. JPEG is re-encoded with the source's own quantization
 tables and chroma subsampling when no quality is given, else with the quality
-estimated from its tables (default 95). WebP stays lossless when the source
-stored pixels losslessly. TIFF is deflate-compressed (lossless, with
-horizontal differencing) unless the source was uncompressed.
+estimated from its tables (default 95); its Huffman tables are optimised
+when the source's were (optimised or progressive), else the standard ones.
+WebP stays lossless when the source stored pixels losslessly. TIFF is
+deflate-compressed (lossless, with horizontal differencing) unless the
+source was uncompressed.
 
 Not kept: TIFF pages after the first, the Interoperability IFD of TIFF EXIF,
 PNG chunks other than those above (gAMA, sRGB, cHRM: an ICC profile is the
@@ -117,7 +119,7 @@ import numpy as np
 from PIL import BmpImagePlugin, GifImagePlugin, Image, ImageFile, JpegImagePlugin, PngImagePlugin, WebPImagePlugin
 
 from tiler.errors import InputError, OutputError, TileprocError
-from tiler.io import bmp, gif, jpeg, png, tiff, webp
+from tiler.io import bmp, gif, jpeg, png, webp
 from tiler.io._image import (
     DEFAULT_MAX_PIXELS,
     ContainerError,
@@ -132,6 +134,8 @@ from tiler.io._image import (
     exif_of,
     exif_orientation,
     orient,
+    orient_into,
+    packed_pixels,
     read_bytes,
     reason,
     xmp_of,
@@ -173,11 +177,23 @@ _EXT_FORMAT = {
 
 Encoder = Callable[[np.ndarray, Path, ImageInfo, "int | None"], None]
 
+
+def _tiff() -> Any:
+    """:mod:`tiler.io.tiff`, imported when a TIFF is read or written (tifffile is large to import)."""
+    from tiler.io import tiff
+
+    return tiff
+
+
+def _encode_tiff(a: np.ndarray, tmp: Path, info: ImageInfo, quality: int | None) -> None:
+    _tiff().encode(a, tmp, info, quality)
+
+
 #: format -> still encoder ``(array, temporary path, info, quality)``.
 ENCODERS: dict[str, Encoder] = {
     "PNG": png.encode,
     "JPEG": jpeg.encode,
-    "TIFF": tiff.encode,
+    "TIFF": _encode_tiff,
     "WEBP": webp.encode,
     "BMP": bmp.encode,
     "GIF": gif.encode,
@@ -338,7 +354,7 @@ def probe_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_P
         raise InputError(f"{path}: not an image tileproc reads (PNG, JPEG, TIFF, WebP, BMP or GIF)")
     if fmt == "TIFF":
         try:
-            return tiff.probe(path, max_pixels)
+            return _tiff().probe(path, max_pixels)
         except TileprocError:
             raise
         except Exception as exc:
@@ -411,12 +427,14 @@ def _probe_open(path: Path, fmt: str, im: Image.Image, scan: Any, max_pixels: in
             dpi = None
 
     quality = qtables = subsampling = None
+    optimized = False
     if fmt == "JPEG":
         q = getattr(im, "quantization", None) or {}
         qtables = tuple(tuple(int(v) for v in q[k]) for k in sorted(q)) or None
         quality = jpeg.estimate_quality(qtables) if qtables else None
         sampling = JpegImagePlugin.get_sampling(im)
         subsampling = sampling if sampling in (0, 1, 2) else None
+        optimized = jpeg.huffman_optimized(path)
 
     text: tuple[tuple[str, str], ...] = ()
     if fmt == "PNG":
@@ -443,6 +461,7 @@ def _probe_open(path: Path, fmt: str, im: Image.Image, scan: Any, max_pixels: in
         jpeg_qtables=qtables,
         jpeg_subsampling=subsampling,
         progressive=bool(info.get("progressive") or info.get("progression")),
+        jpeg_optimized=optimized,
         lossless=lossless,
         durations=scan.durations if animated else (),
         loop=scan.loop if animated else None,
@@ -473,8 +492,12 @@ def _cmyk_to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def _pillow_pixels(im: Image.Image, info: ImageInfo) -> np.ndarray:
-    """Pixels of a loaded still image, stored orientation, as info promises."""
+def _pillow_pixels(im: Image.Image, info: ImageInfo, out: np.ndarray | None = None) -> np.ndarray:
+    """Pixels of a loaded still image, stored orientation, as info promises.
+
+    8-bit gray and RGB are packed straight into ``out`` when it fits (the
+    caller's frame buffer, for an upright file); other modes ignore it.
+    """
     mode, c = im.mode, info.channels
     trns = im.info.get("transparency")
     if info.dtype == np.uint16:
@@ -500,6 +523,10 @@ def _pillow_pixels(im: Image.Image, info: ImageInfo) -> np.ndarray:
     target = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[c]
     if im.mode != target:
         im = im.convert(target)
+    if target in ("L", "RGB"):
+        w, h = info._stored_size
+        fits = out is not None and out.shape[:2] == (h, w) and out.dtype == np.uint8 and out.flags.c_contiguous
+        return packed_pixels(im, out if fits else None)
     return np.asarray(im)
 
 
@@ -670,7 +697,7 @@ def read_image(info: ImageInfo, out: np.ndarray | None = None, *, frame: int = 0
 
     if info.format == "TIFF":
         try:
-            stored = tiff.read(info)
+            stored = _tiff().read(info)
         except TileprocError:
             raise
         except Exception as exc:
@@ -685,20 +712,21 @@ def read_image(info: ImageInfo, out: np.ndarray | None = None, *, frame: int = 0
         im = _reopen(info)
         try:
             im.load()
-            stored = _pillow_pixels(im, info)
+            stored = _pillow_pixels(im, info, out if info.orientation == 1 else None)
         except TileprocError:
             raise
         except Exception as exc:
             raise corrupt(info.path, exc) from None
         finally:
             im.close()
-    upright = orient(stored, info.orientation)
-    if upright.shape != info.shape:  # pragma: no cover - a planning bug, never the user's
-        raise InputError(f"{info.path}: decoded shape {upright.shape} differs from the probed {info.shape}")
+    upright_shape = orient(stored, info.orientation).shape
+    if upright_shape != info.shape:  # pragma: no cover - a planning bug, never the user's
+        raise InputError(f"{info.path}: decoded shape {upright_shape} differs from the probed {info.shape}")
     if out is None:
-        return np.ascontiguousarray(upright, dtype=info.dtype)
-    np.copyto(out, upright, casting="unsafe")
-    return out
+        if info.orientation == 1 and stored.dtype == info.dtype and stored.flags.c_contiguous:
+            return stored
+        out = np.empty(info.shape, info.dtype)
+    return out if stored is out else orient_into(stored, info.orientation, out)
 
 
 # ---------------------------------------------------------------------------

@@ -109,7 +109,7 @@ import numpy as np
 
 from tiler.errors import InputError, OutputError, VideoError
 from tiler.io.base import Sink, Source
-from tiler.io.files import atomic_output, output_name, temp_path_for
+from tiler.io.files import VIDEO_EXTENSIONS, atomic_output, output_name, temp_path_for
 
 __all__ = [
     "VIDEO_EXTENSIONS",
@@ -137,9 +137,6 @@ __all__ = [
     "ffmpeg_path",
     "last_lines",
 ]
-
-VIDEO_EXTENSIONS: frozenset[str] = frozenset({".mp4", ".mov", ".mkv", ".webm", ".avi", ".gif", ".m4v"})
-"""Lower-case file extensions tileproc treats as video."""
 
 _STDERR_LINES = 5  # how many of ffmpeg's last lines an error message carries
 _REAP_TIMEOUT = 3.0  # seconds between SIGTERM and SIGKILL

@@ -1,0 +1,102 @@
+"""What tileproc imports: a still-image job loads only what it uses (checked on ``sys.modules``, never on time)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Never needed by importing the command or by filtering a PNG in this process.
+NEVER = (
+    "av",
+    "tifffile",
+    "imagecodecs",
+    "dask",
+    "distributed",
+    "fsspec",
+    "tqdm",
+    "cloudpickle",
+    "onnxruntime",
+    "multiprocessing",
+    "concurrent.futures",
+    "tiler.launcher",
+    "tiler.cluster",
+    "tiler.io.tiff",
+    "filters.testing",
+    "filters.onnx",
+)
+
+PROBE = """
+import json, sys
+{before}
+print(json.dumps(sorted(sys.modules)))
+"""
+
+
+def loaded(code: str, tmp_path: Path) -> set[str]:
+    """The modules a fresh interpreter holds after running ``code``, from the working tree's tileproc."""
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE.format(before=code)],
+        cwd=tmp_path,  # not the repository: its folders must not shadow anything
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    return set(json.loads(out.stdout.splitlines()[-1]))
+
+
+def test_import_tiler_loads_neither_numpy_nor_the_engine(tmp_path):
+    mods = loaded("import tiler", tmp_path)
+    assert "tiler.errors" in mods  # the probe saw tileproc
+    assert not {"numpy", "cv2", "PIL", "filters", "tiler.engine", "tiler.pipeline"} & mods
+
+
+def test_import_tiler_cli_loads_no_video_tiff_cluster_or_worker_launcher(tmp_path):
+    mods = loaded("import tiler.cli", tmp_path)
+    assert {"tiler.cli", "numpy", "filters.blur"} <= mods
+    assert sorted(set(NEVER) & mods) == []
+
+
+@pytest.mark.xfail(strict=True, reason="tiler.pipeline imports tiler.io.video at the top")
+def test_import_tiler_cli_loads_no_video_module(tmp_path):
+    assert "tiler.io.video" not in loaded("import tiler.cli", tmp_path)
+
+
+def test_filtering_a_png_in_process_loads_only_what_it_uses(tmp_path):
+    src = tmp_path / "in.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8)).save(src)
+    code = (
+        "import tiler.cli\n"
+        f"assert tiler.cli.main([{str(src)!r}, '-f', 'blur:sigma=2', '-o', {str(tmp_path / 'out.png')!r}, "
+        "'-w', '0']) == 0"
+    )
+    mods = loaded(code, tmp_path)
+    assert (tmp_path / "out.png").is_file()
+    assert sorted(set(NEVER) & mods) == []
+
+
+def test_the_public_api_is_unchanged_by_lazy_loading():
+    import tiler
+    from tiler.engine import Engine
+    from tiler.pipeline import FileResult, Report
+
+    assert (tiler.Engine, tiler.FileResult, tiler.Report) == (Engine, FileResult, Report)
+    assert all(callable(getattr(tiler, name)) for name in tiler.__all__)
+    assert set(tiler.__all__) <= set(dir(tiler))
+    assert tiler.staging.__name__ == "tiler.staging"  # submodules, as before
+    with pytest.raises(AttributeError, match="no_such_name"):
+        tiler.no_such_name  # noqa: B018
+    import filters
+
+    assert filters.check_filter.__module__ == "filters.testing"
+    with pytest.raises(AttributeError, match="no_such_name"):
+        filters.no_such_name  # noqa: B018

@@ -182,6 +182,20 @@ class Filter(_Geometry):
     def apply(self, tile: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def apply_into(self, tile: np.ndarray, out: np.ndarray) -> None:
+        """``out[...] = self.apply(tile)``, without the intermediate array where the kernel can
+        write into ``out`` itself (``out``: same shape and dtype as the result, not ``tile``)."""
+        out[...] = self.apply(tile)
+
+    def threaded(self, dtype: np.dtype) -> bool:
+        """Whether one ``apply`` on a frame of ``dtype`` already spreads over OpenCV's threads.
+
+        A caller that would run tiles on threads of its own gains nothing by cutting
+        a frame for a chain of such filters: only halos computed twice and threads
+        competing for the cores.
+        """
+        return False
+
     def describe(self) -> str:
         """``name:key=value,...``, the same text the registry parses."""
         args = ",".join(f"{k}={v}" for k, v in self.params.items())

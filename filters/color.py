@@ -30,6 +30,17 @@ class _Curve(Filter):
         px.check_tile(self.name, tile)
         return px.map_color(tile, self._map)
 
+    def threaded(self, dtype: np.dtype) -> bool:
+        return np.dtype(dtype) == np.uint8  # cv2.LUT: threaded
+
+    def apply_into(self, tile: np.ndarray, out: np.ndarray) -> None:
+        px.check_tile(self.name, tile)
+        dst = px.direct_out(tile, out)
+        if dst is None or tile.dtype != np.uint8:
+            return super().apply_into(tile, out)
+        x = tile if tile.ndim == 2 or tile.shape[2] == 3 else tile[..., 0]
+        px.kernel_into(cv2.LUT(x, _lookup_table(self, x.dtype.str), dst=dst), out)
+
     def _map(self, x: np.ndarray) -> np.ndarray:
         if x.dtype.kind == "f":
             return px.to_dtype(self._curve(x.astype(np.float32)), x.dtype)

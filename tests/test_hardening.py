@@ -151,9 +151,15 @@ def run_limited(args, limit_bytes, cwd):
 def test_file_size_limit_below_a_frame_slot_is_refused_cleanly(tmp_path):
     src = tmp_path / "big.png"
     png(src, (300, 300, 3))
-    r = run_limited([str(src), "-f", "invert", "-o", str(tmp_path / "out.png")], 50_000, tmp_path)
+    # A custom filter: the frame goes to the workers through a slot, which the limit refuses.
+    r = run_limited([str(src), "-f", "faultfilters:negate", "-o", str(tmp_path / "out.png")], 50_000, tmp_path)
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
     assert "ulimit -f" in r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.png"]
+    # Built-ins on one image run in this process without a slot: only the output meets the limit.
+    r = run_limited([str(src), "-f", "invert", "-o", str(tmp_path / "out.png")], 50_000, tmp_path)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "out.png" in r.stderr and "File too large" in r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.png"]
 
 

@@ -66,7 +66,6 @@ def test_import_tiler_cli_loads_no_video_tiff_cluster_or_worker_launcher(tmp_pat
     assert sorted(set(NEVER) & mods) == []
 
 
-@pytest.mark.xfail(strict=True, reason="tiler.pipeline imports tiler.io.video at the top")
 def test_import_tiler_cli_loads_no_video_module(tmp_path):
     assert "tiler.io.video" not in loaded("import tiler.cli", tmp_path)
 
@@ -100,3 +99,18 @@ def test_the_public_api_is_unchanged_by_lazy_loading():
     assert filters.check_filter.__module__ == "filters.testing"
     with pytest.raises(AttributeError, match="no_such_name"):
         filters.no_such_name  # noqa: B018
+
+
+def test_one_large_still_with_builtins_starts_no_worker_machinery(tmp_path):
+    """The default command on a photo (built-ins, workers by default): filtered on threads here
+    (a median: OpenCV does not spread it over threads of its own)."""
+    src = tmp_path / "in.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)).save(src)
+    code = (
+        "import tiler.cli\n"
+        f"assert tiler.cli.main([{str(src)!r}, '-f', 'median:size=5', '-o', {str(tmp_path / 'out.jpg')!r}]) == 0"
+    )
+    mods = loaded(code, tmp_path)
+    assert (tmp_path / "out.jpg").is_file()
+    assert "tiler.threads" in mods and "concurrent.futures" in mods  # the tiles ran on threads
+    assert sorted(set(NEVER) & mods) == ["concurrent.futures"]

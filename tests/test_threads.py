@@ -192,3 +192,31 @@ def test_threads_used_again_in_a_forked_child_are_its_own():
     os.waitpid(pid, 0)
     threads.close()
     assert answer == b"1" and np.array_equal(out, frame * 2)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+@pytest.mark.parametrize("channels", [None, 1, 3, 4])
+def test_apply_into_writes_what_apply_returns(dtype, channels):
+    shape = (37, 53) if channels is None else (37, 53, channels)
+    frame = RNG.random(shape, dtype=np.float32) if dtype == np.float32 else RNG.integers(0, 200, shape, dtype=dtype)
+    for spec in ("blur:sigma=1.5", "invert", "gamma:gamma=2.2", "median:size=3"):
+        f = resolve(spec).filters[0]
+        out = np.full_like(frame, 7)
+        f.apply_into(frame, out)
+        assert np.array_equal(out, f.apply(frame)), spec
+        strided = np.zeros((*shape[:1], shape[1] * 2, *shape[2:]), frame.dtype)[:, ::2]
+        f.apply_into(frame, strided)  # not contiguous: through a copy
+        assert np.array_equal(strided, f.apply(frame)), spec
+
+
+@pytest.mark.parametrize("channels", [3, 4])
+def test_chains_opencv_threads_itself_run_in_one_call_into_the_output(channels, monkeypatch):
+    frame = RNG.integers(0, 256, (400, 300, channels), dtype=np.uint8)
+    spec = "blur:sigma=2,invert"
+    with Engine(workers=1) as e:  # OpenCV has at least as many threads as this engine, wherever it runs
+        cuts = []
+        monkeypatch.setattr(e._threads, "run", lambda *a: cuts.append(a))  # tiles would land here
+        out = np.empty_like(frame)
+        assert e.process(frame, spec, out=out) is out
+        assert cuts == [] and not e.started
+    assert np.array_equal(out, resolve(spec).apply(frame))

@@ -33,7 +33,7 @@ from tiler.io import remote
 from tiler.io.files import output_name
 from tiler.io.images import DEFAULT_MAX_PIXELS
 from tiler.pipeline import FileResult, is_supported, is_video
-from tiler.scheduler import Progress
+from tiler.scheduler import Progress, built_in
 
 __all__ = ["main", "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_INTERRUPTED", "EXIT_TERMINATED"]
 
@@ -416,7 +416,7 @@ def _main(argv: Sequence[str] | None) -> int:
         return EXIT_USAGE
     try:
         chain = resolve_chain(",".join(args.filters))
-        if args.workers != 0:  # with -w 0 the chain runs here and never travels
+        if args.workers != 0 and not built_in(chain):  # built-ins travel by name; -w 0: nothing travels
             chain.check_picklable()
         if staging.involved(*args.inputs, args.output):
             jobs = _url_jobs(args.inputs, args.output, args.format)

@@ -27,15 +27,18 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from itertools import count
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from tiler.engine import resolve_chain
 from tiler.errors import InputError, OutputError, TileprocError
-from tiler.io import images, video
-from tiler.io.files import check_input, inside, output_name, sweep_stale_temps
+from tiler.io import images
+from tiler.io.files import VIDEO_EXTENSIONS, check_input, inside, output_name, sweep_stale_temps
 from tiler.scheduler import Frame, Inline, IOThread, OnPool, OnThread, Step
+
+if TYPE_CHECKING:
+    from tiler.io import video
 
 __all__ = [
     "process_file",
@@ -84,11 +87,11 @@ class Report:
 
 def is_supported(path: Path) -> bool:
     suffix = path.suffix.lower()
-    return suffix in images.IMAGE_EXTENSIONS or suffix in video.VIDEO_EXTENSIONS
+    return suffix in images.IMAGE_EXTENSIONS or suffix in VIDEO_EXTENSIONS
 
 
 def is_video(path: Path) -> bool:
-    return path.suffix.lower() in video.VIDEO_EXTENSIONS and path.suffix.lower() != ".gif"
+    return path.suffix.lower() in VIDEO_EXTENSIONS and path.suffix.lower() != ".gif"
 
 
 # -- one image -------------------------------------------------------------------
@@ -253,6 +256,8 @@ def process_video(
     temporaries alone (on a cluster the driver sweeps, since another
     machine's process ids mean nothing here).
     """
+    from tiler.io import video
+
     src = Path(src)
     dst = Path(dst) if dst is not None else output_name(src)
     if sweep:
@@ -286,6 +291,7 @@ def check_output_size(src: Any, shape: tuple[int, ...], max_pixels: int | None) 
 
 def resized_video_info(info: video.VideoInfo, chain: Any) -> video.VideoInfo:
     """``info`` as the writer sees it: the size the chain makes of each frame (a resize)."""
+
     height, width = resolve_chain(chain).output_shape(info.frame_shape)[:2]
     if (height, width) == (info.height, info.width):
         return info
@@ -294,6 +300,7 @@ def resized_video_info(info: video.VideoInfo, chain: Any) -> video.VideoInfo:
 
 def video_dtype(info: video.VideoInfo, dst: Path) -> np.dtype:
     """Frames at the source's depth (uint16 above 8 bits), except for GIF outputs (8-bit)."""
+
     if info.dtype == np.uint16 and dst.suffix.lower() == ".gif":
         return np.dtype(np.uint8)
     return info.dtype
@@ -304,6 +311,8 @@ def filter_stream(engine, reader: video.VideoReader, writer: video.VideoWriter, 
     filter, the writer drains slots in order on another. On success the writer's output is
     renamed into place; on any failure both ffmpeg processes are stopped and nothing is left.
     ``first`` numbers the frames in messages (for a stretch of a longer video)."""
+    from tiler.io import video
+
     decode, encode = IOThread("decode"), IOThread("encode")
     source, sink = video.VideoSource(reader), video.VideoSink(writer)
     info = source.probe()

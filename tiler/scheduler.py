@@ -45,13 +45,13 @@ from typing import Any
 
 import numpy as np
 
-from filters.base import Chain
+from filters.base import Chain, Filter
 from tiler import errors
 from tiler.dispatch import Loans, TaskBook, Wakeup
 from tiler.errors import TileprocError
 from tiler.geometry import TileGrid, default_tile_shape, source_window, thread_tile_shape
 from tiler.pool import WorkerPool
-from tiler.sharedmem import FrameRing, FrameSlot
+from tiler.sharedmem import FrameRing, FrameSlot, PrivateSlot
 from tiler.threads import TileError, TileThreads
 from tiler.worker import (
     Call,
@@ -339,7 +339,9 @@ class Scheduler:
                 # An I/O thread may still hold this slot: never hand it to another frame.
                 release_frames(frame.error)
                 frame.slot_views = None
-                if frame.pinned is None:
+                if isinstance(frame.slot, PrivateSlot):
+                    frame.slot.close()  # its memory lives while a view (an I/O thread's) does
+                elif frame.pinned is None:
                     self.ring.discard(frame.slot)
                 frame.slot = None
 
@@ -358,7 +360,10 @@ class Scheduler:
             self._filter(frame, frame.source)
             return
         try:
-            frame.slot = frame.pinned or self.ring.acquire(frame.nbytes)
+            if self._private(frame):
+                frame.slot = PrivateSlot(frame.nbytes)
+            else:
+                frame.slot = frame.pinned or self.ring.acquire(frame.nbytes)
         except TileprocError as exc:
             frame.error = exc
             frame.state = FrameState.FINISHED
@@ -400,6 +405,12 @@ class Scheduler:
         if not plain or frame.source is None or frame.target is None or not self._here(frame):
             return False
         return not np.may_share_memory(frame.source, frame.target)
+
+    def _private(self, frame: Frame) -> bool:
+        """Whether the frame can live in this process's own memory: decoded, filtered and
+        encoded here (its steps run inline), no worker ever sees it."""
+        inline = isinstance(frame.load, Inline) and isinstance(frame.store, Inline | None)
+        return inline and frame.pinned is None and self._here(frame)
 
     def _workers(self) -> WorkerPool:
         """The pool, started now if this is the first frame that needs it."""
@@ -505,7 +516,10 @@ class Scheduler:
                 source.flags.writeable = False
         window = src if source is None else source
         try:
-            if self._small(frame) or self.threads is None:
+            if self.threads is not None and not self._small(frame) and self._threaded_by_opencv(frame):
+                self._whole_into(window, out)
+                frame.tiles = 1
+            elif self._small(frame) or self.threads is None:
                 stages = full_plan(self.chain.filters, window.shape)
                 if stages is not None:  # the first stage reads its own window of the frame (nearest: not from 0)
                     r0, r1, c0, c1 = stages[0].window
@@ -527,6 +541,28 @@ class Scheduler:
             return
         self._emit(Progress("tiles", frame, frame.tiles))
         frame.state = FrameState.READY
+
+    def _whole_into(self, window: np.ndarray, out: np.ndarray) -> None:
+        """A chain of built-ins on the whole frame, the last filter writing into ``out`` itself."""
+        *first, last = self.chain.filters
+        assert isinstance(last, Filter)  # a built-in
+        x = run_chain(first, window) if first else window
+        try:
+            last.apply_into(x, out)
+        except Exception as exc:
+            raise ChainError(last.name, "error") from exc
+
+    def _threaded_by_opencv(self, frame: Frame) -> bool:
+        """Whether each filter of the chain spreads one call over OpenCV's threads, and OpenCV has
+        as many as this engine: then one call on the whole frame. Tiles on threads of the engine's
+        own would each start OpenCV's (it runs only one such call at a time in parallel, the others
+        serially), so one thread finishes early while the others still compete for the cores."""
+        assert self.threads is not None
+        if not all(getattr(f, "threaded", lambda dtype: False)(frame.dtype) for f in self.chain.filters):
+            return False
+        import cv2
+
+        return cv2.getNumThreads() >= self.threads.n
 
     def _thread_grid(self, frame: Frame, out_shape: tuple[int, ...]) -> TileGrid:
         """Strips for the threads: the output frame's for a chain that changes the size."""
@@ -582,7 +618,9 @@ class Scheduler:
         release_frames(frame.error)  # a step's locals (views of the slot) die with its slot
         if frame.slot is not None:
             frame.slot_views = None
-            if frame.pinned is None:
+            if isinstance(frame.slot, PrivateSlot):
+                frame.slot.close()  # its memory lives as long as a view of it does
+            elif frame.pinned is None:
                 if frame.lease is not None and frame.lease() is not None:
                     self.loans.hold(frame.slot, frame.lease)  # the caller still views it
                 else:

@@ -16,16 +16,18 @@ The threads are the same tiles as the workers' (:class:`tiler.geometry.TileGrid`
 
 from __future__ import annotations
 
-import concurrent.futures
 import os
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from tiler.geometry import TileGrid
 from tiler.worker import ChainError, tile_result
+
+if TYPE_CHECKING:
+    import concurrent.futures
 
 __all__ = ["TileThreads", "TileError"]
 
@@ -76,6 +78,8 @@ class TileThreads:
             for index in range(len(grid)):
                 one(index)
             return
+        import concurrent.futures  # on use: a job of small frames or without workers never needs it
+
         pool = self._start()
         futures = [pool.submit(one, index) for index in range(len(grid))]
         try:
@@ -88,6 +92,8 @@ class TileThreads:
             raise
 
     def _start(self) -> concurrent.futures.ThreadPoolExecutor:
+        import concurrent.futures
+
         with self._lock:
             if self._pid != os.getpid():  # a forked child has none of the parent's threads
                 self._pool, self._pid = None, os.getpid()

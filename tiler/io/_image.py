@@ -17,7 +17,7 @@ import struct
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, cast
 
 import numpy as np
 from PIL import Image
@@ -514,8 +514,10 @@ def orient_into(a: np.ndarray, orientation: int, out: np.ndarray) -> np.ndarray:
 
     kind, code = op
     if kind == "flip":
+        assert code is not None  # a flip always says which
         done = cv2.flip(a, code, dst=out)
     elif kind == "rotate":
+        assert code is not None  # a rotation always says which
         done = cv2.rotate(a, code, dst=out)
     else:
         done = cv2.transpose(a, dst=out)
@@ -534,7 +536,7 @@ class _PackedSink:
 
     def __init__(self, header: bytes, target: np.ndarray):
         self.header, self.seen = header, b""
-        self.view = memoryview(target).cast("B")
+        self.view = target.data.cast("B")
         self.pos = 0
 
     def write(self, data: bytes) -> int:
@@ -584,7 +586,7 @@ def packed_pixels(im: Image.Image, out: np.ndarray | None = None) -> np.ndarray:
         raise ValueError(f"out must be C-contiguous uint8 of shape {shape}, got {out.shape} {out.dtype}")
     sink = _PackedSink(b"%s\n%d %d\n255\n" % (b"P6" if im.mode == "RGB" else b"P5", w, h), out)
     try:
-        im.save(sink, "PPM")
+        im.save(cast(IO[bytes], sink), "PPM")
         if sink.pos == out.nbytes:
             return out
     except ValueError:  # another Pillow's PPM writer: the plain way

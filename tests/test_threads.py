@@ -209,14 +209,30 @@ def test_apply_into_writes_what_apply_returns(dtype, channels):
         assert np.array_equal(strided, f.apply(frame)), spec
 
 
+@pytest.mark.parametrize("opencv_threads", [2, 1])
 @pytest.mark.parametrize("channels", [3, 4])
-def test_chains_opencv_threads_itself_run_in_one_call_into_the_output(channels, monkeypatch):
+def test_chains_opencv_threads_itself_run_in_one_call_into_the_output(channels, opencv_threads, monkeypatch):
+    """blur and invert spread one call over OpenCV's threads: with as many of those as the
+    engine's, one call on the whole frame; with fewer (a host that set cv2.setNumThreads(1)),
+    tiles on the engine's threads."""
+    import cv2
+
+    monkeypatch.setattr(cv2, "getNumThreads", lambda: opencv_threads)
     frame = RNG.integers(0, 256, (400, 300, channels), dtype=np.uint8)
     spec = "blur:sigma=2,invert"
-    with Engine(workers=1) as e:  # OpenCV has at least as many threads as this engine, wherever it runs
+    with Engine(workers=2) as e:
         cuts = []
-        monkeypatch.setattr(e._threads, "run", lambda *a: cuts.append(a))  # tiles would land here
+        run = e._threads.run
+        monkeypatch.setattr(e._threads, "run", lambda *a: cuts.append(a) or run(*a))
         out = np.empty_like(frame)
         assert e.process(frame, spec, out=out) is out
-        assert cuts == [] and not e.started
+        assert len(cuts) == (0 if opencv_threads == 2 else 1) and not e.started
     assert np.array_equal(out, resolve(spec).apply(frame))
+
+
+def test_one_thread_filters_the_whole_frame_in_one_call(monkeypatch):
+    with Engine(workers=1) as e:
+        cuts = []
+        monkeypatch.setattr(e._threads, "run", lambda *a: cuts.append(a))
+        assert np.array_equal(e.process(FRAME, SPEC), WANT)
+        assert cuts == [] and not e.started

@@ -516,10 +516,10 @@ class Scheduler:
                 source.flags.writeable = False
         window = src if source is None else source
         try:
-            if self.threads is not None and not self._small(frame) and self._one_call(frame):
+            if self.threads is not None and not self._small(frame) and self._threaded_by_opencv(frame):
                 self._whole_into(window, out)
                 frame.tiles = 1
-            elif self._small(frame) or self.threads is None:
+            elif self._small(frame) or self.threads is None or self.threads.n == 1:  # cutting: halos, copies
                 stages = full_plan(self.chain.filters, window.shape)
                 if stages is not None:  # the first stage reads its own window of the frame (nearest: not from 0)
                     r0, r1, c0, c1 = stages[0].window
@@ -552,16 +552,16 @@ class Scheduler:
         except Exception as exc:
             raise ChainError(last.name, "error") from exc
 
-    def _one_call(self, frame: Frame) -> bool:
-        """Whether the chain runs best as one call on the whole frame: with one thread (cutting
-        only adds halos and copies), or when each filter of the chain spreads one call over
-        OpenCV's threads and OpenCV has as many as this engine. Tiles on the engine's threads
-        would each start OpenCV's (it runs only one such call at a time in parallel, the others
-        serially), so one thread finishes early while the others still compete for the cores."""
+    def _threaded_by_opencv(self, frame: Frame) -> bool:
+        """Whether each filter of a same-size chain spreads one call over OpenCV's threads, and
+        OpenCV has as many as this engine: then one call on the whole frame. Tiles on threads of
+        the engine's own would each start OpenCV's (it runs only one such call at a time in
+        parallel, the others serially), so one thread finishes early while the others still
+        compete for the cores."""
         assert self.threads is not None
-        if self.threads.n == 1:
-            return True
-        if not all(getattr(f, "threaded", lambda dtype: False)(frame.dtype) for f in self.chain.filters):
+        if self.chain.reshapes or not all(
+            getattr(f, "threaded", lambda dtype: False)(frame.dtype) for f in self.chain.filters
+        ):
             return False
         import cv2
 

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import cv2
 import numpy as np
 
+from filters._cv2 import cv2
 from filters.base import FilterError
 
 __all__ = [

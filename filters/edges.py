@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 
-import cv2
 import numpy as np
 
 from filters import _pixels as px
+from filters._cv2 import cv2
 from filters.base import Filter
 
 __all__ = ["Edges", "Emboss"]

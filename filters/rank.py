@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 
-import cv2
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from filters import _pixels as px
+from filters._cv2 import cv2
 from filters.base import Filter
 
 __all__ = ["Median"]

@@ -114,3 +114,24 @@ def test_one_large_still_with_builtins_starts_no_worker_machinery(tmp_path):
     assert (tmp_path / "out.jpg").is_file()
     assert "tiler.threads" in mods and "concurrent.futures" in mods  # the tiles ran on threads
     assert sorted(set(NEVER) & mods) == ["concurrent.futures"]
+
+
+@pytest.mark.parametrize("preset", [None, "/opt/mine"])
+def test_filtering_leaves_the_callers_library_path_alone(tmp_path, preset):
+    """opencv-python's loader prepends its folder to LD_LIBRARY_PATH when first imported;
+    tileproc's import of it puts the caller's value back (also when there was none)."""
+    code = (
+        "import os, numpy as np, tiler\n"
+        "from filters.registry import resolve\n"
+        "resolve('median:size=3')\n"
+        "tiler.process(np.zeros((300, 300, 3), np.uint8), 'blur', workers=2)\n"
+        "print('LD=' + repr(os.environ.get('LD_LIBRARY_PATH')))\n"
+    )
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)}
+    if preset is not None:
+        env["LD_LIBRARY_PATH"] = preset
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == f"LD={preset!r}"

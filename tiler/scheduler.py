@@ -563,7 +563,7 @@ class Scheduler:
             getattr(f, "threaded", lambda dtype: False)(frame.dtype) for f in self.chain.filters
         ):
             return False
-        import cv2
+        from filters._cv2 import cv2
 
         return cv2.getNumThreads() >= self.threads.n
 

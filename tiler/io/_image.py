@@ -510,7 +510,7 @@ def orient_into(a: np.ndarray, orientation: int, out: np.ndarray) -> np.ndarray:
     ):
         np.copyto(out, orient(a, orientation), casting="unsafe")
         return out
-    import cv2
+    from filters._cv2 import cv2
 
     kind, code = op
     if kind == "flip":

@@ -532,7 +532,7 @@ def _pillow_pixels(im: Image.Image, info: ImageInfo, out: np.ndarray | None = No
 
 def _opencv_pixels(info: ImageInfo) -> np.ndarray:
     """16-bit colour PNG (Pillow would reduce it to 8-bit), stored orientation."""
-    import cv2
+    from filters._cv2 import cv2
 
     path = info.path
     try:

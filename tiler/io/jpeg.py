@@ -221,7 +221,7 @@ def _pillow_image(a: np.ndarray) -> Image.Image:
     JPEG encoder reads RGBX as RGB (the same bytes out).
     """
     if a.ndim == 3 and a.shape[2] == 3:
-        import cv2
+        from filters._cv2 import cv2
 
         rgbx = cv2.cvtColor(np.ascontiguousarray(a), cv2.COLOR_RGB2RGBA)
         return Image.frombuffer("RGBX", (a.shape[1], a.shape[0]), rgbx, "raw", "RGBX", 0, 1)

@@ -176,7 +176,7 @@ def encode_png16(array: np.ndarray, extra_chunks: Sequence[bytes] = (), *, level
 
 def encode_png16_opencv(a: np.ndarray, extra_chunks: Sequence[bytes] = ()) -> bytes:
     """A 16-bit gray, RGB or RGBA PNG by OpenCV's libpng, ``extra_chunks`` put after IHDR."""
-    import cv2
+    from filters._cv2 import cv2
 
     if a.ndim == 3 and a.shape[2] == 3:
         a = a[:, :, ::-1]

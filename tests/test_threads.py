@@ -236,3 +236,20 @@ def test_one_thread_filters_the_whole_frame_in_one_call(monkeypatch):
         monkeypatch.setattr(e._threads, "run", lambda *a: cuts.append(a))
         assert np.array_equal(e.process(FRAME, SPEC), WANT)
         assert cuts == [] and not e.started
+
+
+def test_a_long_call_goes_by_tiles_so_that_ctrl_c_can_stop_it(monkeypatch):
+    """blur:sigma=60 (halo 240) on 1.2 MP is too much work for one uninterruptible OpenCV call."""
+    import cv2
+
+    monkeypatch.setattr(cv2, "getNumThreads", lambda: 2)
+    frame = RNG.integers(0, 256, (1200, 1000, 3), dtype=np.uint8)
+    with Engine(workers=2) as e:
+        cuts = []
+        run = e._threads.run
+        monkeypatch.setattr(e._threads, "run", lambda *a: cuts.append(a) or run(*a))
+        out = e.process(frame, "blur:sigma=60")
+        assert len(cuts) == 1  # tiles on the threads
+        e.process(frame, "blur:sigma=2")
+        assert len(cuts) == 1  # one call: 1.2 MP x 9
+    assert np.array_equal(out, resolve("blur:sigma=60").apply(frame))

@@ -31,6 +31,7 @@ __all__ = [
     "MAX_STRIP_PIXELS",
     "thread_tile_shape",
     "THREAD_STRIP_PIXELS",
+    "ONE_CALL_WORK",
     "chain_output_shape",
     "source_window",
     "chain_tiles",
@@ -100,6 +101,11 @@ def default_tile_shape(height: int, width: int, workers: int, halo: int) -> tupl
 #   boxblur:radius=4   7.1  7.1   6.6  6.8   6.1  6.2   6.1  6.0   6.2  6.2
 #   median:size=5      5.3  5.3   5.1  5.2   5.0  5.0   5.0  5.0   5.0  5.1
 THREAD_STRIP_PIXELS = 4 * 1024 * 1024
+# A chain OpenCV threads itself runs as one call on the whole frame (tiler.scheduler), which
+# Ctrl-C cannot interrupt: only while its work, pixels x (halo + 1), stays below this. 4K RGB
+# at blur:sigma=2 is 75 Mi of it (13 ms on 2 cores), so one call stays under about 50 ms;
+# past it (a 100 MP frame, a blur of sigma 60) the frame goes by tiles, between which it can stop.
+ONE_CALL_WORK = 256 * 1024 * 1024
 
 
 def thread_tile_shape(height: int, width: int, threads: int, halo: int) -> tuple[int, int]:

@@ -49,7 +49,7 @@ from filters.base import Chain, Filter
 from tiler import errors
 from tiler.dispatch import Loans, TaskBook, Wakeup
 from tiler.errors import TileprocError
-from tiler.geometry import TileGrid, default_tile_shape, source_window, thread_tile_shape
+from tiler.geometry import ONE_CALL_WORK, TileGrid, default_tile_shape, source_window, thread_tile_shape
 from tiler.pool import WorkerPool
 from tiler.sharedmem import FrameRing, FrameSlot, PrivateSlot
 from tiler.threads import TileError, TileThreads
@@ -559,6 +559,8 @@ class Scheduler:
         parallel, the others serially), so one thread finishes early while the others still
         compete for the cores."""
         assert self.threads is not None
+        if int(np.prod(frame.shape[:2])) * (self.chain.halo + 1) > ONE_CALL_WORK:
+            return False  # one long call could not be interrupted (Ctrl-C waits for it): tiles can
         if self.chain.reshapes or not all(
             getattr(f, "threaded", lambda dtype: False)(frame.dtype) for f in self.chain.filters
         ):

@@ -52,6 +52,7 @@ def test_in_place_out_reads_no_result_as_input():
     frame = FRAME.copy()
     with Engine(workers=2) as e:
         assert e.process(frame, SPEC, out=frame) is frame
+        assert list(e._ring) == []  # copied aside in this process's memory, not into shared memory
     assert np.array_equal(frame, WANT)
 
 

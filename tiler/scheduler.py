@@ -365,7 +365,7 @@ class Scheduler:
             else:
                 frame.slot = frame.pinned or self.ring.acquire(frame.nbytes)
         except TileprocError as exc:
-            frame.error = exc
+            frame.error = TileprocError(f"{frame.label}: {exc}")  # which file the space was for
             frame.state = FrameState.FINISHED
             return
         if self.ring.retired:  # segments given up for larger ones: workers unmap them too
@@ -400,11 +400,9 @@ class Scheduler:
 
     def _needs_no_slot(self, frame: Frame) -> bool:
         """Whether the frame goes from the caller's array to the caller's target here, with no
-        steps: then it needs no slot (unless the two overlap: windows must not read results)."""
+        steps: then it needs no slot."""
         plain = frame.load is None and frame.store is None and frame.pinned is None
-        if not plain or frame.source is None or frame.target is None or not self._here(frame):
-            return False
-        return not np.may_share_memory(frame.source, frame.target)
+        return plain and frame.source is not None and frame.target is not None and self._here(frame)
 
     def _private(self, frame: Frame) -> bool:
         """Whether the frame can live in this process's own memory: decoded, filtered and
@@ -509,11 +507,9 @@ class Scheduler:
         out = dst if frame.target is None else frame.target
         if source is not None:  # read in place: the caller's array is not copied
             if np.may_share_memory(source, out):
-                src[...] = source  # a window must not read a core already written (out=frame)
-                source = None
-            else:
-                source = source.view()
-                source.flags.writeable = False
+                source = np.array(source)  # a window must not read a core already written (out=frame)
+            source = source.view()
+            source.flags.writeable = False
         window = src if source is None else source
         try:
             if self.threads is not None and not self._small(frame) and self._threaded_by_opencv(frame):

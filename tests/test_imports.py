@@ -105,13 +105,17 @@ def test_one_large_still_with_builtins_starts_no_worker_machinery(tmp_path):
     """The default command on a photo (built-ins, workers by default): filtered on threads here
     (a median: OpenCV does not spread it over threads of its own)."""
     src = tmp_path / "in.jpg"
-    Image.fromarray(np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)).save(src)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # as a phone writes it: the EXIF block is checked without tifffile
+    exif[0x010F] = "tileproc test camera"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)).save(src, exif=exif)
     code = (
         "import tiler.cli\n"
         f"assert tiler.cli.main([{str(src)!r}, '-f', 'median:size=5', '-o', {str(tmp_path / 'out.jpg')!r}]) == 0"
     )
     mods = loaded(code, tmp_path)
-    assert (tmp_path / "out.jpg").is_file()
+    with Image.open(tmp_path / "out.jpg") as out:
+        assert out.size == (480, 640) and out.getexif()[0x010F] == "tileproc test camera"  # upright, EXIF kept
     assert "tiler.threads" in mods and "concurrent.futures" in mods  # the tiles ran on threads
     assert sorted(set(NEVER) & mods) == ["concurrent.futures"]
 

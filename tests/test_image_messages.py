@@ -239,3 +239,32 @@ def test_command_line_prints_input_notes_as_its_own_warnings(tmp_path, capfd):
     assert lines and all(line.startswith("tileproc: warning: ") for line in lines), err
     assert any(line.startswith(f"tileproc: warning: {damaged}: damaged TIFF tags (") for line in lines)
     assert lines[-1] == f"tileproc: warning: {pages}: a multi-page TIFF: only page 1 of 2 is read (page 2 is left out)"
+
+
+def _exif_block(entries: list[tuple[int, int, int, bytes]]) -> bytes:
+    """A little-endian EXIF block: one IFD of (tag, type, count, 4 value bytes), no next IFD."""
+    body = struct.pack("<H", len(entries)) + b"".join(struct.pack("<HHI4s", *e) for e in entries)
+    return b"Exif\x00\x00II*\x00" + struct.pack("<I", 8) + body + struct.pack("<I", 0)
+
+
+@pytest.mark.parametrize(
+    "pointer",
+    [
+        (0x8769, 3, 1, struct.pack("<HH", 60000, 0)),  # the EXIF IFD pointer as a SHORT, into nowhere
+        (0x8769, 9, 1, struct.pack("<i", 40)),  # as a SLONG, to an IFD cut short
+    ],
+)
+def test_an_exif_pointer_stored_an_unusual_way_is_still_checked(tmp_path, capfd, caplog, pointer):
+    """A camera's EXIF (single LONG pointers) is checked by the structure walk alone; any other
+    pointer is read by tifffile too, so damage behind it never reaches Pillow's warnings."""
+    src = tmp_path / "p.png"
+    Image.fromarray(np.zeros((30, 40, 3), np.uint8)).save(
+        src, exif=_exif_block([(0x112, 3, 1, b"\x06\x00\x00\x00"), pointer])
+    )
+    with caplog.at_level(logging.WARNING, logger="tiler.io"):
+        info = probe_image(src)
+        write_image(read_image(info), tmp_path / "o.png", info)
+    assert info.exif is None
+    lines = [r.getMessage() for r in caplog.records if r.name == "tiler.io"]
+    assert len(lines) == 1 and lines[0].startswith(f"{src}: damaged EXIF left out (")
+    assert "Warning" not in capfd.readouterr().err

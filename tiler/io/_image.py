@@ -328,28 +328,37 @@ def ifd_problems(f: Any, size: int) -> list[str]:
     the same condition first lets tileproc leave damaged EXIF out with one line
     of its own instead. BigTIFF is left to tifffile.
     """
+    return _walk_ifds(f, size)[0]
+
+
+def _walk_ifds(f: Any, size: int) -> tuple[list[str], bool]:
+    """(problems, plain): ``plain`` when the walk saw every IFD Pillow would read, i.e. a
+    classic structure whose sub-IFD pointers are the usual single LONG or IFD values."""
     f.seek(0)
     head = f.read(8)
     if len(head) < 8 or head[:2] not in (b"II", b"MM"):
-        return ["not a TIFF structure"]
+        return ["not a TIFF structure"], True
     e = "<" if head[:2] == b"II" else ">"
     if struct.unpack(e + "H", head[2:4])[0] != 42:
-        return []
+        return [], False
     problems: list[str] = []
+    plain = True
     todo, seen = [struct.unpack(e + "I", head[4:8])[0]], set[int]()
-    while todo and len(seen) < 8:
+    while todo:
         at = todo.pop()
         if at in seen:
             continue
+        if len(seen) == 8:
+            return problems, False
         seen.add(at)
         f.seek(at)
         raw = f.read(2)
         if len(raw) < 2:
-            return [*problems, f"IFD at {at} lies past the end"]
+            return [*problems, f"IFD at {at} lies past the end"], plain
         (count,) = struct.unpack(e + "H", raw)
         entries = f.read(12 * count + 4)  # the entries, then the offset of the next IFD
         if len(entries) < 12 * count + 4:
-            return [*problems, f"IFD at {at} is cut short"]
+            return [*problems, f"IFD at {at} is cut short"], plain
         total = 0  # Pillow refuses an IFD whose values, all together, outgrow the block
         for k in range(count):
             tag, kind, n, value = struct.unpack_from(e + "HHII", entries, 12 * k)
@@ -361,15 +370,34 @@ def ifd_problems(f: Any, size: int) -> list[str]:
                 problems.append(f"tag {tag}: {length} bytes at {value} lie past the end ({size})")
             elif length > 4 and total > size:
                 problems.append(f"tag {tag}: the IFD's values add up to {total} bytes, more than the {size} there are")
-            elif tag in (0x8769, 0x8825, 0xA005) and kind in (4, 13) and n == 1:
-                todo.append(value)
-    return problems
+            elif tag in (0x8769, 0x8825, 0xA005):
+                if kind in (4, 13) and n == 1:
+                    todo.append(value)
+                else:  # a pointer stored another way (SHORT, SLONG, several values): Pillow follows it too
+                    plain = False
+    return problems, plain
 
 
 def exif_problems(data: bytes) -> list[str]:
-    """What is wrong in an EXIF block (a TIFF structure), as Pillow's reader would find it
-    (:func:`ifd_problems`: the structure only, without loading tifffile for a photo's EXIF)."""
-    return ifd_problems(io.BytesIO(data), len(data))
+    """What is wrong in an EXIF block (a TIFF structure), as tifffile and Pillow's reader would find it.
+
+    The structure check alone decides for a plain block (a camera's: its sub-IFD
+    pointers single LONG values), so a photo's job needs no tifffile (13 ms to
+    import); anything else is read by tifffile as well.
+    """
+    problems, plain = _walk_ifds(io.BytesIO(data), len(data))
+    if problems or plain:
+        return problems
+    import tifffile
+
+    with tifffile_messages() as quiet:
+        try:
+            with tifffile.TiffFile(io.BytesIO(data)) as tif:
+                for tag in tif.pages.first.tags.values():
+                    tag.value  # noqa: B018 - reading the value is the check
+        except Exception as exc:
+            return [reason(exc)]
+    return [m for m in quiet.messages if "missing data" not in m and "missing required" not in m]
 
 
 def exif_of(im: Image.Image, fmt: str, path: Path | None = None) -> Image.Exif:

@@ -81,21 +81,20 @@ def map_color(tile: np.ndarray, fn: Callable[[np.ndarray], np.ndarray]) -> np.nd
     return out
 
 
-def direct_out(tile: np.ndarray, out: np.ndarray) -> np.ndarray | None:
-    """``out`` as the array an OpenCV kernel on ``tile`` can write straight into (2-D for one
-    channel), or None where the kernel's result must be copied (alpha, strides, shapes)."""
+def opencv_into(tile: np.ndarray, out: np.ndarray, kernel: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> bool:
+    """Run ``kernel(x, dst)``, an OpenCV call on the colour channels ``x`` of ``tile`` given
+    ``dst=``, straight into ``out``; False (nothing written) where OpenCV cannot write there
+    (alpha, other shapes or dtypes, strides, ``out`` overlapping ``tile``): go through ``apply``."""
     channels = 1 if tile.ndim == 2 else tile.shape[2]
     if channels not in (1, 3) or out.shape != tile.shape or out.dtype != tile.dtype:
-        return None
+        return False
     if not out.flags.c_contiguous or not out.flags.writeable or np.may_share_memory(tile, out):
-        return None
-    return out.reshape(tile.shape[:2]) if channels == 1 else out
-
-
-def kernel_into(result: np.ndarray, out: np.ndarray) -> None:
-    """Make sure a kernel's ``result`` (asked to be written into ``out``) is in ``out``."""
+        return False
+    x = tile if tile.ndim == 2 or channels == 3 else tile[..., 0]
+    result = kernel(x, out.reshape(tile.shape[:2]) if channels == 1 else out)
     if not np.shares_memory(result, out):  # OpenCV allocated instead (it should not)
         out[...] = result.reshape(out.shape)
+    return True
 
 
 def to_dtype(values: np.ndarray, dtype: np.dtype, *, clip: bool = True) -> np.ndarray:

@@ -76,15 +76,13 @@ class GaussianBlur(Filter):
 
     def apply_into(self, tile: np.ndarray, out: np.ndarray) -> None:
         px.check_tile(self.name, tile)
-        dst = px.direct_out(tile, out)
-        if dst is None or not self.threaded(tile.dtype):
-            return super().apply_into(tile, out)
-        # The same call as _blur (uint16 too: gaussian_fixed filters it as it is), into out.
         k = 2 * self.halo + 1
-        x = tile if tile.ndim == 2 or tile.shape[2] == 3 else tile[..., 0]
-        px.kernel_into(
-            cv2.GaussianBlur(x, (k, k), sigmaX=self.sigma, sigmaY=self.sigma, borderType=px.BORDER, dst=dst), out
-        )
+
+        def blur(x: np.ndarray, dst: np.ndarray) -> np.ndarray:  # _blur's call (uint16: gaussian_fixed's), into dst
+            return cv2.GaussianBlur(x, (k, k), sigmaX=self.sigma, sigmaY=self.sigma, borderType=px.BORDER, dst=dst)
+
+        if not (self.threaded(tile.dtype) and px.opencv_into(tile, out, blur)):
+            super().apply_into(tile, out)
 
     def _blur(self, x: np.ndarray) -> np.ndarray:
         h = self.halo

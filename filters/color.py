@@ -35,11 +35,12 @@ class _Curve(Filter):
 
     def apply_into(self, tile: np.ndarray, out: np.ndarray) -> None:
         px.check_tile(self.name, tile)
-        dst = px.direct_out(tile, out)
-        if dst is None or tile.dtype != np.uint8:
-            return super().apply_into(tile, out)
-        x = tile if tile.ndim == 2 or tile.shape[2] == 3 else tile[..., 0]
-        px.kernel_into(cv2.LUT(x, _lookup_table(self, x.dtype.str), dst=dst), out)
+
+        def lut(x: np.ndarray, dst: np.ndarray) -> np.ndarray:
+            return cv2.LUT(x, _lookup_table(self, x.dtype.str), dst=dst)
+
+        if not (self.threaded(tile.dtype) and px.opencv_into(tile, out, lut)):
+            super().apply_into(tile, out)
 
     def _map(self, x: np.ndarray) -> np.ndarray:
         if x.dtype.kind == "f":

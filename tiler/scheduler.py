@@ -258,8 +258,9 @@ class Scheduler:
         # than ``tile_timeout``; a slow batch of tiles, each within the limit, never times out.
         self._tick = tile_timeout / 8 if tile_timeout is not None else None
         self._limit = tile_timeout + self._tick if tile_timeout is not None and self._tick is not None else None
-        self._inline_below = inline_below if built_in(chain) else 0
-        self.threads = threads if self.has_workers and built_in(chain) else None
+        builtins = built_in(chain)
+        self._inline_below = inline_below if builtins else 0
+        self.threads = threads if self.has_workers and builtins else None
         self._book = TaskBook()
         self._inflight: list[Frame] = []
         self._wakeup = Wakeup()
@@ -511,32 +512,39 @@ class Scheduler:
             source = source.view()
             source.flags.writeable = False
         window = src if source is None else source
+        threads = self.threads  # None: one call (cutting would add only halos and copies)
+        if self._small(frame) or threads is None or threads.n == 1:
+            threads = None
         try:
-            if self.threads is not None and not self._small(frame) and self._threaded_by_opencv(frame):
-                self._whole_into(window, out)
-                frame.tiles = 1
-            elif self._small(frame) or self.threads is None or self.threads.n == 1:  # cutting: halos, copies
+            if threads is None:
                 stages = full_plan(self.chain.filters, window.shape)
                 if stages is not None:  # the first stage reads its own window of the frame (nearest: not from 0)
                     r0, r1, c0, c1 = stages[0].window
                     window = window[r0:r1, c0:c1]
                 out[...] = run_chain(self.chain.filters, window, stages)
                 frame.tiles = 1
+            elif self._threaded_by_opencv(frame):
+                self._whole_into(window, out)
+                frame.tiles = 1
             else:
                 frame.grid = self._thread_grid(frame, out.shape)
                 frame.tiles = len(frame.grid)
-                self.threads.run(self.chain.filters, frame.grid, window, out)
-        except (ChainError, TileError) as exc:
-            where, failed = frame.label, exc.__cause__ if isinstance(exc, TileError) else exc
-            if isinstance(exc, TileError):
-                where = f"{frame.label}, tile {exc.index}"
-            assert isinstance(failed, ChainError) and failed.__cause__ is not None  # from the filter's exception
-            cause = failed.__cause__
-            tb = format_traceback(cause)
-            self._fail(frame, errors.filter_failed(where, failed.name, failed.kind, describe_exception(cause), tb))
+                threads.run(self.chain.filters, frame.grid, window, out)
+        except TileError as exc:
+            assert isinstance(exc.__cause__, ChainError)  # TileThreads raises it from the tile's ChainError
+            self._chain_failed(frame, f"{frame.label}, tile {exc.index}", exc.__cause__)
+            return
+        except ChainError as exc:
+            self._chain_failed(frame, frame.label, exc)
             return
         self._emit(Progress("tiles", frame, frame.tiles))
         frame.state = FrameState.READY
+
+    def _chain_failed(self, frame: Frame, where: str, exc: ChainError) -> None:
+        cause = exc.__cause__
+        assert cause is not None  # run_chain raises ChainError from the filter's exception
+        tb = format_traceback(cause)
+        self._fail(frame, errors.filter_failed(where, exc.name, exc.kind, describe_exception(cause), tb))
 
     def _whole_into(self, window: np.ndarray, out: np.ndarray) -> None:
         """A chain of built-ins on the whole frame, the last filter writing into ``out`` itself."""
@@ -554,7 +562,7 @@ class Scheduler:
         the engine's own would each start OpenCV's (it runs only one such call at a time in
         parallel, the others serially), so one thread finishes early while the others still
         compete for the cores."""
-        assert self.threads is not None
+        assert self.threads is not None  # only asked of frames for the threads
         if int(np.prod(frame.shape[:2])) * (self.chain.halo + 1) > ONE_CALL_WORK:
             return False  # one long call could not be interrupted (Ctrl-C waits for it): tiles can
         if self.chain.reshapes or not all(

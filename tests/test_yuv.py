@@ -1,0 +1,174 @@
+"""The reader's own YUV -> RGB conversion (tiler/io/yuv.py) against an exact one written here.
+
+Clips are generated with the bundled ffmpeg and stored losslessly (FFV1), so
+the planes the reader converts are exactly those ffmpeg hands out as raw
+bytes. The reference below converts those planes in float64 from the
+standard's (Kr, Kb) constants: chroma sited at the centre of the luma samples
+it covers, upsampled by Keys' cubic (a = -0.75, OpenCV's) with edges
+repeated, then the matrix, rounded and clipped. The reader must agree with it
+to within 2 levels everywhere.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tiler.io import yuv
+from tiler.io.video import VideoReader, ffmpeg_exe, probe_video
+
+KR_KB = {"bt709": (0.2126, 0.0722), "smpte170m": (0.299, 0.114), "bt470bg": (0.299, 0.114),
+         "bt2020nc": (0.2627, 0.0593), "fcc": (0.30, 0.11), "smpte240m": (0.212, 0.087)}  # fmt: skip
+SUB = {"yuv420p": (2, 2), "yuvj420p": (2, 2), "yuv422p": (2, 1), "yuvj422p": (2, 1), "yuv444p": (1, 1)}
+
+
+def ff(*args: str) -> None:
+    subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y", *args], check=True)
+
+
+def make_clip(path: Path, pix_fmt: str, matrix: str, full: bool, size: str = "97x61", frames: int = 3) -> Path:
+    """Saturated colour bars plus noise (sharp chroma edges), tagged; FFV1, or MJPEG for the yuvj formats
+    (FFV1 stores those as yuv with a range tag). The reference reads the same decoded planes either way."""
+    src = f"testsrc2=size={size}:rate=10,noise=alls=30:allf=t"
+    codec = ("-c:v", "mjpeg", "-q:v", "2") if pix_fmt.startswith("yuvj") else ("-c:v", "ffv1")
+    ff("-f", "lavfi", "-i", src, "-frames:v", str(frames), *codec, "-pix_fmt", pix_fmt,
+       "-colorspace", matrix, "-color_range", "pc" if full else "tv", str(path))  # fmt: skip
+    return path
+
+
+def raw_planes(path: Path, pix_fmt: str, w: int, h: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    out = subprocess.run(
+        [ffmpeg_exe(), "-v", "error", "-i", str(path), "-f", "rawvideo", "-pix_fmt", pix_fmt, "pipe:1"],
+        capture_output=True,
+        check=True,
+    ).stdout
+    sx, sy = SUB[pix_fmt]
+    cw, ch = -(-w // sx), -(-h // sy)
+    size = w * h + 2 * cw * ch
+    frames = []
+    for at in range(0, len(out), size):
+        b = np.frombuffer(out[at : at + size], np.uint8)
+        frames.append(
+            (b[: w * h].reshape(h, w), b[w * h : w * h + cw * ch].reshape(ch, cw), b[w * h + cw * ch :].reshape(ch, cw))
+        )
+    return frames
+
+
+def keys(t: np.ndarray, a: float = -0.75) -> np.ndarray:
+    t = np.abs(t)
+    return np.where(
+        t <= 1, (a + 2) * t**3 - (a + 3) * t**2 + 1, np.where(t < 2, a * t**3 - 5 * a * t**2 + 8 * a * t - 4 * a, 0)
+    )
+
+
+def upsample(c: np.ndarray, factor: int, n: int, axis: int) -> np.ndarray:
+    """``n`` samples along ``axis`` from chroma centred on ``factor`` luma samples each."""
+    if factor == 1:
+        return c.astype(np.float64)
+    m = c.shape[axis]
+    x = (np.arange(n) + 0.5) / factor - 0.5  # luma sample j's position in chroma samples
+    base = np.floor(x).astype(int)
+    out = 0.0
+    for k in range(-1, 3):
+        idx = np.clip(base + k, 0, m - 1)
+        w = keys(x - (base + k))
+        out = out + np.take(c.astype(np.float64), idx, axis=axis) * (w[:, None] if axis == 0 else w[None, :])
+    return out
+
+
+def exact_rgb(y, u, v, pix_fmt: str, matrix: str, full: bool) -> np.ndarray:
+    h, w = y.shape
+    sx, sy = SUB[pix_fmt]
+    u = np.clip(upsample(upsample(u, sy, h, 0), sx, w, 1), 0, 255)  # the 8-bit chroma OpenCV hands on is clipped
+    v = np.clip(upsample(upsample(v, sy, h, 0), sx, w, 1), 0, 255)
+    kr, kb = KR_KB[matrix]
+    kg = 1 - kr - kb
+    full = full or pix_fmt.startswith("yuvj")
+    yy = y.astype(np.float64) if full else (y - 16.0) * 255 / 219
+    cb = (u - 128) * (1 if full else 255 / 224)
+    cr = (v - 128) * (1 if full else 255 / 224)
+    r = yy + 2 * (1 - kr) * cr
+    b = yy + 2 * (1 - kb) * cb
+    g = (yy - kr * r - kb * b) / kg
+    return np.clip(np.stack([r, g, b], -1), 0, 255)
+
+
+@pytest.mark.parametrize(
+    "pix_fmt, matrix, full, size",
+    [
+        ("yuv420p", "bt709", False, "97x61"),  # odd both ways: the last chroma sample covers one luma sample
+        ("yuv420p", "smpte170m", False, "96x64"),
+        ("yuv420p", "bt470bg", True, "64x33"),
+        ("yuvj420p", "bt470bg", True, "96x64"),  # MJPEG: JPEG's own matrix
+        ("yuv422p", "bt2020nc", False, "97x61"),
+        ("yuvj422p", "bt470bg", True, "80x48"),
+        ("yuv444p", "fcc", False, "65x40"),
+        ("yuv420p", "smpte240m", False, "96x64"),
+    ],
+)
+def test_reader_converts_planes_as_the_exact_conversion(tmp_path, pix_fmt, matrix, full, size):
+    clip = make_clip(tmp_path / "clip.mkv", pix_fmt, matrix, full, size)
+    info = probe_video(clip)
+    assert info.pix_fmt == pix_fmt and info.color_matrix == matrix
+    with VideoReader(info) as reader:
+        assert reader.planes is not None and reader.planes.pix_fmt == pix_fmt
+        got = np.stack(list(reader))
+    want = [exact_rgb(*p, pix_fmt, matrix, full) for p in raw_planes(clip, pix_fmt, info.width, info.height)]
+    assert len(got) == len(want) == 3
+    err = np.abs(got - np.stack(want))
+    assert err.max() < 2.0, f"max {err.max():.2f} at {np.unravel_index(err.argmax(), err.shape)}"
+    assert err.mean() < 0.4
+
+
+def test_matrix_and_range_tags_change_the_colours(tmp_path):
+    """The same planes read under two tags give two pictures (the tags are used, not a default)."""
+    frames = {}
+    for matrix, full in (("bt709", False), ("smpte170m", False), ("bt709", True)):
+        clip = make_clip(tmp_path / f"{matrix}-{full}.mkv", "yuv420p", matrix, full, "96x64", frames=1)
+        with VideoReader(probe_video(clip)) as reader:
+            frames[matrix, full] = reader.read().astype(int)
+    assert np.abs(frames["bt709", False] - frames["smpte170m", False]).max() > 10
+    assert np.abs(frames["bt709", False] - frames["bt709", True]).max() > 10
+
+
+def test_rotated_clip_is_converted_after_rotation(tmp_path):
+    """A rotated clip: ffmpeg turns the planes, the frame comes out as displayed."""
+    plain, turned = make_clip(tmp_path / "plain.mkv", "yuv420p", "bt709", False, "96x64", 2), tmp_path / "turned.mp4"
+    ff("-i", str(plain), "-c:v", "libx264", "-qp", "0", "-pix_fmt", "yuv420p", str(tmp_path / "upright.mp4"))
+    ff("-display_rotation", "90", "-i", str(tmp_path / "upright.mp4"), "-c", "copy", str(turned))
+    info = probe_video(turned)
+    assert info.rotation in (90, 270) and info.frame_shape == (96, 64, 3)
+    with VideoReader(info) as reader:
+        assert reader.planes is not None
+        got = reader.read()
+    y, u, v = raw_planes(turned, "yuv420p", info.width, info.height)[0]
+    assert np.abs(got - exact_rgb(y, u, v, "yuv420p", "bt709", False)).max() < 2.0
+
+
+@pytest.mark.parametrize(
+    "pix_fmt, dtype",
+    [("yuv420p10le", None), ("gray", None), ("rgb24", None), ("yuva420p", None), ("yuv420p", np.uint16)],
+)
+def test_other_formats_keep_ffmpegs_conversion(tmp_path, pix_fmt, dtype):
+    clip = tmp_path / "clip.mkv"
+    ff("-f", "lavfi", "-i", "testsrc2=size=64x48:rate=10", "-frames:v", "2", "-c:v", "ffv1", "-pix_fmt", pix_fmt,
+       str(clip))  # fmt: skip
+    info = probe_video(clip)
+    with VideoReader(info, dtype=dtype) as reader:
+        assert reader.planes is None
+        frames = list(reader)
+    assert len(frames) == 2 and frames[0].shape == (48, 64, 3)
+
+
+def test_planes_layout():
+    p = yuv.planes_for("yuv420p", 97, 61, "bt709", False)
+    assert p is not None and p.chroma_shape == (31, 49) and p.nbytes == 97 * 61 + 2 * 31 * 49
+    assert yuv.planes_for("yuv422p", 97, 61, "bt709", False).chroma_shape == (61, 49)
+    assert yuv.planes_for("nv12", 96, 64, "bt709", False) is None
+    white = yuv.rgb_matrix("bt709", full_range=False) @ [235, 128, 128, 1]
+    black = yuv.rgb_matrix("smpte170m", full_range=True) @ [0, 128, 128, 1]
+    np.testing.assert_allclose(white, [255, 255, 255], atol=1e-9)
+    np.testing.assert_allclose(black, [0, 0, 0], atol=1e-9)

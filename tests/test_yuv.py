@@ -107,6 +107,7 @@ def exact_rgb(y, u, v, pix_fmt: str, matrix: str, full: bool) -> np.ndarray:
         ("yuvj422p", "bt470bg", True, "80x48"),
         ("yuv444p", "fcc", False, "65x40"),
         ("yuv420p", "smpte240m", False, "96x64"),
+        ("yuv420p", "bt709", False, "1501x97"),  # several strips of rows, the last one short
     ],
 )
 def test_reader_converts_planes_as_the_exact_conversion(tmp_path, pix_fmt, matrix, full, size):

@@ -6,7 +6,7 @@ converts them into the caller's RGB buffer itself:
 
     planes (one buffer: Y, then U, then V)
       U, V --cv2.resize, bicubic, x2 where subsampled--> full size
-      Y, U, V --cv2.merge--> interleaved --cv2.transform, the 3x4 matrix--> RGB
+      Y, U, V --cv2.merge--> interleaved --cv2.transform, the 3x4 matrix--> RGB   (by strips of rows)
 
 Why not ffmpeg's own conversion: swscale converts faithfully only on its
 exact path (``accurate_rnd+full_chroma_int``), which is its plain C code: 14.6
@@ -45,6 +45,8 @@ _KR_KB = {
     "fcc": (0.30, 0.11),
     "bt2020": (0.2627, 0.0593),
 }
+
+_STRIP_BYTES = 1 << 18
 
 # pixel format -> (horizontal, vertical) chroma subsampling
 _PLANAR = {
@@ -129,7 +131,8 @@ class ToRGB:
         self._up = (cw * planes.sub_x, ch * planes.sub_y)  # (width, height) of the upsampled chroma
         self._u = np.empty((self._up[1], self._up[0]), np.uint8)
         self._v = np.empty_like(self._u)
-        self._yuv = np.empty((h, w, 3), np.uint8)
+        self._rows = max(1, _STRIP_BYTES // (3 * w))  # Y, U, V interleaved a strip at a time: cache-sized scratch
+        self._yuv = np.empty((min(h, self._rows), w, 3), np.uint8)
         self.raw = np.empty(planes.nbytes, np.uint8)  # ffmpeg's bytes are read into this
 
     def __call__(self, out: np.ndarray) -> None:
@@ -144,5 +147,8 @@ class ToRGB:
             cv2.resize(u, self._up, dst=self._u, interpolation=cv2.INTER_CUBIC)
             cv2.resize(v, self._up, dst=self._v, interpolation=cv2.INTER_CUBIC)
             u, v = self._u[:h, :w], self._v[:h, :w]  # an odd size: the last chroma sample covers one luma sample
-        cv2.merge([y, u, v], dst=self._yuv)
-        cv2.transform(self._yuv, p.matrix, dst=out)
+        for top in range(0, h, self._rows):
+            end = min(h, top + self._rows)
+            yuv = self._yuv[: end - top]
+            cv2.merge([y[top:end], u[top:end], v[top:end]], dst=yuv)
+            cv2.transform(yuv, p.matrix, dst=out[top:end])

@@ -4,7 +4,10 @@
     python benchmarks/bench_video_io.py --quick    # 640x360, 30 frames, 3 rounds
 
 Decode: every frame to an RGB (H, W, 3) uint8 buffer. ``pipe``: ``VideoReader.readinto``
-(ffmpeg decodes and converts with swscale, the bytes land in the buffer); ``pyav``:
+(ffmpeg decodes and hands over the yuv420p planes, which tiler/io/yuv.py converts into the
+buffer); ``pipe, ffmpeg's conversion``: the same reader with that turned off
+(``reader.planes = None``: ffmpeg converts with swscale's exact path, the bytes land in the
+buffer), as for the formats tiler/io/yuv.py leaves to ffmpeg; ``pyav``:
 ``container.decode`` with FFmpeg's frame threads, then the reader's own conversion (the
 same filter string: accurate rounding, full chroma, the source's matrix) in a PyAV filter
 graph; for context, PyAV's default ``frame.to_ndarray(format="rgb24")``, a faster but
@@ -43,9 +46,12 @@ def make_clip(path: Path, size: str, frames: int) -> None:
     )  # fmt: skip
 
 
-def decode_pipe(info) -> np.ndarray:
+def decode_pipe(info, own_conversion: bool = True) -> np.ndarray:
     buf = np.empty(info.frame_shape, np.uint8)
-    with VideoReader(info) as r:
+    r = VideoReader(info)
+    if not own_conversion:
+        r.planes = None  # ffmpeg converts to rgb24 itself (swscale, exact flags)
+    with r:
         while r.readinto(buf):
             pass
     return buf
@@ -112,23 +118,31 @@ def main() -> None:
             frames = np.stack(list(r))
         cases = {
             "decode pipe": lambda: decode_pipe(info),
+            "decode pipe, ffmpeg's conversion": lambda: decode_pipe(info, own_conversion=False),
             "decode pyav": lambda: decode_pyav(info),
             "decode pyav, default conversion": lambda: decode_pyav_plain(info),
             "encode pipe": lambda: encode_pipe(info, frames, Path(d) / "a.mp4"),
             "encode pyav": lambda: encode_pyav(info, frames, Path(d) / "b.mp4"),
         }
         times: dict[str, list[float]] = {k: [] for k in cases}
+        cpu: dict[str, list[float]] = {k: [] for k in cases}
         for _ in range(rounds):
             for name, run in cases.items():
-                t = time.perf_counter()
+                c, t = os.times(), time.perf_counter()
                 run()
                 times[name].append(time.perf_counter() - t)
+                c1 = os.times()  # this process and its reaped children (ffmpeg)
+                cpu[name].append(sum(c1[:4]) - sum(c[:4]))
     print(f"machine: {cpu_model()}, {os.cpu_count()} CPUs; PyAV {av.__version__}; {size}, {n} frames, {rounds} rounds")
     med = {k: statistics.median(v) for k, v in times.items()}
     for k, v in med.items():
-        print(f"{k:<32} {v * 1000 / n:8.2f} ms/frame  (median of {rounds})")
+        c = statistics.median(cpu[k])
+        print(f"{k:<34} {v * 1000 / n:8.2f} ms/frame, CPU {c * 1000 / n:6.2f} ms/frame  (medians of {rounds})")
     for what in ("decode", "encode"):
         print(f"{what}: pyav / pipe = {med[what + ' pyav'] / med[what + ' pipe']:.2f}")
+    mine, theirs = "decode pipe", "decode pipe, ffmpeg's conversion"
+    print(f"the reader's own conversion: {med[theirs] / med[mine]:.2f}x the speed of ffmpeg's,", end=" ")
+    print(f"{statistics.median(cpu[theirs]) / statistics.median(cpu[mine]):.2f}x less CPU")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The reader's own YUV -> RGB conversion (tiler/io/yuv.py) against an exact one written here.
+"""The reader's and writer's own YUV <-> RGB conversions (tiler/io/yuv.py) against exact ones written here.
 
 Clips are generated with the bundled ffmpeg and stored losslessly (FFV1), so
 the planes the reader converts are exactly those ffmpeg hands out as raw
@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from tiler.io import yuv
-from tiler.io.video import VideoReader, ffmpeg_exe, probe_video
+from tiler.io.video import VideoReader, VideoWriter, ffmpeg_exe, probe_video
 
 KR_KB = {"bt709": (0.2126, 0.0722), "smpte170m": (0.299, 0.114), "bt470bg": (0.299, 0.114),
          "bt2020nc": (0.2627, 0.0593), "fcc": (0.30, 0.11), "smpte240m": (0.212, 0.087)}  # fmt: skip
@@ -32,7 +32,8 @@ def ff(*args: str) -> None:
 def make_clip(path: Path, pix_fmt: str, matrix: str, full: bool, size: str = "97x61", frames: int = 3) -> Path:
     """Saturated colour bars plus noise (sharp chroma edges), tagged; FFV1, or MJPEG for the yuvj formats
     (FFV1 stores those as yuv with a range tag). The reference reads the same decoded planes either way."""
-    src = f"testsrc2=size={size}:rate=10,noise=alls=30:allf=t"
+    w, h = (int(v) for v in size.split("x"))
+    src = f"testsrc2=size={w + w % 2}x{h + h % 2}:rate=10,crop={w}:{h}:0:0:exact=1,noise=alls=30:allf=t"  # (even sizes only)
     codec = ("-c:v", "mjpeg", "-q:v", "2") if pix_fmt.startswith("yuvj") else ("-c:v", "ffv1")
     ff("-f", "lavfi", "-i", src, "-frames:v", str(frames), *codec, "-pix_fmt", pix_fmt,
        "-colorspace", matrix, "-color_range", "pc" if full else "tv", str(path))  # fmt: skip
@@ -113,7 +114,7 @@ def exact_rgb(y, u, v, pix_fmt: str, matrix: str, full: bool) -> np.ndarray:
 def test_reader_converts_planes_as_the_exact_conversion(tmp_path, pix_fmt, matrix, full, size):
     clip = make_clip(tmp_path / "clip.mkv", pix_fmt, matrix, full, size)
     info = probe_video(clip)
-    assert info.pix_fmt == pix_fmt and info.color_matrix == matrix
+    assert info.pix_fmt == pix_fmt and info.color_matrix == matrix and f"{info.width}x{info.height}" == size
     with VideoReader(info) as reader:
         assert reader.planes is not None and reader.planes.pix_fmt == pix_fmt
         got = np.stack(list(reader))
@@ -173,3 +174,82 @@ def test_planes_layout():
     black = yuv.rgb_matrix("smpte170m", full_range=True) @ [0, 128, 128, 1]
     np.testing.assert_allclose(white, [255, 255, 255], atol=1e-9)
     np.testing.assert_allclose(black, [0, 0, 0], atol=1e-9)
+
+
+def filters_of(writer: VideoWriter) -> str:
+    cmd = writer.command()
+    return cmd[cmd.index("-vf") + 1]
+
+
+def exact_luma(rgb: np.ndarray, matrix: str, full: bool) -> np.ndarray:
+    kr, kb = KR_KB[matrix]
+    y = kr * rgb[..., 0] + (1 - kr - kb) * rgb[..., 1] + kb * rgb[..., 2].astype(np.float64)
+    return y if full else 16 + y * 219 / 255
+
+
+def exact_planes(rgb: np.ndarray, pix_fmt: str, matrix: str, full: bool) -> tuple[np.ndarray, ...]:
+    """Y, U, V from RGB in float64: the standard's equations, chroma averaged over the luma it covers."""
+    kr, kb = KR_KB[matrix]
+    r, g, b = (rgb[..., i].astype(np.float64) for i in range(3))
+    y = kr * r + (1 - kr - kb) * g + kb * b
+    cb, cr = (b - y) / (2 * (1 - kb)), (r - y) / (2 * (1 - kr))
+    if not full:
+        y, cb, cr = 16 + y * 219 / 255, cb * 224 / 255, cr * 224 / 255
+    sx, sy = SUB[pix_fmt]
+    h, w = y.shape
+
+    def block_mean(c):
+        return c.reshape(h // sy, sy, w // sx, sx).mean(axis=(1, 3))
+
+    return y, 128 + block_mean(cb), 128 + block_mean(cr)
+
+
+@pytest.mark.parametrize(
+    "pix_fmt, matrix, full, size",
+    [("yuv420p", "bt709", False, "96x64"), ("yuv420p", "smpte170m", True, "1500x98"), ("yuv422p", "bt2020nc", False, "66x35"),
+     ("yuv444p", "fcc", False, "40x30")],
+)  # fmt: skip
+def test_writer_sends_planes_as_the_exact_conversion(tmp_path, pix_fmt, matrix, full, size):
+    """Frames written losslessly (x264 at CRF 0) come back as the exact planes of the RGB sent, tags kept."""
+    src = make_clip(tmp_path / "src.mkv", pix_fmt, matrix, full, size)
+    info = probe_video(src)
+    with VideoReader(info) as reader:
+        frames = list(reader)
+    dst = tmp_path / "out.mp4"
+    with VideoWriter(dst, info, crf=0, preset="ultrafast", pix_fmt=pix_fmt) as writer:
+        assert writer.encoder_plan.planes is not None and "scale=" not in filters_of(writer)
+        for f in frames:
+            writer.write(f)
+    out = probe_video(dst)
+    assert (out.pix_fmt.replace("yuvj", "yuv"), out.color_matrix, out.full_range) == (pix_fmt, matrix, full)
+    got = raw_planes(dst, out.pix_fmt, info.width, info.height)  # H.264's decoder says yuvj for full range
+    assert len(got) == len(frames) == 3
+    for planes, rgb in zip(got, frames):
+        for plane, want in zip(planes, exact_planes(rgb, pix_fmt, matrix, full)):
+            err = np.abs(plane - np.clip(want, 0, 255))
+            assert err.max() < 1.5 and err.mean() < 0.4, (err.max(), err.mean())
+
+
+def test_writer_keeps_ffmpegs_conversion_where_a_chroma_block_is_split(tmp_path):
+    """An odd size kept odd (FFV1) and 16-bit frames go to ffmpeg as RGB; the luma written is still exact."""
+    src = make_clip(tmp_path / "src.mkv", "yuv420p", "bt709", False, "97x61", frames=2)
+    info = probe_video(src)
+    with VideoReader(info) as reader:
+        frames = list(reader)
+    cases = (("odd.mkv", np.uint8, "ffv1", "yuv420p", 1), ("deep.mp4", np.uint16, "libx264", "yuv420p10le", 4))
+    for name, dtype, codec, pix_fmt, scale in cases:
+        dst = tmp_path / name
+        with VideoWriter(dst, info, dtype=dtype, codec=codec, crf=0, pix_fmt=pix_fmt, preset="ultrafast") as writer:
+            assert writer.encoder_plan.planes is None and "scale=" in filters_of(writer)
+            for f in frames:
+                writer.write(f.astype(np.uint16) * 257 if dtype == np.uint16 else f)
+        raw = subprocess.run(
+            [ffmpeg_exe(), "-v", "error", "-i", str(dst), "-f", "rawvideo", "-pix_fmt", pix_fmt, "pipe:1"],
+            capture_output=True,
+            check=True,
+        ).stdout
+        samples = np.frombuffer(raw, np.uint16 if scale > 1 else np.uint8).reshape(2, -1)
+        w, h = writer.size  # H.264 pads to even sizes
+        luma = samples[:, : h * w].reshape(2, h, w)[:, :61, :97] / scale  # the Y plane of each frame
+        for y, rgb in zip(luma, frames):
+            assert np.abs(y - exact_luma(rgb, "bt709", False)).max() < 2  # a wrong matrix is 10+ levels off

@@ -1304,6 +1304,8 @@ class _Plan:
     pix_fmt: str | None
     video_tags: tuple[str, ...] = ()  # stream tags of the video kept by a copy too (language)
     notes: tuple[str, ...] = ()  # what of the video's own properties cannot be kept
+    planes: yuv.Planes | None = None  # the writer sends these planes (converted here) instead of RGB ...
+    planes_filters: str = ""  # ... through these filters: ``filters`` without the RGB -> YUV conversion
 
 
 def encoder_plan(
@@ -1350,10 +1352,15 @@ def encoder_plan(
             args += ["-flags", "+ildct+ilme", "-field_order", info.field_order]
         else:
             notes.append(f"interlacing ({info.field_order}): {codec} encodes progressive frames")
-    yuv = pix_fmt is not None and _is_yuv(pix_fmt)
+    yuv_out = pix_fmt is not None and _is_yuv(pix_fmt)
     range_tag = "pc" if info.full_range else "tv"
     scale_matrix, matrix_tag = _matrix(info)
-    if yuv:
+    planes = None
+    if yuv_out and pix_fmt is not None and not pix_fmt.startswith("yuvj") and dtype == np.uint8:
+        planes = yuv.planes_for(pix_fmt, w, h, scale_matrix, info.full_range)
+        planes = planes if planes is not None and planes.whole_chroma and (pw, ph) == (w, h) else None
+    rgb_in = len(vf)  # where the RGB -> YUV conversion goes
+    if yuv_out:
         vf.append(f"scale=out_color_matrix={scale_matrix}:out_range={range_tag}:flags={_SWS_FLAGS}")
     if pix_fmt is not None:
         vf.append(f"format={pix_fmt}")
@@ -1376,7 +1383,7 @@ def encoder_plan(
             args += ["-cpu-used", str(min(_VP9_SPEED[preset] + 2, 8)), "-row-mt", "1"]
     if pix_fmt is not None:
         args += ["-pix_fmt", pix_fmt]
-    if yuv:
+    if yuv_out:
         # Tag the frames (setparams) and the encoder: recent ffmpeg takes the frames' word.
         tags = {"range": range_tag}
         if matrix_tag in _MATRICES:
@@ -1404,7 +1411,8 @@ def encoder_plan(
         video_tags += ("-metadata:s:v:0", f"title={info.title}")
     if info.timecode:  # MP4/MOV get a timecode track from it, Matroska a tag
         video_tags += ("-timecode", info.timecode)
-    return _Plan(muxer, codec, ",".join(vf), (pw, ph), args, pix_fmt, video_tags, tuple(notes))
+    planes_vf = ",".join(vf[:rgb_in] + vf[rgb_in + 1 :]) if planes is not None else ""
+    return _Plan(muxer, codec, ",".join(vf), (pw, ph), args, pix_fmt, video_tags, tuple(notes), planes, planes_vf)
 
 
 def _ratio(r: Fraction) -> str:
@@ -1691,6 +1699,7 @@ class VideoWriter:
         self._video_tmp: Path | None = None  # the encoded video before its frames get their times
         self._scratch: list[Path] = []  # temporaries removed whatever happens
         self._attachments: dict[int, Path] | None = None
+        self._to_planes: yuv.ToPlanes | None = None  # 8-bit YUV out: converted here (tiler/io/yuv.py)
 
     def kept_streams(self) -> tuple[StreamInfo, ...]:
         """The streams of ``audio_from`` offered to the output (the container may refuse some: :attr:`notes`)."""
@@ -1783,11 +1792,12 @@ class VideoWriter:
         cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-nostats", "-loglevel", "error"]
         streams = () if self._remuxed else self.kept_streams()
         cmd += self._offset_args(streams)
+        plan = self.encoder_plan
         cmd += [
             "-f",
             "rawvideo",
             "-pix_fmt",
-            _rgb_pix_fmt(self.dtype),
+            plan.planes.pix_fmt if plan.planes else _rgb_pix_fmt(self.dtype),
             "-video_size",
             f"{info.width}x{info.height}",
             "-framerate",
@@ -1795,7 +1805,8 @@ class VideoWriter:
             "-i",
             "pipe:0",
         ]
-        plan = self.encoder_plan
+        if plan.planes:
+            plan = dataclasses.replace(plan, filters=plan.planes_filters)
         if self._remuxed:
             plan = dataclasses.replace(plan, muxer="nut", video_tags=())
         source = None
@@ -1897,6 +1908,11 @@ class VideoWriter:
         if self._done:
             raise VideoError(f"{self.dst}: the writer is closed")
         assert self._proc is not None and self._proc.stdin is not None
+        if self.encoder_plan.planes is not None:
+            if self._to_planes is None:
+                self._to_planes = yuv.ToPlanes(self.encoder_plan.planes)
+            self._to_planes(frame)
+            frame = self._to_planes.raw
         view = frame.data.cast("B")
         total, sent = view.nbytes, 0
         with self._pipe_lock:

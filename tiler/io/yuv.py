@@ -1,32 +1,37 @@
-"""8-bit planar YUV from ffmpeg to RGB frames, converted here with OpenCV.
+"""8-bit planar YUV <-> RGB frames for the video reader and writer, converted here with OpenCV.
 
-The video reader asks ffmpeg for the decoded planes as they are (``yuv420p``,
+The reader asks ffmpeg for the decoded planes as they are (``yuv420p``,
 ``yuv422p``, ``yuv444p`` and their full-range ``yuvj`` forms, 8 bits) and
-converts them into the caller's RGB buffer itself:
+converts them into the caller's RGB buffer itself (:class:`ToRGB`); the
+writer converts RGB frames into the planes its encoder takes and sends those
+(:class:`ToPlanes`)::
 
     planes (one buffer: Y, then U, then V)
-      U, V --cv2.resize, bicubic, x2 where subsampled--> full size
-      Y, U, V --cv2.merge--> interleaved --cv2.transform, the 3x4 matrix--> RGB   (by strips of rows)
+      ToRGB:    U, V --cv2.resize, bicubic, x2 where subsampled--> full size
+                Y, U, V --cv2.merge--> interleaved --cv2.transform, 3x4 matrix--> RGB
+      ToPlanes: RGB --cv2.transform, the inverse--> Y, U, V --cv2.mixChannels--> Y plane
+                U, V --cv2.resize, box average over the luma they cover--> U, V planes
+    (both by strips of rows: a cache-sized scratch, not a frame's)
 
 Why not ffmpeg's own conversion: swscale converts faithfully only on its
 exact path (``accurate_rnd+full_chroma_int``), which is its plain C code: 14.6
-ms of CPU per 1080p frame on the 2-core machine of benchmarks/README.md,
-against 1.6 ms here; its fast paths put chroma at the nearest sample (1.3
-levels off on average, up to 154 at colour edges). OpenCV's own
-``cvtColor(COLOR_YUV2RGB_I420)`` has one matrix (BT.601, limited range) and
-nearest-sample chroma too. The planes are also half the bytes of RGB
-through the pipe.
+ms of CPU per 1080p frame to RGB on the 2-core machine of
+benchmarks/README.md, against 1.6 ms here, and about 4 ms back; its fast
+paths put chroma at the nearest sample (1.3 levels off on average, up to 154
+at colour edges). OpenCV's own ``cvtColor(COLOR_YUV2RGB_I420)`` and its
+inverse have one matrix (BT.601, limited range) and nearest-sample chroma
+too. The planes are also half the bytes of RGB through each pipe.
 
 Faithful means the same conversion as the exact one in floating point, to
 rounding: the source's matrix and range (as :func:`tiler.io.video._matrix`
-picks them), chroma samples centred between the luma samples they cover and
+picks them), chroma samples centred on the luma samples they cover,
 upsampled bicubically (as swscale's default scaler does; bilinear chroma
 lost 1.2 dB more in a decode-encode round trip of saturated colour bars),
-edges repeated. OpenCV's 8-bit ``transform`` works in
-10-bit fixed point: results are within 2 levels of the exact value (0.21 on
-average on a noisy 1080p clip). Other formats (more than 8 bits, grey,
-alpha, packed or semi-planar layouts, RGB sources, a ``uint16`` reader) keep
-ffmpeg's exact conversion.
+edges repeated. OpenCV's 8-bit ``transform`` works in fixed point: results
+are within 2 levels of the exact value (0.21 on average on a noisy 1080p
+clip). Other formats (more than 8 bits, grey, alpha, packed or semi-planar
+layouts, RGB sources, ``uint16`` frames; and for the writer, odd sizes that
+split a chroma block) keep ffmpeg's exact conversion.
 """
 
 from __future__ import annotations
@@ -97,6 +102,11 @@ class Planes:
         return -(-self.height // self.sub_y), -(-self.width // self.sub_x)
 
     @property
+    def whole_chroma(self) -> bool:
+        """Every chroma sample covers a whole block of luma samples (even sizes, for 4:2:0)."""
+        return self.width % self.sub_x == 0 and self.height % self.sub_y == 0
+
+    @property
     def nbytes(self) -> int:
         ch, cw = self.chroma_shape
         return self.width * self.height + 2 * ch * cw
@@ -152,3 +162,49 @@ class ToRGB:
             yuv = self._yuv[: end - top]
             cv2.merge([y[top:end], u[top:end], v[top:end]], dst=yuv)
             cv2.transform(yuv, p.matrix, dst=out[top:end])
+
+
+class ToPlanes:
+    """Converts RGB frames into one :class:`Planes` layout (whole chroma blocks only), reusing its scratch.
+
+    The inverse of :func:`rgb_matrix` at full resolution, then each chroma
+    plane averaged over the luma samples it covers (``cv2.resize``,
+    ``INTER_AREA``: a box filter, centred like the reader's chroma). A round
+    trip through :class:`ToRGB` keeps as much as swscale's exact path
+    (59.8 against 59.3 dB on a real clip, 33.2 against 31.0 on saturated
+    colour bars) at a fraction of its CPU.
+    """
+
+    def __init__(self, planes: Planes) -> None:
+        from filters._cv2 import cv2
+
+        if not planes.whole_chroma:
+            raise ValueError(f"{planes.width}x{planes.height} {planes.pix_fmt}: chroma blocks must be whole")
+        self._cv2 = cv2
+        self.planes = planes
+        inverse = np.linalg.inv(planes.matrix[:, :3])
+        self.matrix = np.hstack([inverse, (-inverse @ planes.matrix[:, 3])[:, None]])
+        w = planes.width
+        rows = max(planes.sub_y, _STRIP_BYTES // (3 * w) // planes.sub_y * planes.sub_y)
+        self._rows = min(rows, planes.height)
+        self._yuv = np.empty((self._rows, w, 3), np.uint8)
+        self._u = np.empty((self._rows, w), np.uint8)
+        self._v = np.empty_like(self._u)
+        self.raw = np.empty(planes.nbytes, np.uint8)  # sent to ffmpeg
+
+    def __call__(self, frame: np.ndarray) -> None:
+        """Convert ``frame``, ``(height, width, 3)`` uint8 RGB, into :attr:`raw`."""
+        cv2, p = self._cv2, self.planes
+        h, w = p.height, p.width
+        ch, cw = p.chroma_shape
+        y = self.raw[: h * w].reshape(h, w)
+        u = self.raw[h * w : h * w + ch * cw].reshape(ch, cw)
+        v = self.raw[h * w + ch * cw :].reshape(ch, cw)
+        for top in range(0, h, self._rows):
+            end = min(h, top + self._rows)
+            n = end - top
+            cv2.transform(frame[top:end], self.matrix, dst=self._yuv[:n])
+            cv2.mixChannels([self._yuv[:n]], [y[top:end], self._u[:n], self._v[:n]], [0, 0, 1, 1, 2, 2])
+            for full, plane in ((self._u[:n], u), (self._v[:n], v)):
+                rows = plane[top // p.sub_y : end // p.sub_y]
+                cv2.resize(full, (cw, n // p.sub_y), dst=rows, interpolation=cv2.INTER_AREA)

@@ -15,8 +15,8 @@ writer converts RGB frames into the planes its encoder takes and sends those
 
 Why not ffmpeg's own conversion: swscale converts faithfully only on its
 exact path (``accurate_rnd+full_chroma_int``), which is its plain C code: 14.6
-ms of CPU per 1080p frame to RGB on the 2-core machine of
-benchmarks/README.md, against 1.6 ms here, and about 4 ms back; its fast
+ms of CPU per 1080p frame to RGB and 3.3 back on the 2-core machine of
+benchmarks/README.md, against 1.6 to 2.4 ms and about 2 here; its fast
 paths put chroma at the nearest sample (1.3 levels off on average, up to 154
 at colour edges). OpenCV's own ``cvtColor(COLOR_YUV2RGB_I420)`` and its
 inverse have one matrix (BT.601, limited range) and nearest-sample chroma

@@ -6,9 +6,11 @@
 
 Cases, timed interleaved (one of each per round; the table shows medians):
 
-* ``ffmpeg passthrough``: one ffmpeg decodes and encodes exactly as tileproc's
+* ``ffmpeg passthrough``: one ffmpeg decodes and encodes as tileproc's
   reader and writer do (``tiler.io.video.transcode_command``): H.264 ->
-  RGB (rgb24, the same swscale flags and colour matrix) -> YUV -> libx264 with
+  RGB (rgb24, swscale's exact flags, the same colour matrix; tileproc's reader
+  and writer do these conversions themselves for 8-bit planar YUV, within 2
+  levels of the same, see tiler/io/yuv.py) -> YUV -> libx264 with
   tileproc's default CRF, preset and pix_fmt (read from ``tiler.io.video``, not
   restated here), audio copied, ``+faststart``.
 * ``ffmpeg gblur``: the same with ``-vf gblur=sigma=S`` on the RGB frames,

@@ -35,6 +35,7 @@ throughput.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
@@ -227,6 +228,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, metavar="PATH", help="also write every timing as JSON")
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    missing = [m for m in ("dask", "skimage", "joblib") if importlib.util.find_spec(m) is None]
+    if missing:
+        print(f"scaling.py: the peers need the bench extra (pip install -e '.[bench]'): {', '.join(missing)} missing")
+        return 2
     if args.child:
         n, config_path = int(args.child[0]), Path(args.child[1])
         config = json.loads(config_path.read_text())

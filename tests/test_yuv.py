@@ -12,11 +12,13 @@ to within 2 levels everywhere.
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tiler.errors import InputError
 from tiler.io import yuv
 from tiler.io.video import VideoReader, VideoWriter, ffmpeg_exe, probe_video
 
@@ -83,8 +85,8 @@ def upsample(c: np.ndarray, factor: int, n: int, axis: int) -> np.ndarray:
 def exact_rgb(y, u, v, pix_fmt: str, matrix: str, full: bool) -> np.ndarray:
     h, w = y.shape
     sx, sy = SUB[pix_fmt]
-    u = np.clip(upsample(upsample(u, sy, h, 0), sx, w, 1), 0, 255)  # the 8-bit chroma OpenCV hands on is clipped
-    v = np.clip(upsample(upsample(v, sy, h, 0), sx, w, 1), 0, 255)
+    u = upsample(upsample(u, sy, h, 0), sx, w, 1)  # overshoots at sharp edges: only RGB is clipped, below
+    v = upsample(upsample(v, sy, h, 0), sx, w, 1)
     kr, kb = KR_KB[matrix]
     kg = 1 - kr - kb
     full = full or pix_fmt.startswith("yuvj")
@@ -253,3 +255,39 @@ def test_writer_keeps_ffmpegs_conversion_where_a_chroma_block_is_split(tmp_path)
         luma = samples[:, : h * w].reshape(2, h, w)[:, :61, :97] / scale  # the Y plane of each frame
         for y, rgb in zip(luma, frames):
             assert np.abs(y - exact_luma(rgb, "bt709", False)).max() < 2  # a wrong matrix is 10+ levels off
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_a_colour_matrix_tileproc_cannot_convert_is_refused_in_one_line(tmp_path, dtype):
+    """YCgCo (H.264 matrix 8) is neither BT.601 nor BT.709: reading it as either would be silently wrong."""
+    plain, clip = tmp_path / "plain.mp4", tmp_path / "ycgco.mp4"
+    ff("-f", "lavfi", "-i", "testsrc2=size=64x48:rate=10", "-frames:v", "2", "-c:v", "libx264", "-pix_fmt", "yuv420p",
+       str(plain))  # fmt: skip
+    ff("-i", str(plain), "-c", "copy", "-bsf:v", "h264_metadata=matrix_coefficients=8", str(clip))  # tagged YCgCo
+    info = probe_video(clip)
+    assert info.color_matrix == "ycgco"
+    with pytest.raises(
+        InputError, match=r"ycgco\.mp4: its colour matrix ycgco is not supported \(tileproc converts bt"
+    ):
+        VideoReader(info, dtype=dtype)
+    out = tmp_path / "out.mp4"
+    run = subprocess.run(
+        [sys.executable, "-m", "tiler", str(clip), "-f", "invert", "-o", str(out)], capture_output=True, text=True
+    )
+    assert run.returncode != 0 and not out.exists()
+    assert run.stderr.strip().splitlines() == [f"tileproc: error: {clip}: its colour matrix ycgco is not supported "
+                                               "(tileproc converts bt2020c, bt2020nc, bt470bg, bt601, bt709, fcc, smpte170m, smpte240m)"]  # fmt: skip
+
+
+def test_rotated_422_is_left_to_ffmpeg(tmp_path):
+    """4:2:2 turned sideways has its chroma halved vertically, which no planar format holds: ffmpeg converts."""
+    clip = make_clip(tmp_path / "plain.mkv", "yuv422p", "bt709", False, "64x48", 1)
+    ff("-i", str(clip), "-c:v", "libx264", "-qp", "0", "-pix_fmt", "yuv422p", str(tmp_path / "upright.mp4"))
+    ff("-display_rotation", "90", "-i", str(tmp_path / "upright.mp4"), "-c", "copy", str(tmp_path / "turned.mp4"))
+    upright, turned = probe_video(tmp_path / "upright.mp4"), probe_video(tmp_path / "turned.mp4")
+    assert turned.rotation in (90, 270) and turned.pix_fmt == "yuv422p"
+    with VideoReader(upright) as a, VideoReader(turned) as b:
+        assert a.planes is not None and b.planes is None
+        want, got = a.read(), b.read()
+    want = np.rot90(want, 1 if turned.rotation == 270 else -1)
+    assert np.abs(got.astype(int) - want).mean() < 1.0

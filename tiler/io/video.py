@@ -15,11 +15,12 @@ scale), written by ffmpeg straight into the caller's buffer and encoded
 straight from it: no copy on the Python side. The one exception is the
 common case, 8-bit planar YUV read as ``uint8``: ffmpeg hands over the
 decoded planes and :mod:`tiler.io.yuv` converts them into the buffer with
-OpenCV, faithfully and about nine times cheaper than swscale's exact path
-(its module notes say how). Pixels go through ffmpeg's
-pipes rather than PyAV's in-process decode and encode: for the same work
-(the same accurate RGB conversion, the same x264 settings) the two measure
-within about 10% of each other either way (``benchmarks/bench_video_io.py``),
+OpenCV, as faithfully as swscale's exact path and at a fraction of its CPU
+(its module notes say how; the writer does the same the other way). Pixels
+go through ffmpeg's pipes rather than PyAV's in-process decode and encode:
+with swscale's exact conversion on both sides and the same x264 settings,
+the two measured within about 10% of each other either way
+(``benchmarks/bench_video_io.py``),
 and the pipes keep the codec work in another process, which runs beside
 Python's threads and where a crash or a hang cannot take the caller with it.
 Nothing reads ffmpeg's log for facts: it is only quoted in error messages.
@@ -978,11 +979,23 @@ def _said(tail: str) -> str:
 # reading
 
 
+def _check_matrix(info: VideoInfo) -> None:
+    """Refuse YUV whose colour matrix neither ffmpeg's scale filter nor :mod:`tiler.io.yuv` converts (YCgCo...)."""
+    if info.color_matrix is not None and info.color_matrix not in _SCALE_MATRIX and _is_yuv(info.pix_fmt):
+        known = ", ".join(sorted(set(_SCALE_MATRIX) - {"bt2020"}))
+        raise InputError(
+            f"{info.path}: its colour matrix {info.color_matrix} is not supported (tileproc converts {known})"
+        )
+
+
 def _planes(info: VideoInfo, dtype: np.dtype) -> yuv.Planes | None:
     """The 8-bit planes the reader converts to RGB itself (see :mod:`tiler.io.yuv`), or None."""
     if dtype != np.uint8:
         return None
-    return yuv.planes_for(info.pix_fmt, info.width, info.height, _matrix(info)[0], info.full_range)
+    planes = yuv.planes_for(info.pix_fmt, info.width, info.height, _matrix(info)[0], info.full_range)
+    if planes is not None and info.rotation in (90, 270) and planes.sub_x != planes.sub_y:
+        return None  # 4:2:2 turned sideways is no planar format: ffmpeg converts it, once
+    return planes
 
 
 def _decode_filters(info: VideoInfo, dtype: np.dtype, planes: yuv.Planes | None = None) -> str:
@@ -1044,6 +1057,7 @@ class VideoReader:
         self._io_lock = threading.Lock()
         self._closed = False
         self._eof = False
+        _check_matrix(info)
         self.planes = _planes(info, self.dtype)
         self._to_rgb: yuv.ToRGB | None = None
 
@@ -1065,6 +1079,8 @@ class VideoReader:
             "-an",
             "-sn",
             "-dn",
+            "-sws_flags",  # for the conversions ffmpeg inserts itself (a rotated 4:2:2 stream, a format change)
+            f"bicubic+{_SWS_FLAGS}",
             "-vf",
             _decode_filters(info, self.dtype, self.planes),
             "-fps_mode",
@@ -2179,9 +2195,9 @@ def transcode_command(
     """One ffmpeg command that decodes like :class:`VideoReader` and encodes like
     :class:`VideoWriter`, with an optional ffmpeg filter applied to the RGB frames.
 
-    Its RGB conversion is always swscale's exact one, the reader's for the
-    formats :mod:`tiler.io.yuv` leaves to ffmpeg (the two agree within a
-    level or two; the reader's own is about nine times cheaper).
+    Its RGB conversions are always swscale's exact ones, which the reader and
+    writer keep for the formats :mod:`tiler.io.yuv` leaves to ffmpeg (the two
+    agree within a level or two; tileproc's own cost a fraction of the CPU).
 
     Meant for benchmarks (tileproc against plain ffmpeg on the same work). It
     writes ``dst`` directly (``-y``), without the atomic rename, and frames at

@@ -9,6 +9,7 @@ writer converts RGB frames into the planes its encoder takes and sends those
     planes (one buffer: Y, then U, then V)
       ToRGB:    U, V --cv2.resize, bicubic, x2 where subsampled--> full size
                 Y, U, V --cv2.merge--> interleaved --cv2.transform, 3x4 matrix--> RGB
+                (chroma in 16 bits: only the RGB result is clamped to 8)
       ToPlanes: RGB --cv2.transform, the inverse--> Y, U, V --cv2.mixChannels--> Y plane
                 U, V --cv2.resize, box average over the luma they cover--> U, V planes
     (both by strips of rows: a cache-sized scratch, not a frame's)
@@ -27,9 +28,8 @@ rounding: the source's matrix and range (as :func:`tiler.io.video._matrix`
 picks them), chroma samples centred on the luma samples they cover,
 upsampled bicubically (as swscale's default scaler does; bilinear chroma
 lost 1.2 dB more in a decode-encode round trip of saturated colour bars),
-edges repeated. OpenCV's 8-bit ``transform`` works in fixed point: results
-are within 2 levels of the exact value (0.21 on average on a noisy 1080p
-clip). Other formats (more than 8 bits, grey, alpha, packed or semi-planar
+edges repeated. Results are within 2 levels of the exact value (1.55 at
+most, 0.21 on average on a noisy 1080p clip). Other formats (more than 8 bits, grey, alpha, packed or semi-planar
 layouts, RGB sources, ``uint16`` frames; and for the writer, odd sizes that
 split a chroma block) keep ffmpeg's exact conversion.
 """
@@ -52,6 +52,7 @@ _KR_KB = {
 }
 
 _STRIP_BYTES = 1 << 18
+_CHROMA_LIFT = 256  # added to chroma while it is upsampled in 16 bits (see ToRGB)
 
 # pixel format -> (horizontal, vertical) chroma subsampling
 _PLANAR = {
@@ -136,7 +137,14 @@ def planes_for(pix_fmt: str, width: int, height: int, matrix: str, full_range: b
 
 
 class ToRGB:
-    """Converts frames of one :class:`Planes` layout, reusing its scratch buffers (one thread at a time)."""
+    """Converts frames of one :class:`Planes` layout, reusing its scratch buffers (one thread at a time).
+
+    Chroma is upsampled in 16 bits: bicubic overshoots at sharp colour edges,
+    and clamping it to 8 bits there would move those pixels by up to 20
+    levels (a saturated full-range edge). Chroma is stored with 256 added
+    (unsigned, room for the undershoot) and the matrix takes it off; only the
+    RGB result is clamped to 0..255.
+    """
 
     def __init__(self, planes: Planes) -> None:
         from filters._cv2 import cv2
@@ -145,27 +153,38 @@ class ToRGB:
         self.planes = planes
         h, w = planes.height, planes.width
         ch, cw = planes.chroma_shape
+        self._matrix = planes.matrix.copy()
+        self._matrix[:, 3] -= _CHROMA_LIFT * (planes.matrix[:, 1] + planes.matrix[:, 2])
         self._up = (cw * planes.sub_x, ch * planes.sub_y)  # (width, height) of the upsampled chroma
-        self._u = np.empty((self._up[1], self._up[0]), np.uint8)
+        self._chroma = np.empty((2, ch, cw), np.uint16)
+        self._u = np.empty((self._up[1], self._up[0]), np.uint16)
         self._v = np.empty_like(self._u)
-        self._rows = max(1, _STRIP_BYTES // (3 * w))  # Y, U, V interleaved a strip at a time: cache-sized scratch
-        self._yuv = np.empty((min(h, self._rows), w, 3), np.uint8)
+        # Y, U, V interleaved and converted a strip of rows at a time: cache-sized scratch
+        self._rows = min(h, max(1, _STRIP_BYTES // (6 * w)))
+        self._y = np.empty((self._rows, w), np.uint16)
+        self._yuv = np.empty((self._rows, w, 3), np.uint16)
+        self._rgb = np.empty_like(self._yuv)
         self.raw = np.empty(planes.nbytes, np.uint8)  # ffmpeg's bytes are read into this
 
     def __call__(self, out: np.ndarray) -> None:
         """Convert :attr:`raw` into ``out``, an ``(height, width, 3)`` uint8 array."""
         cv2, p = self._cv2, self.planes
         h, w = p.height, p.width
-        y, u, v = p.split(self.raw)
+        y, u8, v8 = p.split(self.raw)
+        u, v = self._chroma
+        np.add(u8, _CHROMA_LIFT, out=u, dtype=np.uint16)
+        np.add(v8, _CHROMA_LIFT, out=v, dtype=np.uint16)
         if (p.sub_x, p.sub_y) != (1, 1):
             cv2.resize(u, self._up, dst=self._u, interpolation=cv2.INTER_CUBIC)
             cv2.resize(v, self._up, dst=self._v, interpolation=cv2.INTER_CUBIC)
             u, v = self._u[:h, :w], self._v[:h, :w]  # an odd size: the last chroma sample covers one luma sample
         for top in range(0, h, self._rows):
             end = min(h, top + self._rows)
-            yuv = self._yuv[: end - top]
-            cv2.merge([y[top:end], u[top:end], v[top:end]], dst=yuv)
-            cv2.transform(yuv, p.matrix, dst=out[top:end])
+            n = end - top
+            np.copyto(self._y[:n], y[top:end], casting="unsafe")
+            cv2.merge([self._y[:n], u[top:end], v[top:end]], dst=self._yuv[:n])
+            cv2.transform(self._yuv[:n], self._matrix, dst=self._rgb[:n])  # below 0: 0
+            cv2.convertScaleAbs(self._rgb[:n], dst=out[top:end])  # above 255: 255
 
 
 class ToPlanes:

@@ -458,3 +458,22 @@ def test_mkv_keeps_image_attachments_as_attachments(tmp_path):
         f"{mp4}: stream 1 (attachment): only Matroska holds attachments",
         f"{mp4}: stream 2 (attachment png): only Matroska holds attachments",
     ]
+
+
+def test_a_clip_cut_without_reencoding_keeps_exactly_its_shown_frames(tmp_path):
+    """`ffmpeg -ss ... -c copy` into MP4 keeps the frames from the keyframe before the cut, marked to be
+    dropped by an edit list: they are decoded but never shown, so they are not counted or delivered."""
+    src, cut = tmp_path / "long.mp4", tmp_path / "cut.mp4"
+    ff("-f", "lavfi", "-i", "testsrc2=size=96x64:rate=25:duration=4", "-f", "lavfi", "-i", "sine=duration=4",
+       *X264, "-g", "25", "-c:a", "aac", str(src))  # fmt: skip
+    ff("-ss", "1.35", "-i", str(src), "-c", "copy", "-t", "2", str(cut))
+    with av.open(str(cut)) as c:
+        shown = sum(1 for _ in c.decode(video=0))
+    with av.open(str(cut)) as c:
+        dropped = sum(1 for p in c.demux(c.streams.video[0]) if p.size and p.is_discard)
+    assert dropped > 0  # the cut fell between keyframes
+    info = probe_video(cut)
+    assert info.frame_count == shown == len(read_all(info))
+    out = tmp_path / "out.mp4"
+    tiler.process_video(cut, out, "invert", workers=1)
+    assert probe_video(out).frame_count == shown

@@ -579,7 +579,7 @@ def _scan(path: Path, container: Any, stream: Any, first: list[Any] | None = Non
     packets: list[tuple[int, int, bool]] = []
 
     def take(packet: Any) -> None:
-        if packet.size == 0:
+        if packet.size == 0 or packet.is_discard:  # a discarded packet: before an edit list's start (MP4, MOV)
             return
         pts = packet.pts if packet.pts is not None else packet.dts
         if pts is None:

@@ -477,3 +477,22 @@ def test_a_clip_cut_without_reencoding_keeps_exactly_its_shown_frames(tmp_path):
     out = tmp_path / "out.mp4"
     tiler.process_video(cut, out, "invert", workers=1)
     assert probe_video(out).frame_count == shown
+
+
+@pytest.mark.parametrize(
+    "name, args",
+    [
+        ("alpha.webm", ("-c:v", "libvpx-vp9", "-pix_fmt", "yuva420p")),  # alpha in Matroska side data
+        ("argb.mov", ("-c:v", "qtrle", "-pix_fmt", "argb")),  # an alpha plane
+        ("plain.mp4", X264),
+    ],
+)
+def test_a_transparency_the_output_cannot_keep_is_said(tmp_path, name, args):
+    src = tmp_path / name
+    ff("-f", "lavfi", "-i", "testsrc2=size=64x48:rate=10,format=yuva420p", "-frames:v", "2", *args, str(src))
+    info = probe_video(src)
+    assert info.alpha == (name != "plain.mp4")
+    notes = VideoWriter(tmp_path / "out.mp4", info).notes
+    said = [n for n in notes if "transparency" in n]
+    assert said == ([f"{tmp_path / 'out.mp4'}: the transparency (alpha) of {src} is not kept: video frames are RGB"]
+                    if info.alpha else [])  # fmt: skip

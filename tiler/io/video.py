@@ -310,6 +310,9 @@ class VideoInfo:
         The start timecode (``"01:00:00:00"``) of the video or its timecode track.
     title : str or None
         The video stream's title tag (Matroska's track name), when it has one.
+    alpha : bool
+        The stream carries transparency (an alpha plane, or VP9's alpha in
+        Matroska/WebM side data), which the RGB frames do not hold.
 
     Examples
     --------
@@ -351,6 +354,7 @@ class VideoInfo:
     resampled: bool = False
     timecode: str | None = None
     title: str | None = None
+    alpha: bool = False
 
     @property
     def frame_shape(self) -> tuple[int, int, int]:
@@ -811,6 +815,7 @@ def probe_video(path: str | os.PathLike[str], *, max_pixels: int | None = None) 
             or next((s.timecode for s in others if s.timecode), None)
             or _timecode(container.metadata),
             title=_title(stream),
+            alpha=_ALPHA.match(pix_fmt) is not None or stream.metadata.get("alpha_mode") == "1",
         )
     return info
 
@@ -853,6 +858,8 @@ def probe_streams(path: str | os.PathLike[str]) -> tuple[StreamInfo, ...]:
 
 # ----------------------------------------------------------------------------
 # shared process plumbing
+
+_ALPHA = re.compile(r"^(yuva|rgba|bgra|argb|abgr|ya\d|gbrap|rgba64|bgra64)")  # pixel formats with an alpha plane
 
 # ffmpeg's colour matrix names -> the scale filter's names
 _SCALE_MATRIX = {
@@ -1743,6 +1750,8 @@ class VideoWriter:
     def notes(self) -> list[str]:
         """One line per property or stream of the source the output cannot keep (empty: everything kept)."""
         lines = [f"{self.dst}: {n}" for n in self.encoder_plan.notes]
+        if self.info.alpha:
+            lines.append(f"{self.dst}: the transparency (alpha) of {self.info.path} is not kept: video frames are RGB")
         streams = self.kept_streams()
         plan = stream_plan(self.encoder_plan.muxer, streams, 1, self.attachment_files())
         lines += [f"{self.dst}: {d}" for d in plan[1]]

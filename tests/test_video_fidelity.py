@@ -8,6 +8,7 @@ timestamps, streams (kinds, codecs, languages, starts and lengths) and flags.
 from __future__ import annotations
 
 import subprocess
+import sys
 from fractions import Fraction
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import numpy as np
 import pytest
 
 import tiler
+from tiler.errors import InputError
 from tiler.io.video import VideoReader, VideoWriter, ffmpeg_exe, probe_video
 
 
@@ -496,3 +498,30 @@ def test_a_transparency_the_output_cannot_keep_is_said(tmp_path, name, args):
     said = [n for n in notes if "transparency" in n]
     assert said == ([f"{tmp_path / 'out.mp4'}: the transparency (alpha) of {src} is not kept: video frames are RGB"]
                     if info.alpha else [])  # fmt: skip
+
+
+@pytest.mark.parametrize("damage", ["cut in half", "3000 bytes overwritten"])
+def test_a_matroska_file_shorter_than_it_states_is_refused_in_one_line(tmp_path, damage):
+    """A cut-short or damaged MKV ends early without an error from the demuxer; its track length tag tells."""
+    whole = tmp_path / "whole.mkv"
+    ff("-f", "lavfi", "-i", "testsrc2=size=160x120:rate=25:duration=2", "-c:v", "libx264", "-preset", "ultrafast",
+       str(whole))  # fmt: skip
+    assert probe_video(whole).frame_count == 50
+    data = bytearray(whole.read_bytes())
+    if damage == "cut in half":
+        data = data[: len(data) // 2]
+    else:
+        mid = len(data) // 2
+        data[mid : mid + 3000] = np.random.default_rng(1).integers(0, 256, 3000, dtype=np.uint8).tobytes()
+    bad = tmp_path / "bad.mkv"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(
+        InputError, match=r"bad\.mkv: it states 2\.00 s of video but holds 0\.\d\d s \(truncated or damaged\?\)"
+    ):
+        probe_video(bad)
+    out = tmp_path / "out.mp4"
+    run = subprocess.run(
+        [sys.executable, "-m", "tiler", str(bad), "-f", "invert", "-o", str(out)], capture_output=True, text=True
+    )
+    assert run.returncode == 1 and not out.exists()
+    assert len(run.stderr.strip().splitlines()) == 1 and "truncated or damaged" in run.stderr

@@ -659,6 +659,24 @@ def _pick_rate(measured: Fraction, lo: Fraction, hi: Fraction) -> Fraction:
     return _simplest_between(lo, hi)
 
 
+def _check_whole(path: Path, stream: Any, held: Fraction) -> None:
+    """Refuse a Matroska/WebM file whose video stops well before the length it states for it.
+
+    Its muxers write each track's length as a ``DURATION`` tag when they
+    finish. A copy cut short, or damaged so that the demuxer loses its place,
+    keeps the tag but ends early without an error: its packets alone would
+    make a shorter video, silently. ``held`` is when the last frame read ends.
+    """
+    tag = re.fullmatch(r"(\d+):(\d\d):(\d\d(?:\.\d+)?)", str(stream.metadata.get("DURATION", "")))
+    if tag is None:
+        return
+    stated = int(tag[1]) * 3600 + int(tag[2]) * 60 + Fraction(tag[3])
+    if stated - held > max(Fraction(1, 2), stated / 10):
+        raise InputError(
+            f"{path}: it states {float(stated):.2f} s of video but holds {float(held):.2f} s (truncated or damaged?)"
+        )
+
+
 def _timing(path: Path, scan: PacketScan, nominal: Fraction | None) -> tuple[Fraction, bool, int]:
     """Exact rate, variability and end tick from the packet timestamps."""
     pts, tb, n = scan.timestamps, scan.time_base, len(scan.timestamps)
@@ -778,6 +796,7 @@ def probe_video(path: str | os.PathLike[str], *, max_pixels: int | None = None) 
             sar = 1 / sar
         nominal = Fraction(stream.average_rate) if stream.average_rate else None
         fps, variable, end = _timing(path, scan, nominal)
+        _check_whole(path, stream, end * scan.time_base)
         start = Fraction(container.start_time, 1_000_000) if container.start_time is not None else Fraction(0)
         others = _streams(container, skip=stream.index)
         info = VideoInfo(

@@ -525,3 +525,30 @@ def test_a_matroska_file_shorter_than_it_states_is_refused_in_one_line(tmp_path,
     )
     assert run.returncode == 1 and not out.exists()
     assert len(run.stderr.strip().splitlines()) == 1 and "truncated or damaged" in run.stderr
+
+
+def test_a_matroska_file_cut_by_a_few_percent_is_refused_and_a_long_last_frame_is_not(tmp_path):
+    whole, cut = tmp_path / "whole.mkv", tmp_path / "cut.mkv"
+    ff("-f", "lavfi", "-i", "testsrc2=size=64x48:rate=10:duration=6", "-c:v", "libx264", "-preset", "ultrafast",
+       "-g", "10", str(whole))  # fmt: skip
+    data = whole.read_bytes()
+    cut.write_bytes(data[: len(data) * 92 // 100])
+    with pytest.raises(InputError, match=r"cut\.mkv: it states 6\.00 s of video but holds 5\.\d\d s"):
+        probe_video(cut)
+    # five frames 0.1 s apart, the last one shown for 5 s: its packet says so, and the DURATION tag agrees
+    held = tmp_path / "held.mkv"
+    with av.open(str(held), "w") as c:
+        s = c.add_stream("ffv1", rate=10)
+        s.width, s.height, s.pix_fmt, s.time_base = 64, 48, "yuv420p", Fraction(1, 1000)
+        frames = [av.VideoFrame.from_ndarray(np.full((48, 64, 3), 40 * i, np.uint8), format="rgb24") for i in range(5)]
+        packets = []
+        for i, f in enumerate(frames):
+            f.pts, f.time_base = i * 100, Fraction(1, 1000)
+            packets += s.encode(f.reformat(format="yuv420p"))
+        packets += s.encode(None)
+        for p in packets:
+            p.duration = int((5 if p is packets[-1] else Fraction(1, 10)) / p.time_base)
+            c.mux(p)
+    with av.open(str(held)) as c:
+        assert c.streams.video[0].metadata["DURATION"].startswith("00:00:05.4")
+    assert probe_video(held).frame_count == 5

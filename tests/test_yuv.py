@@ -258,25 +258,27 @@ def test_writer_keeps_ffmpegs_conversion_where_a_chroma_block_is_split(tmp_path)
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
-def test_a_colour_matrix_tileproc_cannot_convert_is_refused_in_one_line(tmp_path, dtype):
-    """YCgCo (H.264 matrix 8) is neither BT.601 nor BT.709: reading it as either would be silently wrong."""
-    plain, clip = tmp_path / "plain.mp4", tmp_path / "ycgco.mp4"
+@pytest.mark.parametrize("code, name", [(8, "ycgco"), (10, "bt2020c"), (0, "gbr")])
+def test_a_colour_matrix_tileproc_cannot_convert_is_refused_in_one_line(tmp_path, dtype, code, name):
+    """YCgCo (H.264 matrix 8), BT.2020 constant luminance (10, not a matrix at all) and G, B, R stored as Y, U, V
+    (0) are none of BT.601 or BT.709: reading them as either would be silently wrong."""
+    plain, clip = tmp_path / "plain.mp4", tmp_path / f"{name}.mp4"
     ff("-f", "lavfi", "-i", "testsrc2=size=64x48:rate=10", "-frames:v", "2", "-c:v", "libx264", "-pix_fmt", "yuv420p",
        str(plain))  # fmt: skip
-    ff("-i", str(plain), "-c", "copy", "-bsf:v", "h264_metadata=matrix_coefficients=8", str(clip))  # tagged YCgCo
+    ff("-i", str(plain), "-c", "copy", "-bsf:v", f"h264_metadata=matrix_coefficients={code}", str(clip))
     info = probe_video(clip)
-    assert info.color_matrix == "ycgco"
-    with pytest.raises(
-        InputError, match=r"ycgco\.mp4: its colour matrix ycgco is not supported \(tileproc converts bt"
-    ):
+    assert info.color_matrix == name
+    line = (f"{clip}: its colour matrix {name} is not supported "
+            "(tileproc converts bt2020nc, bt470bg, bt601, bt709, fcc, smpte170m, smpte240m)")  # fmt: skip
+    with pytest.raises(InputError) as err:
         VideoReader(info, dtype=dtype)
+    assert str(err.value) == line
     out = tmp_path / "out.mp4"
     run = subprocess.run(
         [sys.executable, "-m", "tiler", str(clip), "-f", "invert", "-o", str(out)], capture_output=True, text=True
     )
     assert run.returncode != 0 and not out.exists()
-    assert run.stderr.strip().splitlines() == [f"tileproc: error: {clip}: its colour matrix ycgco is not supported "
-                                               "(tileproc converts bt2020c, bt2020nc, bt470bg, bt601, bt709, fcc, smpte170m, smpte240m)"]  # fmt: skip
+    assert run.stderr.strip().splitlines() == [f"tileproc: error: {line}"]
 
 
 def test_rotated_422_is_left_to_ffmpeg(tmp_path):
@@ -291,3 +293,29 @@ def test_rotated_422_is_left_to_ffmpeg(tmp_path):
         want, got = a.read(), b.read()
     want = np.rot90(want, 1 if turned.rotation == 270 else -1)
     assert np.abs(got.astype(int) - want).mean() < 1.0
+
+
+def test_interlaced_420_keeps_each_fields_colour_both_ways(tmp_path):
+    """In interlaced 4:2:0 each chroma line belongs to one field: red lines in the top field and blue in the bottom
+    stay red and blue through reading and writing (converted field by field, by ffmpeg's scale)."""
+    rows = np.where((np.arange(48) % 2 == 0)[:, None, None], [200, 30, 30], [30, 30, 200]).astype(np.uint8)
+    frame = np.ascontiguousarray(np.broadcast_to(rows, (48, 64, 3)))
+    raw, src = tmp_path / "rb.rgb", tmp_path / "interlaced.mp4"
+    raw.write_bytes(frame.tobytes() * 2)
+    ff("-f", "rawvideo", "-pix_fmt", "rgb24", "-s", "64x48", "-r", "25", "-i", str(raw), "-vf",
+       "scale=interl=1:out_color_matrix=bt709:out_range=tv:flags=accurate_rnd,format=yuv420p,setfield=tff",
+       "-c:v", "libx264", "-qp", "0", "-flags", "+ildct+ilme", "-field_order", "tt", "-colorspace", "bt709", str(src))  # fmt: skip
+    info = probe_video(src)
+    assert info.interlaced
+    with VideoReader(info) as reader:
+        assert reader.planes is None
+        got = reader.read()
+    assert np.abs(got.astype(int) - frame).max() <= 6
+    out = tmp_path / "out.mp4"
+    with VideoWriter(out, info, crf=0, preset="ultrafast") as writer:
+        assert writer.encoder_plan.planes is None and "interl=1" in filters_of(writer)
+        writer.write(got)
+        writer.write(got)
+    with VideoReader(probe_video(out)) as reader:
+        back = reader.read()
+    assert np.abs(back.astype(int) - frame).max() <= 8

@@ -73,7 +73,10 @@ Policies (each one a promise of ``DESIGN.md``):
 * **Colour.** The YUV <-> RGB conversions use the source's matrix and range
   explicitly (untagged sources: BT.709 from 720 lines up, BT.601 below, as
   players guess), so a round trip is faithful. Full range stays full range and
-  the output is tagged with the same matrix, primaries and transfer.
+  the output is tagged with the same matrix, primaries and transfer. A matrix
+  that is not a plain 3x3 one of those (YCgCo, ICtCp, BT.2020 constant
+  luminance, G/B/R stored as YUV) is refused. Interlaced 4:2:0 chroma is
+  converted field by field.
 * **Odd sizes.** Codecs that store 4:2:0 chroma in 2x2 blocks (H.264, HEVC)
   cannot hold an odd width or height: the writer pads by one column on the
   right and/or one row at the bottom, repeating the edge pixels (never
@@ -659,19 +662,24 @@ def _pick_rate(measured: Fraction, lo: Fraction, hi: Fraction) -> Fraction:
     return _simplest_between(lo, hi)
 
 
-def _check_whole(path: Path, stream: Any, held: Fraction) -> None:
-    """Refuse a Matroska/WebM file whose video stops well before the length it states for it.
+def _int_or(value: Any, default: int) -> int:
+    return default if value is None else int(value)
+
+
+def _check_whole(path: Path, stream: Any, held: Fraction, fps: Fraction) -> None:
+    """Refuse a Matroska/WebM file whose video stops before the length it states for it.
 
     Its muxers write each track's length as a ``DURATION`` tag when they
     finish. A copy cut short, or damaged so that the demuxer loses its place,
     keeps the tag but ends early without an error: its packets alone would
-    make a shorter video, silently. ``held`` is when the last frame read ends.
+    make a shorter video, silently. ``held`` is when the last frame read ends;
+    two frames (or a quarter second) of slack allow for muxers' rounding.
     """
     tag = re.fullmatch(r"(\d+):(\d\d):(\d\d(?:\.\d+)?)", str(stream.metadata.get("DURATION", "")))
     if tag is None:
         return
     stated = int(tag[1]) * 3600 + int(tag[2]) * 60 + Fraction(tag[3])
-    if stated - held > max(Fraction(1, 2), stated / 10):
+    if stated - held > max(Fraction(1, 4), 2 / fps):
         raise InputError(
             f"{path}: it states {float(stated):.2f} s of video but holds {float(held):.2f} s (truncated or damaged?)"
         )
@@ -796,7 +804,8 @@ def probe_video(path: str | os.PathLike[str], *, max_pixels: int | None = None) 
             sar = 1 / sar
         nominal = Fraction(stream.average_rate) if stream.average_rate else None
         fps, variable, end = _timing(path, scan, nominal)
-        _check_whole(path, stream, end * scan.time_base)
+        last = scan.timestamps[-1] + scan.durations[-1]  # a long last frame: as long as its packet says
+        _check_whole(path, stream, max(end, last) * scan.time_base, fps)
         start = Fraction(container.start_time, 1_000_000) if container.start_time is not None else Fraction(0)
         others = _streams(container, skip=stream.index)
         info = VideoInfo(
@@ -816,7 +825,7 @@ def probe_video(path: str | os.PathLike[str], *, max_pixels: int | None = None) 
             pix_fmt=pix_fmt,
             bit_depth=bit_depth,
             full_range=pix_fmt.startswith("yuvj") or range_ == 2,
-            color_matrix=_MATRIX_NAMES.get(int(getattr(src, "colorspace", 2) or 2)),
+            color_matrix=_MATRIX_NAMES.get(_int_or(getattr(src, "colorspace", None), 2)),  # 0 is gbr, not unset
             color_primaries=_PRIMARY_NAMES.get(int(getattr(src, "color_primaries", 2) or 2)),
             color_transfer=_TRANSFER_NAMES.get(int(getattr(src, "color_trc", 2) or 2)),
             sample_aspect=sar,
@@ -889,7 +898,6 @@ _SCALE_MATRIX = {
     "smpte240m": "smpte240m",
     "fcc": "fcc",
     "bt2020nc": "bt2020",
-    "bt2020c": "bt2020",
     "bt2020": "bt2020",
 }
 
@@ -1021,6 +1029,8 @@ def _planes(info: VideoInfo, dtype: np.dtype) -> yuv.Planes | None:
     planes = yuv.planes_for(info.pix_fmt, info.width, info.height, _matrix(info)[0], info.full_range)
     if planes is not None and info.rotation in (90, 270) and planes.sub_x != planes.sub_y:
         return None  # 4:2:2 turned sideways is no planar format: ffmpeg converts it, once
+    if planes is not None and info.interlaced and planes.sub_y > 1:
+        return None  # 4:2:0 chroma of interlaced frames belongs to one field: ffmpeg's scale converts per field
     return planes
 
 
@@ -1037,6 +1047,8 @@ def _decode_filters(info: VideoInfo, dtype: np.dtype, planes: yuv.Planes | None 
         scale.append(f"in_range={'pc' if info.full_range else 'tv'}")
     if _is_yuv(info.pix_fmt):
         scale.append(f"in_color_matrix={_matrix(info)[0]}")
+    if info.interlaced:
+        scale.append("interl=1")  # each field's chroma from its own lines
     vf.append("scale=" + ":".join(scale))
     vf.append(f"format={_rgb_pix_fmt(dtype)}")
     return ",".join(vf)
@@ -1401,9 +1413,12 @@ def encoder_plan(
     if yuv_out and pix_fmt is not None and not pix_fmt.startswith("yuvj") and dtype == np.uint8:
         planes = yuv.planes_for(pix_fmt, w, h, scale_matrix, info.full_range)
         planes = planes if planes is not None and planes.whole_chroma and (pw, ph) == (w, h) else None
+        if planes is not None and info.interlaced and planes.sub_y > 1:
+            planes = None  # 4:2:0 chroma of interlaced frames comes from one field's lines: ffmpeg's scale does it
     rgb_in = len(vf)  # where the RGB -> YUV conversion goes
     if yuv_out:
-        vf.append(f"scale=out_color_matrix={scale_matrix}:out_range={range_tag}:flags={_SWS_FLAGS}")
+        interl = ":interl=1" if info.interlaced else ""
+        vf.append(f"scale=out_color_matrix={scale_matrix}:out_range={range_tag}:flags={_SWS_FLAGS}{interl}")
     if pix_fmt is not None:
         vf.append(f"format={pix_fmt}")
     args += ["-c:v", codec]

@@ -30,8 +30,12 @@ upsampled bicubically (as swscale's default scaler does; bilinear chroma
 lost 1.2 dB more in a decode-encode round trip of saturated colour bars),
 edges repeated. Results are within 2 levels of the exact value (1.55 at
 most, 0.21 on average on a noisy 1080p clip). Other formats (more than 8 bits, grey, alpha, packed or semi-planar
-layouts, RGB sources, ``uint16`` frames; and for the writer, odd sizes that
-split a chroma block) keep ffmpeg's exact conversion.
+layouts, RGB sources, ``uint16`` frames, interlaced 4:2:0 whose chroma lines
+each belong to one field, 4:2:2 turned sideways; and for the writer, odd
+sizes that split a chroma block) keep ffmpeg's exact conversion. The two
+agree within a level or two on smooth pictures; at sharp chroma edges their
+bicubic kernels differ (Keys' a = -0.75 here, swscale's own there) by up to
+about 11 levels, each faithful to its kernel.
 """
 
 from __future__ import annotations

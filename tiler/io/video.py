@@ -1022,15 +1022,23 @@ def _check_matrix(info: VideoInfo) -> None:
         )
 
 
+def _own_planes(info: VideoInfo, pix_fmt: str, width: int, height: int) -> yuv.Planes | None:
+    """The 8-bit ``pix_fmt`` planes tileproc converts itself in ``info``'s colours (see :mod:`tiler.io.yuv`),
+    or None where ffmpeg's scale filter converts: other formats, and interlaced 4:2:0, whose chroma lines
+    each belong to one field (scale's ``interl=1`` keeps them apart)."""
+    planes = yuv.planes_for(pix_fmt, width, height, _matrix(info)[0], info.full_range)
+    if planes is not None and info.interlaced and planes.sub_y > 1:
+        return None
+    return planes
+
+
 def _planes(info: VideoInfo, dtype: np.dtype) -> yuv.Planes | None:
-    """The 8-bit planes the reader converts to RGB itself (see :mod:`tiler.io.yuv`), or None."""
+    """The 8-bit planes the reader converts to RGB itself, or None."""
     if dtype != np.uint8:
         return None
-    planes = yuv.planes_for(info.pix_fmt, info.width, info.height, _matrix(info)[0], info.full_range)
+    planes = _own_planes(info, info.pix_fmt, info.width, info.height)
     if planes is not None and info.rotation in (90, 270) and planes.sub_x != planes.sub_y:
         return None  # 4:2:2 turned sideways is no planar format: ffmpeg converts it, once
-    if planes is not None and info.interlaced and planes.sub_y > 1:
-        return None  # 4:2:0 chroma of interlaced frames belongs to one field: ffmpeg's scale converts per field
     return planes
 
 
@@ -1411,10 +1419,8 @@ def encoder_plan(
     scale_matrix, matrix_tag = _matrix(info)
     planes = None
     if yuv_out and pix_fmt is not None and not pix_fmt.startswith("yuvj") and dtype == np.uint8:
-        planes = yuv.planes_for(pix_fmt, w, h, scale_matrix, info.full_range)
+        planes = _own_planes(info, pix_fmt, w, h)
         planes = planes if planes is not None and planes.whole_chroma and (pw, ph) == (w, h) else None
-        if planes is not None and info.interlaced and planes.sub_y > 1:
-            planes = None  # 4:2:0 chroma of interlaced frames comes from one field's lines: ffmpeg's scale does it
     rgb_in = len(vf)  # where the RGB -> YUV conversion goes
     if yuv_out:
         interl = ":interl=1" if info.interlaced else ""
